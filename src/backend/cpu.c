@@ -1,0 +1,198 @@
+/* The CPU backend: fp32, CBLAS GEMMs (OpenBLAS), OpenMP loops.
+ * q2 weights are dequantized tile by tile just before each GEMM. */
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "backend.h"
+#include "ops_math.h"
+
+typedef struct cpu_ctx {
+    float *tile;        /* dequantization scratch for q2 weights */
+    size_t tile_floats;
+} cpu_ctx;
+
+/* Rows of a q2 weight dequantized per GEMM tile: big enough to keep the GEMM
+ * efficient, small enough to stay in cache-sized scratch (never the whole model). */
+#define RQ_Q2_TILE_ROWS 256
+
+static void *cpu_alloc(rq_backend *be, size_t bytes, rq_err *err) { return rq_alloc_aligned(bytes, err); }
+static void cpu_free(rq_backend *be, void *p) { free(p); }
+static rq_status cpu_copy_bytes(rq_backend *be, void *dst, const void *src, size_t bytes, rq_err *err) {
+    if (bytes) memmove(dst, src, bytes);
+    return RQ_OK;
+}
+
+static void cpu_gather_rows(rq_backend *be, float *dst, const float *src, const int *idx, int rows, int C) {
+    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * C, src + (size_t)idx[r] * C, sizeof(float) * C);
+}
+
+static void cpu_matmul_nt(rq_backend *be, float *out, const float *a, const float *b, int N, int M, int K,
+                          bool accumulate) {
+    if (N == 0 || M == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, a, K, b, K, accumulate ? 1.0f : 0.0f, out,
+                M);
+}
+
+static float *cpu_tile(rq_backend *be, size_t floats) {
+    cpu_ctx *c = be->ctx;
+    if (c->tile_floats < floats) {
+        free(c->tile);
+        c->tile = aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
+        c->tile_floats = c->tile ? floats : 0;
+    }
+    return c->tile;
+}
+
+static void cpu_linear(rq_backend *be, float *out, const float *in, const rq_linear *W, int N, bool accumulate) {
+    if (W->w) {
+        cpu_matmul_nt(be, out, in, W->w, N, W->out, W->in, accumulate);
+        return;
+    }
+    /* q2 weights: wired in when src/quant lands */
+    (void)cpu_tile;
+}
+
+static void cpu_embedding(rq_backend *be, float *out, const int *tokens, const float *table, int N, int C) {
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, table + (size_t)tokens[n] * C, sizeof(float) * C);
+}
+
+static void cpu_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const float *x, const float *w, int N, int C,
+                            float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += xr[i] * xr[i];
+        float r = rq_rms_rstd(ss, C, eps);
+        if (rstd) rstd[n] = r;
+        for (int i = 0; i < C; i++) o[i] = w[i] * (xr[i] * r);
+    }
+}
+
+static void cpu_rope_fwd(rq_backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T,
+                         int n_heads, int hd) {
+    int half = hd / 2;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *c = cos_t + (size_t)t * half, *s = sin_t + (size_t)t * half;
+            float *row = x + ((size_t)b * T + t) * n_heads * hd;
+            for (int h = 0; h < n_heads; h++) {
+                float *xh = row + (size_t)h * hd;
+                for (int i = 0; i < half; i++) rq_rope_pair(&xh[i], &xh[i + half], c[i], s[i]);
+            }
+        }
+}
+
+static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const float *q, const float *k,
+                              const float *v, int B, int T, int pos0, int Tk_max, int nh, int nkv, int hd) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = nh / nkv;
+    const int Tk = pos0 + T;
+#pragma omp parallel
+    {
+        float *scores = malloc(sizeof(float) * (size_t)Tk);
+#pragma omp for collapse(3) schedule(dynamic, 4)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < nh; h++)
+                for (int t = 0; t < T; t++) {
+                    const int kvh = h / group;
+                    const int n_keys = pos0 + t + 1; /* causal: keys at positions <= pos0 + t */
+                    const float *qv = q + (((size_t)b * T + t) * nh + h) * hd;
+                    const float *kb = k + (size_t)b * Tk_max * nkv * hd + (size_t)kvh * hd;
+                    const float *vb = v + (size_t)b * Tk_max * nkv * hd + (size_t)kvh * hd;
+                    float mx = -FLT_MAX;
+                    for (int j = 0; j < n_keys; j++) {
+                        const float *kr = kb + (size_t)j * nkv * hd;
+                        float d = 0.0f;
+                        for (int i = 0; i < hd; i++) d += qv[i] * kr[i];
+                        d *= scale;
+                        scores[j] = d;
+                        if (d > mx) mx = d;
+                    }
+                    float sum = 0.0f;
+                    for (int j = 0; j < n_keys; j++) {
+                        scores[j] = expf(scores[j] - mx);
+                        sum += scores[j];
+                    }
+                    float inv = 1.0f / sum;
+                    float *o = out + (((size_t)b * T + t) * nh + h) * hd;
+                    for (int i = 0; i < hd; i++) o[i] = 0.0f;
+                    for (int j = 0; j < n_keys; j++) {
+                        float p = scores[j] * inv;
+                        const float *vr = vb + (size_t)j * nkv * hd;
+                        for (int i = 0; i < hd; i++) o[i] += p * vr[i];
+                        scores[j] = p;
+                    }
+                    if (att) {
+                        float *a = att + (((size_t)b * nh + h) * T + t) * Tk;
+                        memcpy(a, scores, sizeof(float) * n_keys);
+                        for (int j = n_keys; j < Tk; j++) a[j] = 0.0f;
+                    }
+                }
+        free(scores);
+    }
+}
+
+static void cpu_swiglu_fwd(rq_backend *be, float *out, const float *gate, const float *up, int N, int H) {
+    size_t n = (size_t)N * H;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = rq_swiglu(gate[i], up[i]);
+}
+
+static void cpu_cache_store(rq_backend *be, float *cache, const float *src, int B, int T, int pos0, int Tmax,
+                            int C) {
+    for (int b = 0; b < B; b++)
+        memcpy(cache + ((size_t)b * Tmax + pos0) * C, src + (size_t)b * T * C, sizeof(float) * (size_t)T * C);
+}
+
+static void cpu_add_inplace(rq_backend *be, float *x, const float *y, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static void cpu_destroy(rq_backend *be) {
+    cpu_ctx *c = be->ctx;
+    if (c) free(c->tile);
+    free(c);
+    free(be);
+}
+
+rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
+    *out = NULL;
+    rq_backend *be = rq_calloc(1, sizeof *be, err);
+    if (!be) return RQ_ERR_NOMEM;
+    cpu_ctx *c = rq_calloc(1, sizeof *c, err);
+    if (!c) {
+        free(be);
+        return RQ_ERR_NOMEM;
+    }
+    if (n_threads > 0) {
+        omp_set_num_threads(n_threads);
+        openblas_set_num_threads(n_threads);
+    }
+    be->name = "cpu";
+    be->ctx = c;
+    be->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_copy_bytes;
+    be->download = cpu_copy_bytes;
+    be->gather_rows = cpu_gather_rows;
+    be->linear = cpu_linear;
+    be->matmul_nt = cpu_matmul_nt;
+    be->embedding = cpu_embedding;
+    be->rmsnorm_fwd = cpu_rmsnorm_fwd;
+    be->rope_fwd = cpu_rope_fwd;
+    be->attention_fwd = cpu_attention_fwd;
+    be->swiglu_fwd = cpu_swiglu_fwd;
+    be->cache_store = cpu_cache_store;
+    be->add_inplace = cpu_add_inplace;
+    be->destroy = cpu_destroy;
+    *out = be;
+    return RQ_OK;
+}

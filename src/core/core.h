@@ -1,0 +1,133 @@
+/* core: errors, checked allocation, files, half-precision conversion, timing.
+ * Internal to librilq (the public API is src/rilq.h). */
+#ifndef RQ_CORE_H
+#define RQ_CORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../rilq.h"
+
+/* ---- errors ------------------------------------------------------------ */
+
+/* Fill err (if not NULL) and return code. Messages name the file, the field or
+ * tensor, what was expected and what was found. */
+rq_status rq_fail_at(rq_err *err, rq_status code, const char *src_file, int src_line, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+#define RQ_FAIL(err, code, ...) rq_fail_at((err), (code), __FILE__, __LINE__, __VA_ARGS__)
+
+/* Prefix an existing message with context ("loading X: " + old message). */
+void rq_err_prefix(rq_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define RQ_TRY(expr)                                                                                \
+    do {                                                                                            \
+        rq_status rq_try_status_ = (expr);                                                          \
+        if (rq_try_status_ != RQ_OK) return rq_try_status_;                                         \
+    } while (0)
+
+/* ---- allocation -------------------------------------------------------- */
+
+/* Allocation that reports failure through err. Zeroed memory. */
+void *rq_calloc(size_t n, size_t size, rq_err *err);
+/* 64-byte aligned, zeroed. Free with free(). */
+void *rq_alloc_aligned(size_t bytes, rq_err *err);
+char *rq_strdup(const char *s, rq_err *err);
+/* n * size without overflow; false on overflow. */
+static inline bool rq_mul_ok(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return false;
+    *out = a * b;
+    return true;
+}
+
+/* ---- files ------------------------------------------------------------- */
+
+/* A read-only view of a whole file: memory-mapped where possible. */
+typedef struct rq_file_view {
+    const uint8_t *data;
+    size_t size;
+    void *map_base; /* non-NULL when mmap'ed */
+    uint8_t *owned; /* non-NULL when read into memory */
+} rq_file_view;
+
+rq_status rq_file_map(const char *path, rq_file_view *out, rq_err *err);
+void rq_file_unmap(rq_file_view *v);
+/* Read a whole file into a NUL-terminated heap buffer. */
+rq_status rq_file_read_all(const char *path, char **out, size_t *size, rq_err *err);
+bool rq_file_exists(const char *path);
+bool rq_dir_exists(const char *path);
+/* Create a directory and its parents (mkdir -p). */
+rq_status rq_mkdir_p(const char *path, rq_err *err);
+/* Join a directory and a name into buf (size n). False when it does not fit. */
+bool rq_path_join(char *buf, size_t n, const char *dir, const char *name);
+
+/* Atomic write: data goes to "<path>.tmp.<pid>", is fsync'ed, then renamed over
+ * path, so a reader sees either the old file or the complete new one. */
+typedef struct rq_atomic_file {
+    void *fp; /* FILE* */
+    char *final_path;
+    char *tmp_path;
+} rq_atomic_file;
+rq_status rq_atomic_open(rq_atomic_file *af, const char *path, rq_err *err);
+rq_status rq_atomic_write(rq_atomic_file *af, const void *data, size_t n, rq_err *err);
+rq_status rq_atomic_commit(rq_atomic_file *af, rq_err *err);
+void rq_atomic_abort(rq_atomic_file *af);
+rq_status rq_write_file_atomic(const char *path, const void *data, size_t n, rq_err *err);
+
+/* ---- numbers ----------------------------------------------------------- */
+
+static inline float rq_f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint32_t rq_bits_from_f32(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+float rq_f16_to_f32(uint16_t h);
+uint16_t rq_f32_to_f16(float f); /* round to nearest even, subnormals, inf/nan */
+static inline float rq_bf16_to_f32(uint16_t h) { return rq_f32_from_bits((uint32_t)h << 16); }
+uint16_t rq_f32_to_bf16(float f); /* round to nearest even, NaN stays NaN */
+
+/* Little-endian loads from unaligned memory. */
+static inline uint16_t rq_rd_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t rq_rd_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t rq_rd_u64(const uint8_t *p) { return (uint64_t)rq_rd_u32(p) | ((uint64_t)rq_rd_u32(p + 4) << 32); }
+static inline float rq_rd_f32(const uint8_t *p) { return rq_f32_from_bits(rq_rd_u32(p)); }
+
+/* ---- random numbers ------------------------------------------------------ */
+
+/* xoshiro256** seeded through splitmix64: small, fast, reproducible, and its
+ * whole state can be saved in a checkpoint. */
+typedef struct rq_rng {
+    uint64_t s[4];
+} rq_rng;
+void rq_rng_seed(rq_rng *r, uint64_t seed);
+uint64_t rq_rng_u64(rq_rng *r);
+float rq_rng_uniform(rq_rng *r);  /* [0, 1) with 24 random bits */
+float rq_rng_normal(rq_rng *r);   /* standard normal (Box-Muller) */
+
+/* ---- time and progress --------------------------------------------------- */
+
+double rq_now_seconds(void); /* monotonic */
+
+/* A progress line on stderr: redrawn in place on a terminal, printed at most
+ * every few seconds otherwise. */
+typedef struct rq_progress {
+    const char *what;
+    double start, last_print;
+    int64_t total;
+    bool tty;
+} rq_progress;
+void rq_progress_init(rq_progress *p, const char *what, int64_t total);
+/* done: units finished; unit: name of a unit ("tok", "docs"); extra: appended text or NULL */
+void rq_progress_update(rq_progress *p, int64_t done, const char *unit, const char *extra);
+void rq_progress_finish(rq_progress *p, int64_t done, const char *unit);
+
+#endif /* RQ_CORE_H */

@@ -1,0 +1,176 @@
+/* Files: mapped views, whole-file reads, directories, atomic writes. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core.h"
+
+rq_status rq_file_map(const char *path, rq_file_view *out, rq_err *err) {
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: not a regular file", path);
+    }
+    out->size = (size_t)st.st_size;
+    if (out->size == 0) {
+        close(fd);
+        static const uint8_t empty[1] = {0};
+        out->data = empty;
+        return RQ_OK;
+    }
+    void *p = mmap(NULL, out->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot map %zu bytes: %s", path, out->size, strerror(errno));
+    out->map_base = p;
+    out->data = p;
+    return RQ_OK;
+}
+
+void rq_file_unmap(rq_file_view *v) {
+    if (v->map_base) munmap(v->map_base, v->size);
+    free(v->owned);
+    memset(v, 0, sizeof *v);
+}
+
+rq_status rq_file_read_all(const char *path, char **out, size_t *size, rq_err *err) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "%s: out of memory", path);
+    }
+    for (;;) {
+        if (cap - n < 4096) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return RQ_FAIL(err, RQ_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, cap * 2);
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: read error", path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    if (size) *size = n;
+    return RQ_OK;
+}
+
+bool rq_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool rq_dir_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+rq_status rq_mkdir_p(const char *path, rq_err *err) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) return RQ_FAIL(err, RQ_ERR_ARG, "directory path too long or empty: '%s'", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == 0) {
+            char c = buf[i];
+            buf[i] = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+            buf[i] = c;
+        }
+    }
+    if (!rq_dir_exists(path)) return RQ_FAIL(err, RQ_ERR_IO, "%s: exists and is not a directory", path);
+    return RQ_OK;
+}
+
+bool rq_path_join(char *buf, size_t n, const char *dir, const char *name) {
+    size_t dl = strlen(dir);
+    int w = (dl > 0 && dir[dl - 1] == '/') ? snprintf(buf, n, "%s%s", dir, name) : snprintf(buf, n, "%s/%s", dir, name);
+    return w >= 0 && (size_t)w < n;
+}
+
+rq_status rq_atomic_open(rq_atomic_file *af, const char *path, rq_err *err) {
+    memset(af, 0, sizeof *af);
+    size_t n = strlen(path) + 32;
+    af->final_path = rq_strdup(path, err);
+    af->tmp_path = malloc(n);
+    if (!af->final_path || !af->tmp_path) {
+        rq_atomic_abort(af);
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    }
+    snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    af->fp = fopen(af->tmp_path, "wb");
+    if (!af->fp) {
+        rq_status s = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create: %s", af->tmp_path, strerror(errno));
+        rq_atomic_abort(af);
+        return s;
+    }
+    return RQ_OK;
+}
+
+rq_status rq_atomic_write(rq_atomic_file *af, const void *data, size_t n, rq_err *err) {
+    if (n && fwrite(data, 1, n, (FILE *)af->fp) != n)
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: write failed: %s", af->tmp_path, strerror(errno));
+    return RQ_OK;
+}
+
+rq_status rq_atomic_commit(rq_atomic_file *af, rq_err *err) {
+    FILE *f = af->fp;
+    rq_status s = RQ_OK;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+        s = RQ_FAIL(err, RQ_ERR_IO, "%s: flush failed: %s", af->tmp_path, strerror(errno));
+    if (fclose(f) != 0 && s == RQ_OK) s = RQ_FAIL(err, RQ_ERR_IO, "%s: close failed: %s", af->tmp_path, strerror(errno));
+    af->fp = NULL;
+    if (s == RQ_OK && rename(af->tmp_path, af->final_path) != 0)
+        s = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot rename to %s: %s", af->tmp_path, af->final_path, strerror(errno));
+    if (s != RQ_OK) unlink(af->tmp_path);
+    free(af->tmp_path);
+    free(af->final_path);
+    memset(af, 0, sizeof *af);
+    return s;
+}
+
+void rq_atomic_abort(rq_atomic_file *af) {
+    if (af->fp) fclose((FILE *)af->fp);
+    if (af->tmp_path) unlink(af->tmp_path);
+    free(af->tmp_path);
+    free(af->final_path);
+    memset(af, 0, sizeof *af);
+}
+
+rq_status rq_write_file_atomic(const char *path, const void *data, size_t n, rq_err *err) {
+    rq_atomic_file af;
+    RQ_TRY(rq_atomic_open(&af, path, err));
+    rq_status s = rq_atomic_write(&af, data, n, err);
+    if (s != RQ_OK) {
+        rq_atomic_abort(&af);
+        return s;
+    }
+    return rq_atomic_commit(&af, err);
+}

@@ -1,0 +1,46 @@
+/* The LLaMA forward pass, written once over the backend op table.
+ *
+ * A forward state owns the activations for up to max_batch sequences of up to
+ * max_seq tokens, and optionally a KV cache for incremental decoding. */
+#ifndef RQ_FORWARD_H
+#define RQ_FORWARD_H
+
+#include "../backend/backend.h"
+#include "model.h"
+
+typedef struct rq_forward_state rq_forward_state;
+
+typedef struct rq_forward_opts {
+    int max_batch;  /* B: sequences per call */
+    int max_seq;    /* T: tokens per sequence per call (and KV cache length) */
+    bool kv_cache;  /* keep K/V so later calls can continue at pos0 > 0 (B sequences) */
+} rq_forward_opts;
+
+rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
+                            rq_err *err);
+void rq_forward_free(rq_forward_state *s);
+
+/* Run tokens[B][T] (row-major) at positions pos0 .. pos0+T-1. With a KV cache,
+ * pos0 > 0 continues the cached sequences; without one pos0 must be 0.
+ * Leaves the final hidden states (after the final norm) in the state. */
+rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err);
+
+/* Final hidden states of the last run: [B][T][dim] on the backend. */
+const float *rq_forward_hidden(const rq_forward_state *s);
+
+/* Logits for n rows of the last run's hidden states, row indices rows[0..n)
+ * into the flattened [B*T] positions (NULL: rows 0..n-1). out is [n][vocab]. */
+rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *out, rq_err *err);
+
+/* Next-token negative log-likelihood of the last run, per sequence: position
+ * t of sequence b predicts targets[b][t] (callers pass the shifted tokens); a
+ * target < 0 is not counted. Computes logits in chunks (never B*T*vocab at
+ * once), log-sum-exp in fp32. nll[b] is the fp64 sum over the counted
+ * positions of sequence b and n[b] their count (arrays of B). */
+rq_status rq_forward_nll(rq_forward_state *s, const int *targets, int B, int T, double *nll, int64_t *n,
+                         rq_err *err);
+
+/* Bytes of activations and cache this state holds. */
+size_t rq_forward_bytes(const rq_forward_state *s);
+
+#endif

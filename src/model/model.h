@@ -1,0 +1,86 @@
+/* The in-memory LLaMA model: one representation whatever the source format. */
+#ifndef RQ_MODEL_H
+#define RQ_MODEL_H
+
+#include "../core/core.h"
+#include "../tokenizer/tokenizer.h"
+
+typedef enum rq_rope_scaling {
+    RQ_ROPE_SCALING_NONE = 0,
+    RQ_ROPE_SCALING_LINEAR, /* inv_freq /= factor */
+    RQ_ROPE_SCALING_LLAMA3  /* the smooth wavelength-dependent scaling of LLaMA-3.1+ */
+} rq_rope_scaling;
+
+typedef struct rq_config {
+    int dim;          /* hidden_size */
+    int hidden_dim;   /* intermediate_size */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;     /* usually dim / n_heads */
+    int vocab_size;
+    int max_seq_len;  /* max_position_embeddings */
+    float norm_eps;
+    float rope_theta;
+    rq_rope_scaling rope_scaling;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_orig_max_pos;
+    bool tie_embeddings;
+    int bos_id;       /* -1 when unknown */
+    int eos_ids[8];   /* generation stops on any of these */
+    int n_eos;
+} rq_config;
+
+/* Fill defaults that HF assumes when a key is absent, then check that the
+ * numbers are consistent. what names the source for messages. */
+rq_status rq_config_validate(rq_config *c, const char *what, rq_err *err);
+
+struct rq_q2_tensor; /* src/quant: the 2-bit group-quantized weight */
+
+/* A linear projection y = W x, W is [out][in]. */
+typedef struct rq_linear {
+    int out, in;
+    float *w;                /* fp32 [out][in], or NULL when q2 holds the weight */
+    struct rq_q2_tensor *q2; /* 2-bit weight, or NULL */
+} rq_linear;
+
+typedef struct rq_layer {
+    float *attn_norm; /* [dim] */
+    rq_linear wq, wk, wv, wo;
+    float *ffn_norm;  /* [dim] */
+    rq_linear w_gate, w_up, w_down;
+} rq_layer;
+
+/* The seven projections of a layer in a fixed order (PEFT names). */
+enum { RQ_PROJ_Q, RQ_PROJ_K, RQ_PROJ_V, RQ_PROJ_O, RQ_PROJ_GATE, RQ_PROJ_UP, RQ_PROJ_DOWN, RQ_N_PROJ };
+extern const char *const rq_proj_names[RQ_N_PROJ]; /* "q_proj", ..., "down_proj" */
+rq_linear *rq_layer_proj(rq_layer *l, int which);
+
+struct rq_model {
+    rq_config cfg;
+    float *tok_embed;  /* [vocab][dim] */
+    rq_layer *layers;  /* [n_layers] */
+    float *final_norm; /* [dim] */
+    rq_linear lm_head; /* w == tok_embed when tied */
+    float *weights;    /* the one fp32 allocation the pointers above point into */
+    size_t weights_bytes;
+    rq_tokenizer *tok; /* may be NULL when the source has no tokenizer */
+    char format[16];   /* "hf", "gguf", "llama2c" */
+    char path[1024];
+    char dtypes[128];  /* the source dtypes, e.g. "Q4_1 x210, F32 x61, Q8_0 x1" */
+    int64_t n_params;  /* learned parameters (tied head counted once) */
+};
+
+/* Build a model from a config and an HF-named tensor table: checks every
+ * expected tensor is present with the expected shape, converts to fp32. */
+struct rq_tensor_table;
+rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab, rq_model **out, rq_err *err);
+
+/* A model with random weights (N(0, 1/fan_in) matrices, norms near 1) and no
+ * tokenizer, built through rq_model_build: for benchmarks and tests. */
+rq_status rq_model_random(const rq_config *cfg, uint64_t seed, rq_model **out, rq_err *err);
+
+/* Parameter count and the bytes of fp32 weights a config implies. */
+int64_t rq_config_n_params(const rq_config *c);
+
+#endif

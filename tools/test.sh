@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: install dependencies, build, run every test that needs
+# no GPU, then rebuild the fast tests with AddressSanitizer + UBSan and run
+# them again. Data: $RILQ_DATA (a folder holding datasets/ and models/, see
+# README). Under CI=true a test whose data is missing fails instead of skipping.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+jobs="$(nproc 2>/dev/null || echo 2)"
+
+./tools/setup.sh
+export RILQ_SMOLLM2="$(./tools/fetch_models.sh | tail -n 1)"
+if [ -z "${RILQ_DATA:-}" ]; then
+  echo "test: RILQ_DATA is not set; tests that need datasets or stories260K will be skipped" >&2
+fi
+
+echo "== build (Release, warnings as errors)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRILQ_WERROR=ON >/dev/null
+cmake --build build -j"$jobs"
+echo "== tests"
+(cd build && ctest --output-on-failure -j"$jobs" -LE gpu)
+
+echo "== sanitizer build (ASan + UBSan) of the fast tests"
+cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DRILQ_SANITIZE=ON -DRILQ_WERROR=ON -DRILQ_CUDA=OFF >/dev/null
+cmake --build build-san -j"$jobs"
+(cd build-san && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+   ctest --output-on-failure -j"$jobs" -L fast)
