@@ -52,6 +52,46 @@ struct rq_backend {
     /* x[i] += y[i] */
     void (*add_inplace)(rq_backend *be, float *x, const float *y, size_t n);
 
+    /* ---- training ops (src/backend/cpu_train.c on the CPU). Gradients ADD into
+     * their outputs (+=), so micro-batch accumulation needs no copies. ---- */
+
+    /* din[N][W.in] += dout[N][W.out] * W (W fp32 or q2, frozen) */
+    void (*linear_bwd_input)(rq_backend *be, float *din, const float *dout, const rq_linear *W, int N);
+    /* dW[M][K] += dout[N][M]^T * in[N][K] (weight gradient of out = in * W^T) */
+    void (*matmul_tn_acc)(rq_backend *be, float *dW, const float *dout, const float *in, int N, int M, int K);
+    /* dx[N][C] += d/dx of out = w * x * rstd (rstd saved by rmsnorm_fwd; w frozen) */
+    void (*rmsnorm_bwd)(rq_backend *be, float *dx, const float *dout, const float *x, const float *w,
+                        const float *rstd, int N, int C);
+    /* dx[B][T][n_heads][hd] rotated back in place (the transpose of rope_fwd) */
+    void (*rope_bwd)(rq_backend *be, float *dx, const float *cos, const float *sin, int B, int T, int n_heads,
+                     int hd);
+    /* Backward of attention_fwd with pos0 = 0 and Tk_max = T, given the saved
+     * probabilities att[B][nh][T][T]: dq[B][T][nh][hd], dk, dv[B][T][nkv][hd] (+=). */
+    void (*attention_bwd)(rq_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *att,
+                          const float *q, const float *k, const float *v, int B, int T, int nh, int nkv, int hd);
+    /* dgate, dup[N][H] += backward of out = silu(gate) * up */
+    void (*swiglu_bwd)(rq_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                       const float *up, int N, int H);
+    /* Group means: out[N][G] = mean of each group of gs consecutive inputs of
+     * in[N][C] (G = ceil(C/gs); the last group averages its real members). */
+    void (*group_pool_fwd)(rq_backend *be, float *out, const float *in, int N, int C, int gs);
+    /* din[N][C] += dout[N][G] spread back over each group, divided by its size */
+    void (*group_pool_bwd)(rq_backend *be, float *din, const float *dout, int N, int C, int gs);
+    /* Cross-entropy rows: loss[n] = logsumexp(logits[n]) - logits[n][target[n]]
+     * (0 where target < 0); when dlogits is not NULL it receives
+     * grad_scale * (softmax - onehot) for counted rows, 0 elsewhere (overwrite). */
+    void (*cross_entropy)(rq_backend *be, float *loss, float *dlogits, const float *logits, const int *targets,
+                          int N, int V, float grad_scale);
+    /* Returns sum((a - b)^2) over n; d (if not NULL) += grad_scale * 2 * (a - b). */
+    double (*mse)(rq_backend *be, float *d, const float *a, const float *b, size_t n, float grad_scale);
+    /* Adam/AdamW step t >= 1 (bias-corrected); weight_decay decoupled (AdamW);
+     * param, m, v, grad all [n]. */
+    void (*adamw)(rq_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int t);
+    double (*sum_squares)(rq_backend *be, const float *x, size_t n);
+    void (*scale)(rq_backend *be, float *x, float s, size_t n);
+    void (*fill_zero)(rq_backend *be, float *x, size_t n);
+
     void (*destroy)(rq_backend *be);
 };
 

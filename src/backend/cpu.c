@@ -155,6 +155,8 @@ static void cpu_add_inplace(rq_backend *be, float *x, const float *y, size_t n) 
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+void rq_cpu_train_ops_install(rq_backend *be); /* cpu_train.c */
+
 static void cpu_destroy(rq_backend *be) {
     cpu_ctx *c = be->ctx;
     if (c) free(c->tile);
@@ -193,6 +195,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->cache_store = cpu_cache_store;
     be->add_inplace = cpu_add_inplace;
     be->destroy = cpu_destroy;
+    rq_cpu_train_ops_install(be);
     *out = be;
     return RQ_OK;
 }

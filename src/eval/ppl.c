@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../data/jsonl.h"
+#include "../data/pyrandom.h"
 #include "../model/forward.h"
 #include "ppl.h"
 
@@ -143,13 +145,116 @@ static rq_status ppl_wikitext2(const rq_model *m, rq_backend *be, const rq_ppl_o
     return st;
 }
 
+/* C4, GPTQ-style: random.seed(0); for each window draw a document with
+ * randint until one has >= L tokens, then a start with randint(0, len - L - 1).
+ * Documents are tokenized once, lazily, and only those in [doc_begin, doc_end)
+ * can be drawn, so calibration documents can be kept out. */
+static rq_status ppl_c4(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r, rq_err *err) {
+    char path[4096];
+    if (!rq_path_join(path, sizeof path, o->data_root, "c4/c4-validation-2k.jsonl"))
+        return RQ_FAIL(err, RQ_ERR_ARG, "data path too long: %s", o->data_root);
+    rq_jsonl_reader jr;
+    RQ_TRY(rq_jsonl_open(&jr, path, RQ_JSONL_STOP_ON_BAD_LINE, err));
+    /* collect the texts of the documents in range */
+    char **texts = NULL;
+    int n_docs = 0, cap = 0, line = 0;
+    rq_status st = RQ_OK;
+    for (;;) {
+        cJSON *doc = NULL;
+        st = rq_jsonl_next(&jr, &doc, err);
+        if (st != RQ_OK || !doc) break;
+        bool in_range = line >= o->c4_doc_begin && (o->c4_doc_end <= 0 || line < o->c4_doc_end);
+        line++;
+        if (in_range) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "text");
+            if (!cJSON_IsString(t)) {
+                st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s:%zu: field \"text\" is missing or not a string", path, jr.line_no);
+                cJSON_Delete(doc);
+                break;
+            }
+            if (n_docs == cap) {
+                cap = cap ? 2 * cap : 256;
+                char **nt = realloc(texts, sizeof *nt * (size_t)cap);
+                if (!nt) {
+                    st = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory reading %s", path);
+                    cJSON_Delete(doc);
+                    break;
+                }
+                texts = nt;
+            }
+            texts[n_docs] = rq_strdup(t->valuestring, err);
+            if (!texts[n_docs]) st = RQ_ERR_NOMEM;
+            else n_docs++;
+        }
+        cJSON_Delete(doc);
+        if (st != RQ_OK) break;
+    }
+    rq_jsonl_close(&jr);
+    const int L = default_ctx(m, o);
+    if (st == RQ_OK && n_docs == 0)
+        st = RQ_FAIL(err, RQ_ERR_ARG, "%s: no documents in the range %d:%d (the file has %d)", path, o->c4_doc_begin,
+                     o->c4_doc_end, line);
+    int **doc_ids = st == RQ_OK ? rq_calloc((size_t)n_docs, sizeof *doc_ids, err) : NULL;
+    int *doc_len = st == RQ_OK ? rq_calloc((size_t)n_docs, sizeof *doc_len, err) : NULL;
+    int *windows = st == RQ_OK ? rq_calloc((size_t)o->c4_windows * L, sizeof(int), err) : NULL;
+    if (st == RQ_OK && (!doc_ids || !doc_len || !windows)) st = RQ_ERR_NOMEM;
+    rq_pyrandom rng;
+    rq_pyrandom_seed(&rng, 0);
+    int tokenized = 0, long_enough = 0;
+    for (int w = 0; w < o->c4_windows && st == RQ_OK; w++) {
+        int64_t i = 0;
+        for (;;) {
+            st = rq_pyrandom_randint(&rng, 0, n_docs - 1, &i, err);
+            if (st != RQ_OK) break;
+            if (!doc_ids[i]) {
+                st = rq_tokenizer_encode(m->tok, texts[i], strlen(texts[i]), RQ_BOS_DEFAULT, &doc_ids[i], &doc_len[i],
+                                         err);
+                if (st != RQ_OK) break;
+                tokenized++;
+                long_enough += doc_len[i] >= L;
+            }
+            if (doc_len[i] >= L) break;
+            if (tokenized == n_docs && long_enough == 0) {
+                st = RQ_FAIL(err, RQ_ERR_ARG,
+                             "%s: no document in range %d:%d has %d tokens or more; use a shorter --ctx", path,
+                             o->c4_doc_begin, o->c4_doc_end, L);
+                break;
+            }
+        }
+        if (st != RQ_OK) break;
+        if (doc_len[i] == L) { /* Python's randint(0, -1) raises here; so do we, rather than invent a rule */
+            st = RQ_FAIL(err, RQ_ERR_ARG,
+                         "%s: document %lld has exactly %d tokens; the reference protocol fails on it (empty range)",
+                         path, (long long)(i + o->c4_doc_begin), L);
+            break;
+        }
+        int64_t j = 0;
+        st = rq_pyrandom_randint(&rng, 0, doc_len[i] - L - 1, &j, err);
+        if (st == RQ_OK) memcpy(windows + (size_t)w * L, doc_ids[i] + j, sizeof(int) * (size_t)L);
+    }
+    if (st == RQ_OK) {
+        int n_windows = o->c4_windows;
+        if (o->max_windows > 0 && n_windows > o->max_windows) n_windows = o->max_windows;
+        st = rq_ppl_windows(m, be, windows, n_windows, L, o->batch, o->quiet, r, err);
+    }
+    for (int d = 0; d < n_docs; d++) {
+        free(texts[d]);
+        if (doc_ids) free(doc_ids[d]);
+    }
+    free(texts);
+    free(doc_ids);
+    free(doc_len);
+    free(windows);
+    return st;
+}
+
 rq_status rq_ppl_run(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r, rq_err *err) {
     memset(r, 0, sizeof *r);
     if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "perplexity needs a tokenizer and model '%s' has none", m->path);
     if (!o->data_root) return RQ_FAIL(err, RQ_ERR_ARG, "perplexity: no data directory (set RILQ_DATA or --data)");
     switch (o->dataset) {
     case RQ_PPL_WIKITEXT2: return ppl_wikitext2(m, be, o, r, err);
-    case RQ_PPL_C4: return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "c4 perplexity: not built yet");
+    case RQ_PPL_C4: return ppl_c4(m, be, o, r, err);
     }
     return RQ_FAIL(err, RQ_ERR_ARG, "unknown perplexity dataset %d", (int)o->dataset);
 }
