@@ -1,0 +1,316 @@
+/* Model loading: format dispatch, config checks, and the one fp32 weight
+ * allocation filled from an HF-named tensor table. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../io/gguf.h"
+#include "../io/hf.h"
+#include "../io/llama2c.h"
+#include "../io/tensors.h"
+#include "model.h"
+
+const char *const rq_proj_names[RQ_N_PROJ] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+rq_linear *rq_layer_proj(rq_layer *l, int which) {
+    switch (which) {
+    case RQ_PROJ_Q: return &l->wq;
+    case RQ_PROJ_K: return &l->wk;
+    case RQ_PROJ_V: return &l->wv;
+    case RQ_PROJ_O: return &l->wo;
+    case RQ_PROJ_GATE: return &l->w_gate;
+    case RQ_PROJ_UP: return &l->w_up;
+    case RQ_PROJ_DOWN: return &l->w_down;
+    default: return NULL;
+    }
+}
+
+/* ---- config ----------------------------------------------------------------------- */
+
+/* Upper bounds far above any LLaMA-family model; they keep every product of
+ * sizes inside int64 and reject garbage headers early. */
+#define MAX_DIM (1 << 16)
+#define MAX_HIDDEN (1 << 20)
+#define MAX_LAYERS 1024
+#define MAX_HEADS 1024
+#define MAX_VOCAB (1 << 23)
+
+static rq_status check_range(const char *what, const char *name, int v, int lo, int hi, rq_err *err) {
+    if (v < lo || v > hi) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s = %d is out of range [%d, %d]", what, name, v, lo, hi);
+    return RQ_OK;
+}
+
+rq_status rq_config_validate(rq_config *c, const char *what, rq_err *err) {
+    if (!what) what = "config";
+    RQ_TRY(check_range(what, "dim (hidden_size)", c->dim, 1, MAX_DIM, err));
+    RQ_TRY(check_range(what, "hidden_dim (intermediate_size)", c->hidden_dim, 1, MAX_HIDDEN, err));
+    RQ_TRY(check_range(what, "n_layers", c->n_layers, 1, MAX_LAYERS, err));
+    RQ_TRY(check_range(what, "n_heads", c->n_heads, 1, MAX_HEADS, err));
+    if (c->n_kv_heads == 0) c->n_kv_heads = c->n_heads;
+    RQ_TRY(check_range(what, "n_kv_heads", c->n_kv_heads, 1, c->n_heads, err));
+    if (c->n_heads % c->n_kv_heads != 0)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d", what, c->n_heads, c->n_kv_heads);
+    if (c->head_dim == 0) {
+        if (c->dim % c->n_heads != 0)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: dim %d is not divisible by n_heads %d and head_dim is not given", what,
+                           c->dim, c->n_heads);
+        c->head_dim = c->dim / c->n_heads;
+    }
+    RQ_TRY(check_range(what, "head_dim", c->head_dim, 2, 4096, err));
+    if (c->head_dim % 2 != 0) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", what, c->head_dim);
+    if ((int64_t)c->n_heads * c->head_dim > MAX_DIM * 4)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: n_heads * head_dim = %lld is too large", what,
+                       (long long)c->n_heads * c->head_dim);
+    RQ_TRY(check_range(what, "vocab_size", c->vocab_size, 1, MAX_VOCAB, err));
+    if (c->max_seq_len == 0) c->max_seq_len = 2048; /* LLaMA's original context when a source does not say */
+    RQ_TRY(check_range(what, "max_seq_len", c->max_seq_len, 1, 1 << 24, err));
+    if (c->norm_eps == 0) c->norm_eps = 1e-5f;
+    if (!(c->norm_eps > 0 && c->norm_eps < 1))
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: norm_eps %g must be in (0, 1)", what, (double)c->norm_eps);
+    if (c->rope_theta == 0) c->rope_theta = 10000.0f;
+    if (!(c->rope_theta > 1 && isfinite(c->rope_theta)))
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: rope_theta %g must be a finite number > 1", what, (double)c->rope_theta);
+    if (c->rope_scaling != RQ_ROPE_SCALING_NONE) {
+        if (!(c->rope_factor > 0 && isfinite(c->rope_factor)))
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: rope scaling factor %g must be positive", what, (double)c->rope_factor);
+    }
+    if (c->rope_scaling == RQ_ROPE_SCALING_LLAMA3) {
+        if (c->rope_low_freq_factor == 0) c->rope_low_freq_factor = 1.0f;  /* Llama-3.1's values */
+        if (c->rope_high_freq_factor == 0) c->rope_high_freq_factor = 4.0f;
+        if (!(c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor))
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: llama3 rope scaling needs 0 < low_freq_factor (%g) < high_freq_factor (%g)",
+                           what, (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor);
+        if (c->rope_orig_max_pos <= 0)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: llama3 rope scaling needs original_max_position_embeddings > 0", what);
+    }
+    if (c->bos_id < -1 || c->bos_id >= c->vocab_size)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: bos_token_id %d is outside the vocabulary of %d", what, c->bos_id, c->vocab_size);
+    if (c->n_eos < 0 || c->n_eos > (int)(sizeof c->eos_ids / sizeof c->eos_ids[0]))
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %d eos ids", what, c->n_eos);
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] < 0 || c->eos_ids[i] >= c->vocab_size)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: eos_token_id %d is outside the vocabulary of %d", what, c->eos_ids[i],
+                           c->vocab_size);
+    return RQ_OK;
+}
+
+int64_t rq_config_n_params(const rq_config *c) {
+    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t per_layer = 2 * d + q * d + 2 * kv * d + d * q + 3 * d * (int64_t)c->hidden_dim;
+    int64_t embed = (int64_t)c->vocab_size * d;
+    return embed + (int64_t)c->n_layers * per_layer + d + (c->tie_embeddings ? 0 : embed);
+}
+
+/* ---- building ---------------------------------------------------------------------- */
+
+/* The builder walks the expected tensors twice: a checking pass (every tensor
+ * present with its shape, nothing allocated, so a mismatched checkpoint fails
+ * before gigabytes are allocated) and a converting pass into the allocation. */
+typedef struct builder {
+    const rq_tensor_table *tab;
+    bool check_only;
+    float *next; /* the next free float of the weight allocation */
+    float *end;
+    int dtype_count[RQ_DTYPE_COUNT];
+    rq_err *err;
+} builder;
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && n < cap; i++) n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+/* Take the next rows*cols floats of the allocation and fill them from the
+ * tensor called name, which must have shape [rows, cols] ([rows] when cols is 0). */
+static rq_status load_weight(builder *b, const char *name, int64_t rows, int64_t cols, float **dest) {
+    int64_t expect[2] = {rows, cols};
+    int ndim = cols ? 2 : 1;
+    char want[64], got[96];
+    shape_str(want, sizeof want, ndim, expect);
+    const rq_tensor_view *v = rq_tensor_table_find(b->tab, name);
+    if (!v) {
+        const char *file = b->tab->count > 0 && b->tab->items[0].file ? b->tab->items[0].file : "checkpoint";
+        return RQ_FAIL(b->err, RQ_ERR_FORMAT, "%s: tensor '%s' is missing (expected shape %s)", file, name, want);
+    }
+    bool same = v->ndim == ndim && v->shape[0] == rows && (ndim == 1 || v->shape[1] == cols);
+    if (!same) {
+        shape_str(got, sizeof got, v->ndim, v->shape);
+        return RQ_FAIL(b->err, RQ_ERR_FORMAT, "%s: tensor '%s': expected shape %s, found %s", v->file ? v->file : "?", name,
+                       want, got);
+    }
+    int64_t n = rows * (cols ? cols : 1);
+    if (b->check_only) return RQ_OK;
+    if (n > b->end - b->next) return RQ_FAIL(b->err, RQ_ERR_INTERNAL, "weight allocation too small at tensor '%s'", name);
+    *dest = b->next;
+    b->next += n;
+    if ((int)v->dtype >= 0 && v->dtype < RQ_DTYPE_COUNT) b->dtype_count[v->dtype]++;
+    return rq_tensor_to_f32(v, *dest, b->err);
+}
+
+static void describe_dtypes(const int *count, char *buf, size_t cap) {
+    int done[RQ_DTYPE_COUNT] = {0};
+    size_t n = 0;
+    buf[0] = 0;
+    for (;;) {
+        int best = -1;
+        for (int t = 0; t < RQ_DTYPE_COUNT; t++)
+            if (!done[t] && count[t] > 0 && (best < 0 || count[t] > count[best])) best = t;
+        if (best < 0 || n >= cap) break;
+        done[best] = 1;
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s x%d", n ? ", " : "", rq_dtype_name((rq_dtype)best), count[best]);
+    }
+}
+
+/* Every weight of the model in allocation order. */
+static rq_status walk_weights(builder *b, rq_model *m) {
+    const rq_config c = m->cfg;
+    int64_t d = c.dim, q = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim, ff = c.hidden_dim;
+    rq_status s = load_weight(b, "model.embed_tokens.weight", c.vocab_size, d, &m->tok_embed);
+    for (int l = 0; l < c.n_layers && s == RQ_OK; l++) {
+        rq_layer *L = &m->layers[l];
+        struct {
+            const char *suffix;
+            int64_t rows, cols;
+            float **dest;
+            rq_linear *lin;
+        } parts[] = {
+            {"input_layernorm.weight", d, 0, &L->attn_norm, NULL},
+            {"self_attn.q_proj.weight", q, d, &L->wq.w, &L->wq},
+            {"self_attn.k_proj.weight", kv, d, &L->wk.w, &L->wk},
+            {"self_attn.v_proj.weight", kv, d, &L->wv.w, &L->wv},
+            {"self_attn.o_proj.weight", d, q, &L->wo.w, &L->wo},
+            {"post_attention_layernorm.weight", d, 0, &L->ffn_norm, NULL},
+            {"mlp.gate_proj.weight", ff, d, &L->w_gate.w, &L->w_gate},
+            {"mlp.up_proj.weight", ff, d, &L->w_up.w, &L->w_up},
+            {"mlp.down_proj.weight", d, ff, &L->w_down.w, &L->w_down},
+        };
+        for (size_t k = 0; k < sizeof parts / sizeof parts[0] && s == RQ_OK; k++) {
+            char name[RQ_TENSOR_NAME_MAX];
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, parts[k].suffix);
+            s = load_weight(b, name, parts[k].rows, parts[k].cols, parts[k].dest);
+            if (parts[k].lin) {
+                parts[k].lin->out = (int)parts[k].rows;
+                parts[k].lin->in = (int)parts[k].cols;
+            }
+        }
+    }
+    if (s == RQ_OK) s = load_weight(b, "model.norm.weight", d, 0, &m->final_norm);
+    m->lm_head.out = c.vocab_size;
+    m->lm_head.in = c.dim;
+    if (s == RQ_OK) {
+        if (c.tie_embeddings) m->lm_head.w = m->tok_embed;
+        else s = load_weight(b, "lm_head.weight", c.vocab_size, d, &m->lm_head.w);
+    }
+    return s;
+}
+
+rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab, rq_model **out, rq_err *err) {
+    *out = NULL;
+    rq_config c = *cfg;
+    const char *what = tab->count > 0 && tab->items[0].file ? tab->items[0].file : "config";
+    RQ_TRY(rq_config_validate(&c, what, err));
+    /* A checkpoint that carries lm_head.weight is untied whatever the config
+     * says (some tied exports still store it); one without it reuses the embedding. */
+    c.tie_embeddings = rq_tensor_table_find(tab, "lm_head.weight") == NULL;
+    int64_t n_params = rq_config_n_params(&c);
+    size_t bytes;
+    if (n_params <= 0 || !rq_mul_ok((size_t)n_params, sizeof(float), &bytes))
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: model size overflows", what);
+
+    rq_model *m = rq_calloc(1, sizeof *m, err);
+    if (!m) return RQ_ERR_NOMEM;
+    m->cfg = c;
+    m->layers = rq_calloc((size_t)c.n_layers, sizeof *m->layers, err);
+    if (!m->layers) {
+        rq_model_free(m);
+        return RQ_ERR_NOMEM;
+    }
+    m->n_params = n_params;
+
+    builder check = {.tab = tab, .check_only = true, .err = err};
+    rq_status s = walk_weights(&check, m);
+    builder b = {.tab = tab, .next = NULL, .err = err};
+    if (s == RQ_OK) {
+        m->weights = rq_alloc_aligned(bytes, err);
+        if (!m->weights) s = err ? err->code : RQ_ERR_NOMEM;
+    }
+    if (s == RQ_OK) {
+        m->weights_bytes = bytes;
+        b.next = m->weights;
+        b.end = m->weights + n_params;
+        s = walk_weights(&b, m);
+    }
+    if (s == RQ_OK && b.next != b.end) s = RQ_FAIL(err, RQ_ERR_INTERNAL, "weight allocation size mismatch");
+    if (s != RQ_OK) {
+        rq_model_free(m);
+        return s;
+    }
+    describe_dtypes(b.dtype_count, m->dtypes, sizeof m->dtypes);
+    *out = m;
+    return RQ_OK;
+}
+
+void rq_model_free(rq_model *m) {
+    if (!m) return;
+    if (m->tok) rq_tokenizer_free(m->tok);
+    free(m->weights);
+    free(m->layers);
+    free(m);
+}
+
+/* ---- format dispatch ------------------------------------------------------------------ */
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* An explicit tokenizer for an HF or GGUF model: tokenizer.json or a llama2.c tokenizer.bin. */
+static rq_status replace_tokenizer(rq_model *m, const char *tokenizer_path, rq_err *err) {
+    rq_tokenizer *tok = NULL;
+    if (ends_with(tokenizer_path, ".json")) RQ_TRY(rq_tokenizer_load_hf_json(tokenizer_path, &tok, err));
+    else RQ_TRY(rq_tokenizer_load_llama2c(tokenizer_path, m->cfg.vocab_size, &tok, err));
+    if (m->tok) rq_tokenizer_free(m->tok);
+    m->tok = tok;
+    return RQ_OK;
+}
+
+rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model **out, rq_err *err) {
+    *out = NULL;
+    if (!path || !*path) return RQ_FAIL(err, RQ_ERR_ARG, "no model path given");
+    rq_model *m = NULL;
+    const char *format;
+    if (rq_dir_exists(path)) {
+        char cfg[4200];
+        if (!rq_path_join(cfg, sizeof cfg, path, "config.json") || !rq_file_exists(cfg))
+            return RQ_FAIL(err, RQ_ERR_IO, "%s: a model directory needs a config.json (Hugging Face layout)", path);
+        format = "hf";
+        RQ_TRY(rq_hf_load(path, &m, err));
+    } else {
+        FILE *f = fopen(path, "rb");
+        if (!f) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open model file", path);
+        char magic[4] = {0};
+        size_t got = fread(magic, 1, 4, f);
+        fclose(f);
+        if (got == 4 && memcmp(magic, "GGUF", 4) == 0) {
+            format = "gguf";
+            RQ_TRY(rq_gguf_load(path, &m, err));
+        } else {
+            format = "llama2c";
+            RQ_TRY(rq_llama2c_load(path, tokenizer_path, &m, err));
+            tokenizer_path = NULL; /* already used */
+        }
+    }
+    if (tokenizer_path) {
+        rq_status s = replace_tokenizer(m, tokenizer_path, err);
+        if (s != RQ_OK) {
+            rq_model_free(m);
+            return s;
+        }
+    }
+    snprintf(m->format, sizeof m->format, "%s", format);
+    snprintf(m->path, sizeof m->path, "%s", path);
+    *out = m;
+    return RQ_OK;
+}
