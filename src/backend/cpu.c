@@ -6,17 +6,14 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "../quant/q2.h"
 #include "backend.h"
 #include "ops_math.h"
 
 typedef struct cpu_ctx {
-    float *tile;        /* dequantization scratch for q2 weights */
+    float *tile;        /* dequantization scratch for q2 weights, allocated once */
     size_t tile_floats;
 } cpu_ctx;
-
-/* Rows of a q2 weight dequantized per GEMM tile: big enough to keep the GEMM
- * efficient, small enough to stay in cache-sized scratch (never the whole model). */
-#define RQ_Q2_TILE_ROWS 256
 
 static void *cpu_alloc(rq_backend *be, size_t bytes, rq_err *err) { return rq_alloc_aligned(bytes, err); }
 static void cpu_free(rq_backend *be, void *p) { free(p); }
@@ -36,23 +33,25 @@ static void cpu_matmul_nt(rq_backend *be, float *out, const float *a, const floa
                 M);
 }
 
-static float *cpu_tile(rq_backend *be, size_t floats) {
-    cpu_ctx *c = be->ctx;
-    if (c->tile_floats < floats) {
-        free(c->tile);
-        c->tile = aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
-        c->tile_floats = c->tile ? floats : 0;
-    }
-    return c->tile;
-}
-
 static void cpu_linear(rq_backend *be, float *out, const float *in, const rq_linear *W, int N, bool accumulate) {
     if (W->w) {
         cpu_matmul_nt(be, out, in, W->w, N, W->out, W->in, accumulate);
         return;
     }
-    /* q2 weights: wired in when src/quant lands */
-    (void)cpu_tile;
+    /* q2: out[:, r0:r1] = in * deq(W[r0:r1])^T, one tile of output rows at a
+     * time; a tile of ~256 KiB stays in L2 between dequantization and GEMM */
+    int tile_rows = (int)(65536 / (W->in > 0 ? W->in : 1));
+    if (tile_rows < 16) tile_rows = 16;
+    if (tile_rows > W->out) tile_rows = W->out;
+    cpu_ctx *c = be->ctx;
+    if ((size_t)tile_rows * W->in > c->tile_floats) tile_rows = (int)(c->tile_floats / W->in);
+    float *tile = c->tile;
+    for (int r0 = 0; r0 < W->out; r0 += tile_rows) {
+        int r1 = r0 + tile_rows < W->out ? r0 + tile_rows : W->out;
+        rq_q2_dequant_rows(W->q2, r0, r1, tile, 0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r1 - r0, W->in, 1.0f, in, W->in, tile, W->in,
+                    accumulate ? 1.0f : 0.0f, out + r0, W->out);
+    }
 }
 
 static void cpu_embedding(rq_backend *be, float *out, const int *tokens, const float *table, int N, int C) {
@@ -176,6 +175,14 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     if (n_threads > 0) {
         omp_set_num_threads(n_threads);
         openblas_set_num_threads(n_threads);
+    }
+    /* 2M floats hold >= 16 rows of any input width up to 131072 */
+    c->tile_floats = (size_t)1 << 21;
+    c->tile = rq_alloc_aligned(c->tile_floats * sizeof(float), err);
+    if (!c->tile) {
+        free(c);
+        free(be);
+        return RQ_ERR_NOMEM;
     }
     be->name = "cpu";
     be->ctx = c;
