@@ -21,6 +21,8 @@ struct rq_backend {
     void (*free)(rq_backend *be, void *p);
     rq_status (*upload)(rq_backend *be, void *dst, const void *src, size_t bytes, rq_err *err);
     rq_status (*download)(rq_backend *be, void *dst, const void *src, size_t bytes, rq_err *err);
+    /* device-to-device copy */
+    void (*copy)(rq_backend *be, void *dst, const void *src, size_t bytes);
     /* dst[rows][C] = src[idx[r]][C]: gather rows of a matrix on the device */
     void (*gather_rows)(rq_backend *be, float *dst, const float *src, const int *idx, int rows, int C);
 

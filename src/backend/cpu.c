@@ -22,6 +22,10 @@ static rq_status cpu_copy_bytes(rq_backend *be, void *dst, const void *src, size
     return RQ_OK;
 }
 
+static void cpu_copy(rq_backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) memmove(dst, src, bytes);
+}
+
 static void cpu_gather_rows(rq_backend *be, float *dst, const float *src, const int *idx, int rows, int C) {
     for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * C, src + (size_t)idx[r] * C, sizeof(float) * C);
 }
@@ -191,6 +195,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->free = cpu_free;
     be->upload = cpu_copy_bytes;
     be->download = cpu_copy_bytes;
+    be->copy = cpu_copy;
     be->gather_rows = cpu_gather_rows;
     be->linear = cpu_linear;
     be->matmul_nt = cpu_matmul_nt;

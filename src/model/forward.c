@@ -184,6 +184,24 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
     return RQ_OK;
 }
 
+rq_status rq_forward_cache_fork(rq_forward_state *s, int len, int B, rq_err *err) {
+    const rq_config *c = &s->m->cfg;
+    if (!s->o.kv_cache) return RQ_FAIL(err, RQ_ERR_ARG, "forward: sharing a prefix needs a KV cache");
+    if (B < 1 || B > s->o.max_batch || len < 0 || len > s->o.max_seq)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: cannot fork %d tokens into %d sequences (max %d x %d)", len, B,
+                       s->o.max_batch, s->o.max_seq);
+    const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, Tmax = (size_t)s->o.max_seq;
+    const size_t seq_floats = Tmax * kv_dim, layer_floats = (size_t)s->o.max_batch * seq_floats;
+    for (int kv = 0; kv < 2; kv++)
+        for (int l = 0; l < s->n_cache_layers; l++) {
+            float *base = s->kv + ((size_t)kv * s->n_cache_layers + l) * layer_floats;
+            for (int b = 1; b < B; b++)
+                s->be->copy(s->be, base + b * seq_floats, base, (size_t)len * kv_dim * sizeof(float));
+        }
+    s->last_B = B;
+    return RQ_OK;
+}
+
 const float *rq_forward_hidden(const rq_forward_state *s) { return s->hidden; }
 
 rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *out, rq_err *err) {

@@ -25,6 +25,11 @@ void rq_forward_free(rq_forward_state *s);
  * Leaves the final hidden states (after the final norm) in the state. */
 rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err);
 
+/* Share a prefix: copy sequence 0's cached keys/values at positions [0, len)
+ * into sequences 1..B-1, so B continuations of one context can run as a batch
+ * at pos0 = len without recomputing the context. Needs a KV cache. */
+rq_status rq_forward_cache_fork(rq_forward_state *s, int len, int B, rq_err *err);
+
 /* Final hidden states of the last run: [B][T][dim] on the backend. */
 const float *rq_forward_hidden(const rq_forward_state *s);
 
