@@ -13,6 +13,9 @@
 typedef struct cpu_ctx {
     float *tile;        /* dequantization scratch for q2 weights, allocated once */
     size_t tile_floats;
+    float *att;         /* attention score scratch, per thread, grown on demand (never per call:
+                           fresh large allocations cost a page fault per 4 KiB) */
+    size_t att_floats;
 } cpu_ctx;
 
 static void *cpu_alloc(rq_backend *be, size_t bytes, rq_err *err) { return rq_alloc_aligned(bytes, err); }
@@ -91,54 +94,64 @@ static void cpu_rope_fwd(rq_backend *be, float *x, const float *cos_t, const flo
         }
 }
 
+/* Causal GQA attention, one (sequence, query head) at a time as two GEMMs:
+ * S = Q_h K_g^T over the strided head slices (lda = nh*hd, ldb = nkv*hd), a
+ * masked row softmax, then O_h = P V_g. The (b, h) pairs run in parallel with
+ * single-threaded GEMMs inside (OpenBLAS threads would only fight OpenMP's). */
 static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const float *q, const float *k,
                               const float *v, int B, int T, int pos0, int Tk_max, int nh, int nkv, int hd) {
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = nh / nkv;
     const int Tk = pos0 + T;
-#pragma omp parallel
+    cpu_ctx *c = be->ctx;
+    const size_t per_thread = (size_t)T * Tk;
+    const int n_threads = omp_get_max_threads();
+    if (!att && c->att_floats < per_thread * n_threads) {
+        free(c->att);
+        c->att = malloc(sizeof(float) * per_thread * n_threads);
+        c->att_floats = c->att ? per_thread * n_threads : 0;
+        if (!c->att) { /* no way to report from a void op: make the failure loud, not silent */
+            for (size_t i = 0; i < (size_t)B * T * nh * hd; i++) out[i] = NAN;
+            return;
+        }
+    }
+    /* OpenBLAS's OpenMP build runs single-threaded inside our parallel region by
+     * itself; its pthread build needs telling, or its threads oversubscribe */
+    const bool pthread_blas = openblas_get_parallel() == 1;
+    const int blas_threads = openblas_get_num_threads();
+    if (pthread_blas) openblas_set_num_threads(1);
+#pragma omp parallel num_threads(n_threads)
     {
-        float *scores = malloc(sizeof(float) * (size_t)Tk);
-#pragma omp for collapse(3) schedule(dynamic, 4)
+        float *scratch = att ? NULL : c->att + per_thread * omp_get_thread_num();
+#pragma omp for collapse(2) schedule(dynamic, 1)
         for (int b = 0; b < B; b++)
-            for (int h = 0; h < nh; h++)
+            for (int h = 0; h < nh; h++) {
+                const int g = h / group;
+                const float *qh = q + (size_t)b * T * nh * hd + (size_t)h * hd;
+                const float *kg = k + (size_t)b * Tk_max * nkv * hd + (size_t)g * hd;
+                const float *vg = v + (size_t)b * Tk_max * nkv * hd + (size_t)g * hd;
+                float *p = att ? att + ((size_t)b * nh + h) * T * Tk : scratch;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, Tk, hd, scale, qh, nh * hd, kg, nkv * hd,
+                            0.0f, p, Tk);
                 for (int t = 0; t < T; t++) {
-                    const int kvh = h / group;
-                    const int n_keys = pos0 + t + 1; /* causal: keys at positions <= pos0 + t */
-                    const float *qv = q + (((size_t)b * T + t) * nh + h) * hd;
-                    const float *kb = k + (size_t)b * Tk_max * nkv * hd + (size_t)kvh * hd;
-                    const float *vb = v + (size_t)b * Tk_max * nkv * hd + (size_t)kvh * hd;
-                    float mx = -FLT_MAX;
-                    for (int j = 0; j < n_keys; j++) {
-                        const float *kr = kb + (size_t)j * nkv * hd;
-                        float d = 0.0f;
-                        for (int i = 0; i < hd; i++) d += qv[i] * kr[i];
-                        d *= scale;
-                        scores[j] = d;
-                        if (d > mx) mx = d;
-                    }
+                    float *row = p + (size_t)t * Tk;
+                    const int n_keys = pos0 + t + 1; /* keys at positions <= pos0 + t */
+                    float mx = row[0];
+                    for (int j = 1; j < n_keys; j++) mx = row[j] > mx ? row[j] : mx;
                     float sum = 0.0f;
                     for (int j = 0; j < n_keys; j++) {
-                        scores[j] = expf(scores[j] - mx);
-                        sum += scores[j];
+                        row[j] = expf(row[j] - mx);
+                        sum += row[j];
                     }
-                    float inv = 1.0f / sum;
-                    float *o = out + (((size_t)b * T + t) * nh + h) * hd;
-                    for (int i = 0; i < hd; i++) o[i] = 0.0f;
-                    for (int j = 0; j < n_keys; j++) {
-                        float p = scores[j] * inv;
-                        const float *vr = vb + (size_t)j * nkv * hd;
-                        for (int i = 0; i < hd; i++) o[i] += p * vr[i];
-                        scores[j] = p;
-                    }
-                    if (att) {
-                        float *a = att + (((size_t)b * nh + h) * T + t) * Tk;
-                        memcpy(a, scores, sizeof(float) * n_keys);
-                        for (int j = n_keys; j < Tk; j++) a[j] = 0.0f;
-                    }
+                    const float inv = 1.0f / sum;
+                    for (int j = 0; j < n_keys; j++) row[j] *= inv;
+                    for (int j = n_keys; j < Tk; j++) row[j] = 0.0f;
                 }
-        free(scores);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, Tk, 1.0f, p, Tk, vg, nkv * hd, 0.0f,
+                            out + (size_t)b * T * nh * hd + (size_t)h * hd, nh * hd);
+            }
     }
+    if (pthread_blas) openblas_set_num_threads(blas_threads);
 }
 
 static void cpu_swiglu_fwd(rq_backend *be, float *out, const float *gate, const float *up, int N, int H) {
@@ -162,7 +175,10 @@ void rq_cpu_train_ops_install(rq_backend *be); /* cpu_train.c */
 
 static void cpu_destroy(rq_backend *be) {
     cpu_ctx *c = be->ctx;
-    if (c) free(c->tile);
+    if (c) {
+        free(c->tile);
+        free(c->att);
+    }
     free(c);
     free(be);
 }

@@ -4,26 +4,46 @@
 #include <stdlib.h>
 
 #include "../io/tensors.h"
+#include "../adapter/adapter.h"
 #include "forward.h"
 
 /* Rows of logits computed at once by rq_forward_nll: bounds the logits
  * buffer to NLL_CHUNK x vocab floats whatever B*T is. */
 #define NLL_CHUNK 64
 
+/* Activations of one decoder layer for one call, [N = B*T rows][...]. In
+ * inference every layer shares one set (nothing is kept); in training each
+ * layer has its own, since the backward pass reads them. */
+typedef struct layer_acts {
+    float *rstd1, *xn1;   /* attention norm: 1/rms [N], output [N][dim] */
+    float *q, *k, *v;     /* projections, q and k after RoPE */
+    float *att;           /* softmax probabilities [B][nh][T][T] (training only) */
+    float *att_out;       /* [N][q_dim] */
+    float *x_mid;         /* residual after attention [N][dim] */
+    float *rstd2, *xn2;   /* MLP norm */
+    float *gate, *up, *hb;/* [N][hidden]: gate and up pre-activation, silu(gate) * up */
+    float *xt[RQ_N_PROJ]; /* QA-LoRA pooled adapter inputs [N][G] (NULL: none / plain LoRA) */
+    float *u[RQ_N_PROJ];  /* adapter intermediates [N][r] */
+} layer_acts;
+
 struct rq_forward_state {
     const rq_model *m;
     rq_backend *be;
     rq_forward_opts o;
-    /* activations for one call, [B*T][...] each (one allocation) */
-    float *act;
-    float *x, *xn, *q, *k_new, *v_new, *att_out, *hb, *hb2, *hidden, *logits;
+    rq_adapter_set *adapters;
+    float *act;           /* the one allocation behind every activation buffer */
+    float **res;          /* residual stream: res[l] enters layer l, res[n_layers] the final norm
+                             (training: n_layers + 1 buffers; inference: all alias one) */
+    layer_acts *la;       /* [n_saved] */
+    int n_saved;          /* n_layers in training, else 1 */
+    float *rstd_final, *hidden, *logits, *rope_dev, *gather;
+    /* backward scratch (training only) */
+    float *d_x, *d_xn, *d_q, *d_k, *d_v, *d_att, *d_hb, *d_gate, *d_up, *d_adapter;
     /* K/V: [n_cache_layers][B][max_seq][kv_dim] (one allocation) */
     float *kv;
     int n_cache_layers;
-    /* rope */
     float *inv_freq;      /* host [hd/2] */
     float *rope_host;     /* host cos|sin [max_seq][hd/2] each */
-    float *rope_dev;      /* backend copy */
     size_t act_bytes, kv_bytes;
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
@@ -55,6 +75,36 @@ static void rope_inv_freq(const rq_config *c, float *inv_freq) {
 
 size_t rq_forward_bytes(const rq_forward_state *s) { return s->act_bytes + s->kv_bytes; }
 
+/* The size table of one allocation: entries are (pointer to set, floats). */
+typedef struct size_entry {
+    float **p;
+    size_t n;
+} size_entry;
+
+typedef struct size_table {
+    size_entry *e;
+    int n, cap;
+    bool failed;
+} size_table;
+
+static void table_add(size_table *t, float **p, size_t n) {
+    if (t->failed || n == 0) return;
+    if (t->n == t->cap) {
+        int cap = t->cap ? 2 * t->cap : 64;
+        size_entry *ne = realloc(t->e, sizeof *ne * (size_t)cap);
+        if (!ne) {
+            t->failed = true;
+            return;
+        }
+        t->e = ne;
+        t->cap = cap;
+    }
+    t->e[t->n].p = p;
+    t->e[t->n++].n = n;
+}
+
+static size_t adapter_r(const rq_adapter *a) { return a ? (size_t)a->r : 0; }
+
 rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
                             rq_err *err) {
     *out = NULL;
@@ -62,49 +112,109 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
     if (o->max_batch <= 0 || o->max_seq <= 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: batch %d and sequence length %d must be positive", o->max_batch,
                        o->max_seq);
+    if (o->train && o->kv_cache)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state keeps activations, not a KV cache");
+    if (o->adapters && (o->adapters->model.dim != c->dim || o->adapters->model.n_layers != c->n_layers ||
+                        o->adapters->model.hidden_dim != c->hidden_dim))
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: the adapters were built for another model shape");
     rq_forward_state *s = rq_calloc(1, sizeof *s, err);
     if (!s) return RQ_ERR_NOMEM;
     s->m = m;
     s->be = be;
     s->o = *o;
-    const size_t N = (size_t)o->max_batch * o->max_seq;
+    s->adapters = o->adapters;
+    s->n_saved = o->train ? c->n_layers : 1;
+    s->la = rq_calloc((size_t)s->n_saved, sizeof *s->la, err);
+    s->res = rq_calloc((size_t)c->n_layers + 1, sizeof *s->res, err);
+    size_table t = {0};
+    if (!s->la || !s->res) goto fail;
+    const size_t B = (size_t)o->max_batch, T = (size_t)o->max_seq, N = B * T;
     const size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    const size_t half = (size_t)c->head_dim / 2;
-    /* the size table: one allocation for all activations */
-    struct {
-        float **p;
-        size_t n;
-    } table[] = {
-        {&s->x, N * c->dim},           {&s->xn, N * c->dim},      {&s->q, N * q_dim},
-        {&s->k_new, N * kv_dim},       {&s->v_new, N * kv_dim},   {&s->att_out, N * q_dim},
-        {&s->hb, N * c->hidden_dim},   {&s->hb2, N * c->hidden_dim}, {&s->hidden, N * c->dim},
-        {&s->logits, (size_t)NLL_CHUNK * c->vocab_size}, {&s->rope_dev, 2 * (size_t)o->max_seq * half},
-    };
+    const size_t half = (size_t)c->head_dim / 2, H = (size_t)c->hidden_dim;
+    for (int r = 0; r < (o->train ? c->n_layers + 1 : 1); r++) table_add(&t, &s->res[r], N * c->dim);
+    size_t adapter_scratch = 0;
+    for (int l = 0; l < s->n_saved; l++) {
+        layer_acts *a = &s->la[l];
+        table_add(&t, &a->rstd1, N);
+        table_add(&t, &a->xn1, N * c->dim);
+        table_add(&t, &a->q, N * q_dim);
+        table_add(&t, &a->k, N * kv_dim);
+        table_add(&t, &a->v, N * kv_dim);
+        if (o->train) table_add(&t, &a->att, B * c->n_heads * T * T);
+        table_add(&t, &a->att_out, N * q_dim);
+        table_add(&t, &a->x_mid, N * c->dim);
+        table_add(&t, &a->rstd2, N);
+        table_add(&t, &a->xn2, N * c->dim);
+        table_add(&t, &a->gate, N * H);
+        table_add(&t, &a->up, N * H);
+        table_add(&t, &a->hb, N * H);
+        for (int p = 0; p < RQ_N_PROJ && s->adapters; p++) {
+            /* inference shares one layer's buffers: size them for the largest adapter of any layer */
+            size_t r_max = 0, g_max = 0;
+            for (int ll = (o->train ? l : 0); ll < (o->train ? l + 1 : c->n_layers); ll++) {
+                const rq_adapter *ad = rq_adapter_set_get(s->adapters, ll, p);
+                if (!ad) continue;
+                if (adapter_r(ad) > r_max) r_max = adapter_r(ad);
+                if (ad->type == RQ_ADAPTER_QALORA && (size_t)ad->a_cols > g_max) g_max = (size_t)ad->a_cols;
+                size_t sc = rq_adapter_scratch_floats(ad, (int)N);
+                if (sc > adapter_scratch) adapter_scratch = sc;
+            }
+            table_add(&t, &a->u[p], N * r_max);
+            table_add(&t, &a->xt[p], N * g_max);
+        }
+    }
+    table_add(&t, &s->rstd_final, N);
+    table_add(&t, &s->hidden, N * c->dim);
+    table_add(&t, &s->logits, (size_t)NLL_CHUNK * c->vocab_size);
+    table_add(&t, &s->gather, (size_t)NLL_CHUNK * c->dim);
+    table_add(&t, &s->rope_dev, 2 * T * half);
+    if (o->train) {
+        table_add(&t, &s->d_x, N * c->dim);
+        table_add(&t, &s->d_xn, N * c->dim);
+        table_add(&t, &s->d_q, N * q_dim);
+        table_add(&t, &s->d_k, N * kv_dim);
+        table_add(&t, &s->d_v, N * kv_dim);
+        table_add(&t, &s->d_att, N * q_dim);
+        table_add(&t, &s->d_hb, N * H);
+        table_add(&t, &s->d_gate, N * H);
+        table_add(&t, &s->d_up, N * H);
+        table_add(&t, &s->d_adapter, adapter_scratch);
+    }
+    if (t.failed) {
+        RQ_FAIL(err, RQ_ERR_NOMEM, "forward: out of memory building the size table");
+        goto fail;
+    }
     size_t total = 0;
-    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) total += (table[i].n + 15) & ~(size_t)15;
+    for (int i = 0; i < t.n; i++) total += (t.e[i].n + 15) & ~(size_t)15; /* 64-byte aligned buffers */
     s->act_bytes = total * sizeof(float);
     s->act = be->alloc(be, s->act_bytes, err);
     if (!s->act) goto fail;
     float *p = s->act;
-    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
-        *table[i].p = p;
-        p += (table[i].n + 15) & ~(size_t)15;
+    for (int i = 0; i < t.n; i++) {
+        *t.e[i].p = p;
+        p += (t.e[i].n + 15) & ~(size_t)15;
     }
-    /* without a cache the K/V of the current call still need a home: one layer's worth, reused */
-    s->n_cache_layers = o->kv_cache ? c->n_layers : 1;
-    s->kv_bytes = 2 * (size_t)s->n_cache_layers * N * kv_dim * sizeof(float);
-    s->kv = be->alloc(be, s->kv_bytes, err);
-    if (!s->kv) goto fail;
+    if (!o->train)
+        for (int r = 1; r <= c->n_layers; r++) s->res[r] = s->res[0];
+    /* without a cache the K/V of an inference call still need a home (training reads la[l].k/v) */
+    if (!o->train) {
+        s->n_cache_layers = o->kv_cache ? c->n_layers : 1;
+        s->kv_bytes = 2 * (size_t)s->n_cache_layers * N * kv_dim * sizeof(float);
+        s->kv = be->alloc(be, s->kv_bytes, err);
+        if (!s->kv) goto fail;
+    }
     s->inv_freq = rq_calloc(half, sizeof(float), err);
-    s->rope_host = rq_calloc(2 * (size_t)o->max_seq * half, sizeof(float), err);
+    s->rope_host = rq_calloc(2 * T * half, sizeof(float), err);
     s->logits_host = rq_calloc((size_t)NLL_CHUNK * c->vocab_size, sizeof(float), err);
     if (!s->inv_freq || !s->rope_host || !s->logits_host) goto fail;
     rope_inv_freq(c, s->inv_freq);
+    free(t.e);
     *out = s;
     return RQ_OK;
 fail:
+    free(t.e);
     rq_forward_free(s);
-    return err ? err->code : RQ_ERR_NOMEM;
+    return err && err->code ? err->code : RQ_ERR_NOMEM;
 }
 
 void rq_forward_free(rq_forward_state *s) {
@@ -114,6 +224,8 @@ void rq_forward_free(rq_forward_state *s) {
     free(s->inv_freq);
     free(s->rope_host);
     free(s->logits_host);
+    free(s->la);
+    free(s->res);
     free(s);
 }
 
@@ -128,6 +240,17 @@ static rq_status upload_rope(rq_forward_state *s, int T, int pos0, rq_err *err) 
             sn[(size_t)t * half + i] = sinf(a);
         }
     return s->be->upload(s->be, s->rope_dev, s->rope_host, 2 * (size_t)T * half * sizeof(float), err);
+}
+
+/* out[N][W.out] (+)= in W^T, plus the adapter's s * B A x~ when one is attached. */
+static void proj_forward(rq_forward_state *s, int l, int p, float *out, const float *in, int N, bool accumulate,
+                         layer_acts *a) {
+    const rq_layer *L = &s->m->layers[l];
+    s->be->linear(s->be, out, in, rq_layer_proj((rq_layer *)L, p), N, accumulate);
+    rq_adapter *ad = s->adapters ? rq_adapter_set_get(s->adapters, l, p) : NULL;
+    if (!ad) return;
+    const float *xt = rq_adapter_input(s->be, ad, in, N, a->xt[p]);
+    rq_adapter_forward(s->be, ad, out, xt, a->u[p], N);
 }
 
 rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err) {
@@ -148,37 +271,54 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return RQ_FAIL(err, RQ_ERR_ARG, "forward: token id %d at index %d is outside the vocabulary (0..%d)",
                            tokens[i], i, c->vocab_size - 1);
+    if (s->o.train && (pos0 != 0 || T != s->o.max_seq))
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs whole windows of %d tokens from position 0",
+                       s->o.max_seq);
     const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     const int kv_dim = nkv * hd, Tmax = s->o.max_seq;
     const int half = hd / 2;
     RQ_TRY(upload_rope(s, T, pos0, err));
     const float *cos_t = s->rope_dev, *sin_t = s->rope_dev + (size_t)T * half;
 
-    be->embedding(be, s->x, tokens, m->tok_embed, N, c->dim);
+    be->embedding(be, s->res[0], tokens, m->tok_embed, N, c->dim);
     for (int l = 0; l < c->n_layers; l++) {
         const rq_layer *L = &m->layers[l];
-        const size_t layer_kv = (size_t)(s->o.kv_cache ? l : 0) * s->o.max_batch * Tmax * kv_dim;
-        float *k_cache = s->kv + layer_kv;
-        float *v_cache = s->kv + (size_t)s->n_cache_layers * s->o.max_batch * Tmax * kv_dim + layer_kv;
-        /* attention block */
-        be->rmsnorm_fwd(be, s->xn, NULL, s->x, L->attn_norm, N, c->dim, c->norm_eps);
-        be->linear(be, s->q, s->xn, &L->wq, N, false);
-        be->linear(be, s->k_new, s->xn, &L->wk, N, false);
-        be->linear(be, s->v_new, s->xn, &L->wv, N, false);
-        be->rope_fwd(be, s->q, cos_t, sin_t, B, T, nh, hd);
-        be->rope_fwd(be, s->k_new, cos_t, sin_t, B, T, nkv, hd);
-        be->cache_store(be, k_cache, s->k_new, B, T, pos0, Tmax, kv_dim);
-        be->cache_store(be, v_cache, s->v_new, B, T, pos0, Tmax, kv_dim);
-        be->attention_fwd(be, s->att_out, NULL, s->q, k_cache, v_cache, B, T, pos0, Tmax, nh, nkv, hd);
-        be->linear(be, s->x, s->att_out, &L->wo, N, true); /* residual: x += o_proj(att) */
-        /* MLP block */
-        be->rmsnorm_fwd(be, s->xn, NULL, s->x, L->ffn_norm, N, c->dim, c->norm_eps);
-        be->linear(be, s->hb, s->xn, &L->w_gate, N, false);
-        be->linear(be, s->hb2, s->xn, &L->w_up, N, false);
-        be->swiglu_fwd(be, s->hb, s->hb, s->hb2, N, c->hidden_dim);
-        be->linear(be, s->x, s->hb, &L->w_down, N, true); /* residual: x += down(...) */
+        layer_acts *a = &s->la[s->o.train ? l : 0];
+        const float *x_in = s->res[l];
+        float *x_out = s->res[l + 1];
+        float *k_cache, *v_cache;
+        int kv_len = Tmax;
+        if (s->o.train) { /* keys and values of the window are the cache, [B][T][kv_dim] */
+            k_cache = a->k;
+            v_cache = a->v;
+        } else {
+            const size_t layer_kv = (size_t)(s->o.kv_cache ? l : 0) * s->o.max_batch * Tmax * kv_dim;
+            k_cache = s->kv + layer_kv;
+            v_cache = s->kv + (size_t)s->n_cache_layers * s->o.max_batch * Tmax * kv_dim + layer_kv;
+        }
+        /* attention block: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) */
+        be->rmsnorm_fwd(be, a->xn1, a->rstd1, x_in, L->attn_norm, N, c->dim, c->norm_eps);
+        proj_forward(s, l, RQ_PROJ_Q, a->q, a->xn1, N, false, a);
+        proj_forward(s, l, RQ_PROJ_K, a->k, a->xn1, N, false, a);
+        proj_forward(s, l, RQ_PROJ_V, a->v, a->xn1, N, false, a);
+        be->rope_fwd(be, a->q, cos_t, sin_t, B, T, nh, hd);
+        be->rope_fwd(be, a->k, cos_t, sin_t, B, T, nkv, hd);
+        if (!s->o.train) {
+            be->cache_store(be, k_cache, a->k, B, T, pos0, Tmax, kv_dim);
+            be->cache_store(be, v_cache, a->v, B, T, pos0, Tmax, kv_dim);
+        }
+        be->attention_fwd(be, a->att_out, a->att, a->q, k_cache, v_cache, B, T, pos0, kv_len, nh, nkv, hd);
+        if (a->x_mid != x_in) be->copy(be, a->x_mid, x_in, (size_t)N * c->dim * sizeof(float));
+        proj_forward(s, l, RQ_PROJ_O, a->x_mid, a->att_out, N, true, a);
+        /* MLP block: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
+        be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, L->ffn_norm, N, c->dim, c->norm_eps);
+        proj_forward(s, l, RQ_PROJ_GATE, a->gate, a->xn2, N, false, a);
+        proj_forward(s, l, RQ_PROJ_UP, a->up, a->xn2, N, false, a);
+        be->swiglu_fwd(be, a->hb, a->gate, a->up, N, c->hidden_dim);
+        if (x_out != a->x_mid) be->copy(be, x_out, a->x_mid, (size_t)N * c->dim * sizeof(float));
+        proj_forward(s, l, RQ_PROJ_DOWN, x_out, a->hb, N, true, a);
     }
-    be->rmsnorm_fwd(be, s->hidden, NULL, s->x, m->final_norm, N, c->dim, c->norm_eps);
+    be->rmsnorm_fwd(be, s->hidden, s->rstd_final, s->res[c->n_layers], m->final_norm, N, c->dim, c->norm_eps);
     s->last_B = B;
     s->last_T = T;
     return RQ_OK;
@@ -216,8 +356,8 @@ rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *
         int cnt = n - r0 < NLL_CHUNK ? n - r0 : NLL_CHUNK;
         const float *src;
         if (rows) {
-            be->gather_rows(be, s->xn, s->hidden, rows + r0, cnt, c->dim);
-            src = s->xn;
+            be->gather_rows(be, s->gather, s->hidden, rows + r0, cnt, c->dim);
+            src = s->gather;
         } else {
             src = s->hidden + (size_t)r0 * c->dim;
         }
@@ -270,6 +410,102 @@ rq_status rq_forward_nll(rq_forward_state *s, const int *targets, int B, int T, 
                 nll[b] += row_nll[i];
                 n[b]++;
             }
+    }
+    return RQ_OK;
+}
+
+/* ---- training: loss gradients at the top and the backward pass ---------------- */
+
+float *rq_forward_hidden_mut(rq_forward_state *s) { return s->hidden; }
+
+rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad_scale, float *d_hidden,
+                             double *loss_sum, int64_t *count, rq_err *err) {
+    const rq_config *c = &s->m->cfg;
+    rq_backend *be = s->be;
+    const int V = c->vocab_size, N = s->last_B * s->last_T;
+    if (!be->cross_entropy) return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "backend %s has no cross_entropy op", be->name);
+    for (int i = 0; i < N; i++)
+        if (targets[i] >= V)
+            return RQ_FAIL(err, RQ_ERR_ARG, "loss: target id %d at index %d is outside the vocabulary (0..%d)",
+                           targets[i], i, V - 1);
+    double total = 0.0;
+    int64_t n = 0;
+    float row_loss[NLL_CHUNK];
+    for (int r0 = 0; r0 < N; r0 += NLL_CHUNK) {
+        int cnt = N - r0 < NLL_CHUNK ? N - r0 : NLL_CHUNK;
+        bool any = false;
+        for (int i = 0; i < cnt; i++) any |= targets[r0 + i] >= 0;
+        if (!any) continue;
+        const float *h = s->hidden + (size_t)r0 * c->dim;
+        be->linear(be, s->logits, h, &s->m->lm_head, cnt, false);
+        /* dlogits overwrite the logits chunk in place, then flow back through the frozen head */
+        be->cross_entropy(be, row_loss, d_hidden ? s->logits : NULL, s->logits, targets + r0, cnt, V, grad_scale);
+        if (d_hidden) be->linear_bwd_input(be, d_hidden + (size_t)r0 * c->dim, s->logits, &s->m->lm_head, cnt);
+        for (int i = 0; i < cnt; i++)
+            if (targets[r0 + i] >= 0) {
+                total += row_loss[i];
+                n++;
+            }
+    }
+    if (loss_sum) *loss_sum = total;
+    if (count) *count = n;
+    return RQ_OK;
+}
+
+/* din (+)= dout W for a projection, plus the adapter's gradients when one is attached. */
+static void proj_backward(rq_forward_state *s, int l, int p, float *din, const float *dout, const float *in, int N,
+                          layer_acts *a) {
+    const rq_layer *L = &s->m->layers[l];
+    s->be->linear_bwd_input(s->be, din, dout, rq_layer_proj((rq_layer *)L, p), N);
+    rq_adapter *ad = s->adapters ? rq_adapter_set_get(s->adapters, l, p) : NULL;
+    if (!ad) return;
+    const float *xt = ad->type == RQ_ADAPTER_QALORA ? a->xt[p] : in;
+    rq_adapter_backward(s->be, ad, din, dout, xt, a->u[p], N, s->d_adapter);
+}
+
+rq_status rq_forward_backward(rq_forward_state *s, const float *d_hidden, rq_err *err) {
+    const rq_model *m = s->m;
+    const rq_config *c = &m->cfg;
+    rq_backend *be = s->be;
+    if (!s->o.train) return RQ_FAIL(err, RQ_ERR_ARG, "backward: the forward state was not created for training");
+    if (s->last_B <= 0) return RQ_FAIL(err, RQ_ERR_ARG, "backward: no forward run to differentiate");
+    if (!be->linear_bwd_input || !be->rmsnorm_bwd || !be->attention_bwd)
+        return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "backend %s has no backward ops", be->name);
+    const int B = s->last_B, T = s->last_T, N = B * T;
+    const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, H = c->hidden_dim;
+    const size_t q_dim = (size_t)nh * hd, kv_dim = (size_t)nkv * hd;
+    const float *cos_t = s->rope_dev, *sin_t = s->rope_dev + (size_t)T * (hd / 2);
+    /* d_x holds the gradient of the residual stream, walking down from the final norm */
+    be->fill_zero(be, s->d_x, (size_t)N * c->dim);
+    be->rmsnorm_bwd(be, s->d_x, d_hidden, s->res[c->n_layers], m->final_norm, s->rstd_final, N, c->dim);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const rq_layer *L = &m->layers[l];
+        layer_acts *a = &s->la[l];
+        /* MLP block */
+        be->fill_zero(be, s->d_hb, (size_t)N * H);
+        proj_backward(s, l, RQ_PROJ_DOWN, s->d_hb, s->d_x, a->hb, N, a);
+        be->fill_zero(be, s->d_gate, (size_t)N * H);
+        be->fill_zero(be, s->d_up, (size_t)N * H);
+        be->swiglu_bwd(be, s->d_gate, s->d_up, s->d_hb, a->gate, a->up, N, H);
+        be->fill_zero(be, s->d_xn, (size_t)N * c->dim);
+        proj_backward(s, l, RQ_PROJ_GATE, s->d_xn, s->d_gate, a->xn2, N, a);
+        proj_backward(s, l, RQ_PROJ_UP, s->d_xn, s->d_up, a->xn2, N, a);
+        be->rmsnorm_bwd(be, s->d_x, s->d_xn, a->x_mid, L->ffn_norm, a->rstd2, N, c->dim); /* + residual path */
+        /* attention block */
+        be->fill_zero(be, s->d_att, (size_t)N * q_dim);
+        proj_backward(s, l, RQ_PROJ_O, s->d_att, s->d_x, a->att_out, N, a);
+        be->fill_zero(be, s->d_q, (size_t)N * q_dim);
+        be->fill_zero(be, s->d_k, (size_t)N * kv_dim);
+        be->fill_zero(be, s->d_v, (size_t)N * kv_dim);
+        be->attention_bwd(be, s->d_q, s->d_k, s->d_v, s->d_att, a->att, a->q, a->k, a->v, B, T, nh, nkv, hd);
+        be->rope_bwd(be, s->d_q, cos_t, sin_t, B, T, nh, hd);
+        be->rope_bwd(be, s->d_k, cos_t, sin_t, B, T, nkv, hd);
+        be->fill_zero(be, s->d_xn, (size_t)N * c->dim);
+        proj_backward(s, l, RQ_PROJ_Q, s->d_xn, s->d_q, a->xn1, N, a);
+        proj_backward(s, l, RQ_PROJ_K, s->d_xn, s->d_k, a->xn1, N, a);
+        proj_backward(s, l, RQ_PROJ_V, s->d_xn, s->d_v, a->xn1, N, a);
+        if (l > 0) /* the embedding is frozen: layer 0's input gradient is not needed */
+            be->rmsnorm_bwd(be, s->d_x, s->d_xn, s->res[l], L->attn_norm, a->rstd1, N, c->dim);
     }
     return RQ_OK;
 }

@@ -10,10 +10,15 @@
 
 typedef struct rq_forward_state rq_forward_state;
 
+struct rq_adapter_set;
+
 typedef struct rq_forward_opts {
     int max_batch;  /* B: sequences per call */
     int max_seq;    /* T: tokens per sequence per call (and KV cache length) */
     bool kv_cache;  /* keep K/V so later calls can continue at pos0 > 0 (B sequences) */
+    bool train;     /* keep every layer's activations for rq_forward_backward; runs whole
+                       windows of max_seq tokens from position 0 */
+    struct rq_adapter_set *adapters; /* LoRA / QA-LoRA adapters applied in the forward, or NULL */
 } rq_forward_opts;
 
 rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
@@ -44,6 +49,24 @@ rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *
  * positions of sequence b and n[b] their count (arrays of B). */
 rq_status rq_forward_nll(rq_forward_state *s, const int *targets, int B, int T, double *nll, int64_t *n,
                          rq_err *err);
+
+/* ---- training (a state created with train = true) ---- */
+
+/* The final hidden states of the last run, writable (for losses computed in place). */
+float *rq_forward_hidden_mut(rq_forward_state *s);
+
+/* Next-token cross-entropy over the last run's rows: row i predicts targets[i]
+ * (< 0: not counted). Adds grad_scale * d(sum of row losses)/d(hidden) into
+ * d_hidden [B*T][dim] when not NULL (callers pass grad_scale = weight / count
+ * for a mean). Logits are computed in chunks through the frozen head.
+ * *loss_sum (fp64) and *count receive the summed loss and the counted rows. */
+rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad_scale, float *d_hidden,
+                             double *loss_sum, int64_t *count, rq_err *err);
+
+/* Backward pass of the last run given d_hidden [B*T][dim], the gradient of the
+ * loss with respect to the final hidden states (after the final norm). Adds
+ * into the attached adapters' gradients; the base model stays frozen. */
+rq_status rq_forward_backward(rq_forward_state *s, const float *d_hidden, rq_err *err);
 
 /* Bytes of activations and cache this state holds. */
 size_t rq_forward_bytes(const rq_forward_state *s);
