@@ -93,6 +93,10 @@ struct rq_backend {
     double (*sum_squares)(rq_backend *be, const float *x, size_t n);
     void (*scale)(rq_backend *be, float *x, float s, size_t n);
     void (*fill_zero)(rq_backend *be, float *x, size_t n);
+    /* Plain Adam step (torch.optim.Adam): as adamw, but weight_decay is the
+     * coupled L2 term, grad + weight_decay * param enters the moments. */
+    void (*adam_l2)(rq_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                    float beta1, float beta2, float eps, float weight_decay, int t);
 
     void (*destroy)(rq_backend *be);
 };

@@ -30,4 +30,43 @@ RQ_HD void rq_rope_pair(float *x0, float *x1, float c, float s) {
     *x1 = b * c + a * s;
 }
 
+/* ---- training (backward, optimizer) ---------------------------------------- */
+
+/* The transpose of rq_rope_pair: a rotation is orthogonal, so its backward is
+ * the rotation by the opposite angle. */
+RQ_HD void rq_rope_pair_bwd(float *d0, float *d1, float c, float s) { rq_rope_pair(d0, d1, c, -s); }
+
+/* Backward of out = silu(gate) * up for one element:
+ * silu'(g) = sigma(g) * (1 + g * (1 - sigma(g))). */
+RQ_HD void rq_swiglu_bwd(float gate, float up, float dout, float *dgate, float *dup) {
+    float sig = 1.0f / (1.0f + expf(-gate));
+    float silu = gate * sig;
+    *dgate += dout * up * sig * (1.0f + gate * (1.0f - sig));
+    *dup += dout * silu;
+}
+
+/* One Adam element step, in the order of torch.optim.Adam / AdamW's
+ * single-tensor CPU path so results agree to rounding:
+ *   decoupled decay (AdamW): p *= decay_mul (= 1 - lr * wd), before the update;
+ *   coupled decay (Adam):    g += l2 * p (the L2 term enters the moments);
+ *   m = lerp(m, g, 1 - b1)   (torch computes the first moment this way);
+ *   v = b2 v + (1 - b2) g^2;
+ *   p -= step_size * m / (sqrt(v) / bc2_sqrt + eps),
+ * with step_size = lr / (1 - b1^t) and bc2_sqrt = sqrt(1 - b2^t) computed once
+ * in double by the caller, as Python does. Pass decay_mul = 1, l2 = 0 for none. */
+RQ_HD void rq_adam_elem(float *p, float g, float *m, float *v, float beta2, float one_minus_beta1,
+                        float one_minus_beta2, float eps, float decay_mul, float l2, float step_size,
+                        float bc2_sqrt) {
+    float param = *p * decay_mul;
+    if (l2 != 0.0f) g = g + l2 * param;
+    float w = one_minus_beta1, mm = *m;
+    /* torch's lerp: self + w * (end - self) for w < 0.5, else end - (end - self) * (1 - w) */
+    mm = w < 0.5f ? mm + w * (g - mm) : g - (g - mm) * (1.0f - w);
+    float vv = *v * beta2 + one_minus_beta2 * g * g;
+    float denom = sqrtf(vv) / bc2_sqrt + eps;
+    *m = mm;
+    *v = vv;
+    *p = param + (-step_size) * mm / denom;
+}
+
 #endif
