@@ -33,3 +33,30 @@ set_tests_properties(reference_fixtures PROPERTIES
 if(TEST test_parity)
   set_tests_properties(test_parity PROPERTIES FIXTURES_REQUIRED torch_ref)
 endif()
+
+# reference_grad_fixtures (fixture torch_ref_grad): the same script's
+# grad-fixtures subcommand writes, under ${RQ_TEST_OUT}/ref_grad, the random HF
+# model again (its own copy, so this fixture does not depend on the other) and
+# the loss, adapter gradients (LoRA and QA-LoRA, torch autograd in float64 and
+# float32) and one Adam step for that model and for stories260K (with RILQ_DATA).
+# Same interpreter and the same skip/fail rule as reference_fixtures.
+#
+# `ctest -R test_parity_grad` runs it first automatically.
+if(EXISTS ${RQ_REF_PYTHON})
+  add_test(NAME reference_grad_fixtures
+    COMMAND ${RQ_REF_PYTHON} ${CMAKE_SOURCE_DIR}/tools/reference/llama_ref.py grad-fixtures ${RQ_TEST_OUT}/ref_grad
+    WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+else()
+  add_test(NAME reference_grad_fixtures
+    COMMAND sh -c "echo '${RQ_REF_PYTHON} not found (install python3-torch)' >&2; \
+case \"$CI\" in true|1) exit 1;; esac; exit 77")
+endif()
+set_tests_properties(reference_grad_fixtures PROPERTIES
+  FIXTURES_SETUP torch_ref_grad
+  SKIP_RETURN_CODE 77
+  LABELS "fast"
+  TIMEOUT 600)
+
+if(TEST test_parity_grad)
+  set_tests_properties(test_parity_grad PROPERTIES FIXTURES_REQUIRED torch_ref_grad)
+endif()

@@ -20,12 +20,35 @@ Subcommands
     fixtures OUTDIR
         Everything tests/test_parity.c reads (see write_fixtures). Exits 77 when
         torch is missing (fails under CI=true).
+    grad-fixtures OUTDIR
+        Everything tests/test_parity_grad.c reads (see write_grad_fixtures): the
+        RILQ loss of one batch with LoRA / QA-LoRA adapters on all seven
+        projections and its adapter gradients by autograd, in float64 and
+        float32. Same exit-77 rule.
 
 Logits file format (little-endian; what tests/test_parity.c reads):
     int32 magic = 0x474C5152 ("RQLG" as bytes), int32 version = 1,
     int32 B, int32 T, int32 V,
     int32 tokens[B][T]          the input tokens the logits belong to,
     float32 logits[B][T][V]     logits[b][t] = scores for the token after tokens[b][t].
+
+Gradient file format (little-endian; what tests/test_parity_grad.c reads):
+    int32 magic = 0x46475152 ("RQGF" as bytes), int32 version = 1,
+    int32 B, T, dim, n_layers, vocab,
+    int32 type (0 LoRA, 1 QA-LoRA), int32 r, int32 group_size (0 for LoRA), float32 alpha,
+    float64 loss (fp64 autograd run), float64 loss (fp32 run), float64 ce, float64 mse (fp64),
+    float64 adam_lr,
+    int32 tokens[B][T], int32 targets[B][T] (-100 = not counted), float32 teacher[B][T][dim],
+    then for each layer, for each projection in q k v o gate up down order:
+        int32 out, int32 a_cols,
+        float32 A[r][a_cols], float32 B[out][r]     the adapter values both sides start from,
+        float64 dA[r][a_cols], float64 dB[out][r]   d loss / d A, B from the fp64 run,
+        float32 dA, dB                              the same from the fp32 run (torch's own noise),
+        float64 A1, B1                              A, B after one torch.optim.Adam step (lr adam_lr,
+                                                    default betas and eps) from the fp64 gradients,
+    int32 end = 0x444E4547 ("GEND" as bytes).
+    loss = 0.5 * (mean cross-entropy over counted targets) + 0.5 * (mean over all
+    elements of (final hidden after the final norm - teacher)^2).
 """
 
 import argparse
@@ -655,6 +678,245 @@ def write_fixtures(outdir):
 
 
 # ---------------------------------------------------------------------------
+# LoRA / QA-LoRA adapters and gradient fixtures for tests/test_parity_grad.c
+#
+# Conventions are those of src/adapter/adapter.h, restated here as code:
+#   LoRA:     y = W x + s * B (A x),         A [r][in], B [out][r]
+#   QA-LoRA:  y = W x + s * B (A pool(x)),   A [r][G],  B [out][r],  G = ceil(in / gs)
+#   s = alpha / r; pool(x)_g = mean of x over inputs [g*gs, min((g+1)*gs, in)):
+#   contiguous groups, the last one possibly shorter and averaged over its real members.
+
+PROJS = [("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+         ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj")]  # rq_proj_names order
+
+GRAD_MAGIC = 0x46475152  # "RQGF" as bytes
+GRAD_END = 0x444E4547    # "GEND" as bytes
+GRAD_VERSION = 1
+ADAM_LR = 1e-3
+
+
+def proj_weight_name(l, p):
+    return "model.layers.%d.%s.%s.weight" % (l, PROJS[p][0], PROJS[p][1])
+
+
+def group_pool(x, gs):
+    """[..., in] -> [..., ceil(in / gs)] group means; the ragged last group is
+    averaged over its real members (a slice mean does exactly that)."""
+    n = x.shape[-1]
+    return torch.stack([x[..., lo : min(lo + gs, n)].mean(-1) for lo in range(0, n, gs)], dim=-1)
+
+
+def adapter_linear(ab, kind, scaling, gs):
+    """A `lin` hook for attention/mlp/final_hidden: the base projection plus the
+    adapter of that weight name when ab (name -> (A, B)) has one."""
+    def lin(x, W, name):
+        y = linear(x, W, name)
+        if name not in ab:
+            return y
+        A, B = ab[name]
+        xt = group_pool(x, gs) if kind == "qalora" else x
+        return y + scaling * ((xt @ A.t()) @ B.t())
+    return lin
+
+
+def adapter_values(cfg, W, kind, r, gs, seed):
+    """Deterministic float32 A, B for every projection, as lists indexed [l][p].
+
+    B is not zero (with the RILQ init B = 0 every dA would vanish). A is scaled
+    so that A x~ is O(1) for unit-size inputs (group means of gs roughly
+    independent inputs are ~1/sqrt(gs) smaller, hence the sqrt(gs) for QA-LoRA);
+    B's 0.02 keeps the adapters a perturbation of a few percent of W x."""
+    rng = np.random.RandomState(seed)
+    As, Bs = [], []
+    for l in range(cfg["n_layers"]):
+        la, lb = [], []
+        for p in range(len(PROJS)):
+            out, n_in = W[proj_weight_name(l, p)].shape
+            a_cols = (n_in + gs - 1) // gs if kind == "qalora" else n_in
+            std_a = math.sqrt(gs) / math.sqrt(a_cols) if kind == "qalora" else 1.0 / math.sqrt(n_in)
+            la.append((rng.standard_normal((r, a_cols)) * std_a).astype(np.float32))
+            lb.append((rng.standard_normal((out, r)) * 0.02).astype(np.float32))
+        As.append(la)
+        Bs.append(lb)
+    return As, Bs
+
+
+def rilq_loss_and_grads(cfg, W, tokens, targets, teacher, As, Bs, kind, scaling, gs, dtype, adam_lr=None):
+    """The RILQ loss of one batch, 0.5 * mean CE over counted targets (-100 =
+    masked) + 0.5 * MSE(final hidden after the final norm, teacher) over all
+    elements, and its adapter gradients by autograd, all in dtype.
+
+    Returns (loss, ce, mse, dA[l][p], dB[l][p], A1, B1) as float64 numpy values,
+    A1/B1 being the parameters after one torch.optim.Adam step (defaults, lr
+    adam_lr) from these gradients, or None when adam_lr is None."""
+    Wd = {k: v.to(dtype) for k, v in W.items()}
+    ab, leaves = {}, []
+    for l in range(cfg["n_layers"]):
+        for p in range(len(PROJS)):
+            A = torch.tensor(As[l][p], dtype=dtype, requires_grad=True)
+            B = torch.tensor(Bs[l][p], dtype=dtype, requires_grad=True)
+            ab[proj_weight_name(l, p)] = (A, B)
+            leaves += [A, B]
+    lin = adapter_linear(ab, kind, scaling, gs)
+    tok = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    h = final_hidden(cfg, Wd, tok, lin)
+    logits = h @ head_weight(cfg, Wd).t()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           torch.as_tensor(np.asarray(targets).reshape(-1), dtype=torch.long),
+                                           ignore_index=-100, reduction="mean")
+    mse = torch.nn.functional.mse_loss(h, torch.as_tensor(teacher).to(dtype), reduction="mean")
+    loss = 0.5 * ce + 0.5 * mse
+    loss.backward()
+
+    def grid(fn):
+        return [[fn(ab[proj_weight_name(l, p)]) for p in range(len(PROJS))] for l in range(cfg["n_layers"])]
+
+    dA = grid(lambda t: t[0].grad.detach().to(torch.float64).numpy().copy())
+    dB = grid(lambda t: t[1].grad.detach().to(torch.float64).numpy().copy())
+    A1 = B1 = None
+    if adam_lr is not None:
+        opt = torch.optim.Adam(leaves, lr=adam_lr)
+        opt.step()
+        A1 = grid(lambda t: t[0].detach().to(torch.float64).numpy().copy())
+        B1 = grid(lambda t: t[1].detach().to(torch.float64).numpy().copy())
+    return float(loss), float(ce), float(mse), dA, dB, A1, B1
+
+
+def rel_l2(a, ref):
+    """||a - ref|| / ||ref|| (0 when both are 0)."""
+    a, ref = np.asarray(a, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    den = np.linalg.norm(ref)
+    num = np.linalg.norm(a - ref)
+    return num / den if den > 0 else num
+
+
+def write_grad_case(path, cfg, W, tokens, targets, teacher, kind, r, alpha, gs, seed):
+    """Computes one case in float64 and float32 and writes it (format in the
+    module docstring). Returns a one-line summary of the fp32-vs-fp64 noise of
+    torch itself, which bounds what an fp32 implementation can be expected to reach."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    teacher = np.ascontiguousarray(teacher, dtype=np.float32)
+    B, T = tokens.shape
+    scaling = alpha / r
+    gs_eff = gs if kind == "qalora" else 0
+    As, Bs = adapter_values(cfg, W, kind, r, gs, seed)
+    l64, ce64, mse64, dA64, dB64, A1, B1 = rilq_loss_and_grads(
+        cfg, W, tokens, targets, teacher, As, Bs, kind, scaling, gs, torch.float64, adam_lr=ADAM_LR)
+    l32, _, _, dA32, dB32, _, _ = rilq_loss_and_grads(
+        cfg, W, tokens, targets, teacher, As, Bs, kind, scaling, gs, torch.float32)
+    worst = 0.0
+    for l in range(cfg["n_layers"]):
+        for p in range(len(PROJS)):
+            worst = max(worst, rel_l2(dA32[l][p], dA64[l][p]), rel_l2(dB32[l][p], dB64[l][p]))
+    # torch's own fp32 run must agree with its fp64 run; if not, the reference is broken
+    if not (abs(l32 - l64) <= 1e-5 * abs(l64) and worst <= 1e-3):
+        raise AssertionError("%s: torch fp32 vs fp64 disagree: loss %.9g vs %.9g, grad rel L2 %.3g"
+                             % (path, l32, l64, worst))
+    tmp = path + ".tmp.%d" % os.getpid()
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<2i", GRAD_MAGIC, GRAD_VERSION))
+        f.write(struct.pack("<5i", B, T, cfg["dim"], cfg["n_layers"], cfg["vocab_size"]))
+        f.write(struct.pack("<3if", 1 if kind == "qalora" else 0, r, gs_eff, alpha))
+        f.write(struct.pack("<5d", l64, l32, ce64, mse64, ADAM_LR))
+        f.write(tokens.astype("<i4").tobytes())
+        f.write(targets.astype("<i4").tobytes())
+        f.write(teacher.astype("<f4").tobytes())
+        for l in range(cfg["n_layers"]):
+            for p in range(len(PROJS)):
+                A, Bm = As[l][p], Bs[l][p]
+                f.write(struct.pack("<2i", Bm.shape[0], A.shape[1]))
+                f.write(A.astype("<f4").tobytes())
+                f.write(Bm.astype("<f4").tobytes())
+                f.write(dA64[l][p].astype("<f8").tobytes())
+                f.write(dB64[l][p].astype("<f8").tobytes())
+                f.write(np.asarray(dA32[l][p]).astype("<f4").tobytes())
+                f.write(np.asarray(dB32[l][p]).astype("<f4").tobytes())
+                f.write(A1[l][p].astype("<f8").tobytes())
+                f.write(B1[l][p].astype("<f8").tobytes())
+        f.write(struct.pack("<i", GRAD_END))
+    os.replace(tmp, path)
+    return "%s: loss %.9f (torch fp32 - fp64: %.2e), torch fp32 grad rel L2 error <= %.2e" % (
+        os.path.basename(path), l64, l32 - l64, worst)
+
+
+def next_token_targets(tokens, masked):
+    """targets[b][t] = tokens[b][t+1]; the last position and (b, t) in masked are -100."""
+    tokens = np.asarray(tokens)
+    tg = np.full(tokens.shape, -100, dtype=np.int64)
+    tg[:, :-1] = tokens[:, 1:]
+    for b, t in masked:
+        tg[b, t] = -100
+    return tg
+
+
+def teacher_for(cfg, W, tokens, seed):
+    """A teacher close to what RILQ sees (the full-precision model's hidden
+    states): the adapter-free fp64 hidden states plus N(0, 0.1^2) noise."""
+    with torch.no_grad():
+        Wd = {k: v.to(torch.float64) for k, v in W.items()}
+        h = final_hidden(cfg, Wd, torch.as_tensor(np.asarray(tokens), dtype=torch.long)).numpy()
+    rng = np.random.RandomState(seed)
+    return (h + 0.1 * rng.standard_normal(h.shape)).astype(np.float32)
+
+
+GRAD_T = 32
+
+
+def write_grad_fixtures(outdir):
+    """Writes, under outdir:
+      random_f32/                 the random llama3-scaled GQA model of `fixtures` (seed 1234), F32
+      random.lora.grad            r 4, alpha 8, B=2, T=32, random tokens
+      random.qalora.grad          r 4, alpha 8, group size 32 (in 96: 3 groups; in 200: 6 x 32 + 8)
+      stories260K.lora.grad       r 4, alpha 8, B=2, T=32: a greedy story and random tokens
+      stories260K.qalora.grad     r 4, alpha 8, group size 64 (in 64: 1 group; in 172: 64, 64, 44)
+      DONE                        written last
+    The stories260K files need $RILQ_DATA/models/stories260K/stories260K.bin."""
+    os.makedirs(outdir, exist_ok=True)
+    done = os.path.join(outdir, "DONE")
+    if os.path.exists(done):
+        os.remove(done)
+    r, alpha = 4, 8.0  # scaling 2, so a dropped or doubled scaling cannot pass
+
+    w32 = random_weights(RANDOM_LLAMA3, seed=1234)
+    write_hf_dir(os.path.join(outdir, "random_f32"), RANDOM_LLAMA3, w32, "F32")
+    cfg, W = config_from_hf(RANDOM_LLAMA3), to_torch(w32)
+    rng = np.random.RandomState(2024)
+    tokens = rng.randint(3, cfg["vocab_size"], size=(2, GRAD_T))
+    tokens[:, 0] = 1
+    # masked: a 3-token "prompt" of row 0 and one position inside row 1
+    targets = next_token_targets(tokens, [(0, 0), (0, 1), (0, 2), (1, GRAD_T // 2)])
+    teacher = teacher_for(cfg, W, tokens, seed=7)
+    for kind, gs, seed in (("lora", 0, 11), ("qalora", 32, 12)):
+        print(write_grad_case(os.path.join(outdir, "random.%s.grad" % kind), cfg, W, tokens, targets, teacher,
+                              kind, r, alpha, gs, seed))
+
+    root = os.environ.get("RILQ_DATA", "")
+    stories = os.path.join(root, "models", "stories260K", "stories260K.bin") if root else ""
+    if stories and os.path.exists(stories):
+        cfg_s, ws = load_llama2c(stories)
+        row0 = greedy(cfg_s, ws, STORIES_PROMPT, GRAD_T + 1)
+        row1 = rng.randint(3, cfg_s["vocab_size"], size=GRAD_T + 1)
+        row1[0] = 1
+        full = np.array([row0, row1])
+        tokens_s = full[:, :GRAD_T]
+        # real next tokens for all positions (including the last one), then the masks
+        targets_s = full[:, 1:].astype(np.int64)
+        for b, t in [(0, 0), (0, 1), (0, 2), (0, 3), (1, 5), (1, GRAD_T - 1)]:
+            targets_s[b, t] = -100
+        teacher_s = teacher_for(cfg_s, ws, tokens_s, seed=8)
+        for kind, gs, seed in (("lora", 0, 21), ("qalora", 64, 22)):
+            print(write_grad_case(os.path.join(outdir, "stories260K.%s.grad" % kind), cfg_s, ws, tokens_s,
+                                  targets_s, teacher_s, kind, r, alpha, gs, seed))
+    else:
+        print("note: RILQ_DATA/models/stories260K/stories260K.bin not found; stories260K gradient fixtures left out",
+              file=sys.stderr)
+
+    with open(done, "w") as f:
+        f.write("ok\n")
+
+
+# ---------------------------------------------------------------------------
 # command line
 
 def _parse_tokens(s):
@@ -688,6 +950,9 @@ def main(argv):
     a = sub.add_parser("fixtures", help="write everything tests/test_parity.c reads")
     a.add_argument("outdir")
 
+    a = sub.add_parser("grad-fixtures", help="write everything tests/test_parity_grad.c reads")
+    a.add_argument("outdir")
+
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
@@ -712,6 +977,8 @@ def main(argv):
         print(" ".join(str(t) for t in greedy(cfg, W, _parse_tokens(args.tokens), args.n)))
     elif args.cmd == "fixtures":
         write_fixtures(args.outdir)
+    elif args.cmd == "grad-fixtures":
+        write_grad_fixtures(args.outdir)
     return 0
 
 
