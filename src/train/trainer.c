@@ -1,0 +1,397 @@
+/* The training loop (see trainer.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "trainer.h"
+
+#define CKPT_MAGIC "RQCKPT01"
+#define CKPT_VERSION 1u
+
+void rq_train_default_opts(rq_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->seq_len = 512;
+    o->micro_batch = 1;
+    o->accum = 8;
+    o->max_steps = 100;
+    o->shuffle = true;
+    o->seed = 42;
+    o->ce_weight = 1.0;
+    o->optim = rq_optim_defaults(RQ_OPTIM_ADAM);
+    o->schedule = (rq_schedule){.kind = RQ_SCHED_CONSTANT, .lr = 1e-4};
+}
+
+/* ---- data order ---------------------------------------------------------------- */
+
+typedef struct data_order {
+    int64_t n;
+    bool shuffle;
+    uint64_t seed;
+    int64_t epoch; /* epoch whose permutation is in perm (-1: none) */
+    int64_t *perm;
+} data_order;
+
+/* Example at position `e` of the endless order: epoch e / n, a Fisher-Yates
+ * permutation seeded by (seed, epoch), so any position is reproducible from
+ * the counter alone. */
+static int64_t order_example(data_order *d, int64_t e) {
+    int64_t epoch = e / d->n, pos = e % d->n;
+    if (!d->shuffle) return pos;
+    if (epoch != d->epoch) {
+        rq_rng rng;
+        rq_rng_seed(&rng, d->seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(epoch + 1)));
+        for (int64_t i = 0; i < d->n; i++) d->perm[i] = i;
+        for (int64_t i = d->n - 1; i > 0; i--) {
+            int64_t j = (int64_t)(rq_rng_u64(&rng) % (uint64_t)(i + 1));
+            int64_t t = d->perm[i];
+            d->perm[i] = d->perm[j];
+            d->perm[j] = t;
+        }
+        d->epoch = epoch;
+    }
+    return d->perm[pos];
+}
+
+/* ---- loss of one micro-batch ------------------------------------------------------ */
+
+typedef struct batch_bufs {
+    int *tokens, *targets;
+    float *teacher;  /* [B][T][dim] or NULL */
+    float *d_hidden; /* [B][T][dim] */
+    int *one_target; /* [B][T] scratch: one example's targets, others masked */
+} batch_bufs;
+
+static rq_status load_batch(const rq_train_data *data, data_order *order, int64_t first, int B, int T, int dim,
+                            batch_bufs *bb, bool want_teacher, bool ordered, rq_err *err) {
+    for (int b = 0; b < B; b++) {
+        int64_t ex = ordered ? order_example(order, first + b) : first + b;
+        RQ_TRY(data->get(data->user, ex, bb->tokens + (size_t)b * T, bb->targets + (size_t)b * T,
+                         want_teacher ? bb->teacher + (size_t)b * T * dim : NULL, err));
+    }
+    return RQ_OK;
+}
+
+/* Forward the micro-batch, compute the loss parts per example (mean CE over
+ * each example's counted targets, MSE over its elements) and, when grad_div >
+ * 0, d_hidden of (weighted loss mean over examples) / grad_div followed by the
+ * backward pass. ce_mean / mse_mean: means over the B examples. */
+static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_opts *o,
+                            batch_bufs *bb, int B, double grad_div, double *ce_mean, double *mse_mean, rq_err *err) {
+    const int T = o->seq_len, dim = m->cfg.dim;
+    const bool backward = grad_div > 0;
+    RQ_TRY(rq_forward_run(fs, bb->tokens, B, T, 0, err));
+    const float *h = rq_forward_hidden(fs);
+    double ce_total = 0.0, mse_total = 0.0;
+    if (backward) be->fill_zero(be, bb->d_hidden, (size_t)B * T * dim);
+    for (int b = 0; b < B; b++) {
+        if (o->ce_weight > 0) {
+            int counted = 0;
+            for (int i = 0; i < B * T; i++) {
+                bool mine = i / T == b;
+                bb->one_target[i] = mine ? bb->targets[i] : -1;
+                counted += mine && bb->targets[i] >= 0;
+            }
+            if (counted > 0) {
+                double sum = 0.0;
+                int64_t n = 0;
+                float scale = backward ? (float)(o->ce_weight / ((double)counted * B * grad_div)) : 0.0f;
+                RQ_TRY(rq_forward_ce_grad(fs, bb->one_target, scale, backward ? bb->d_hidden : NULL, &sum, &n, err));
+                ce_total += sum / (double)n;
+            }
+        }
+        if (o->mse_weight > 0) {
+            const size_t off = (size_t)b * T * dim, cnt = (size_t)T * dim;
+            float scale = backward ? (float)(o->mse_weight / ((double)cnt * B * grad_div)) : 0.0f;
+            double sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher + off, cnt, scale);
+            mse_total += sq / (double)cnt;
+        }
+    }
+    *ce_mean = ce_total / B;
+    *mse_mean = mse_total / B;
+    if (backward) RQ_TRY(rq_forward_backward(fs, bb->d_hidden, err));
+    return RQ_OK;
+}
+
+static double weighted(const rq_train_opts *o, double ce, double mse) {
+    return (o->ce_weight > 0 ? o->ce_weight * ce : 0.0) + (o->mse_weight > 0 ? o->mse_weight * mse : 0.0);
+}
+
+static rq_status bufs_alloc(batch_bufs *bb, int B, int T, int dim, bool teacher, rq_err *err) {
+    memset(bb, 0, sizeof *bb);
+    bb->tokens = rq_calloc((size_t)B * T, sizeof(int), err);
+    bb->targets = rq_calloc((size_t)B * T, sizeof(int), err);
+    bb->one_target = rq_calloc((size_t)B * T, sizeof(int), err);
+    bb->d_hidden = rq_calloc((size_t)B * T * dim, sizeof(float), err);
+    if (teacher) bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
+    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->d_hidden || (teacher && !bb->teacher))
+        return RQ_ERR_NOMEM;
+    return RQ_OK;
+}
+
+static void bufs_free(batch_bufs *bb) {
+    free(bb->tokens);
+    free(bb->targets);
+    free(bb->one_target);
+    free(bb->d_hidden);
+    free(bb->teacher);
+}
+
+static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
+                          const rq_train_opts *o, batch_bufs *bb, double *loss, double *ce, double *mse, rq_err *err) {
+    double ce_sum = 0.0, mse_sum = 0.0;
+    for (int64_t first = 0; first < data->n_examples; first += o->micro_batch) {
+        int B = (int)(data->n_examples - first < o->micro_batch ? data->n_examples - first : o->micro_batch);
+        double c, s;
+        RQ_TRY(load_batch(data, NULL, first, B, o->seq_len, m->cfg.dim, bb, o->mse_weight > 0, false, err));
+        RQ_TRY(micro_step(fs, be, m, o, bb, B, 0.0, &c, &s, err));
+        ce_sum += c * B;
+        mse_sum += s * B;
+    }
+    *ce = ce_sum / (double)data->n_examples;
+    *mse = mse_sum / (double)data->n_examples;
+    *loss = weighted(o, *ce, *mse);
+    return RQ_OK;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+typedef struct ckpt_header {
+    char magic[8];
+    uint32_t version, has_best;
+    int64_t step, best_step, bad_evals;
+    uint64_t seed, n_params, optim_bytes;
+    double best_val, first_val;
+} ckpt_header;
+
+static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *params, const float *best,
+                           const rq_optim *opt, rq_err *err) {
+    char path[4096];
+    if (!rq_path_join(path, sizeof path, dir, "checkpoint.bin"))
+        return RQ_FAIL(err, RQ_ERR_ARG, "checkpoint path too long: %s", dir);
+    size_t n = h->n_params, ob = h->optim_bytes;
+    uint8_t *obuf = malloc(ob ? ob : 1);
+    if (!obuf) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    rq_status st = rq_optim_state_save(opt, obuf, ob, err);
+    rq_atomic_file af;
+    if (st == RQ_OK) st = rq_atomic_open(&af, path, err);
+    if (st == RQ_OK) {
+        st = rq_atomic_write(&af, h, sizeof *h, err);
+        if (st == RQ_OK) st = rq_atomic_write(&af, params, n * sizeof(float), err);
+        if (st == RQ_OK && h->has_best) st = rq_atomic_write(&af, best, n * sizeof(float), err);
+        if (st == RQ_OK) st = rq_atomic_write(&af, obuf, ob, err);
+        if (st == RQ_OK) st = rq_atomic_commit(&af, err);
+        else rq_atomic_abort(&af);
+    }
+    free(obuf);
+    return st;
+}
+
+static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, float *best, rq_optim *opt,
+                           size_t n_params, uint64_t seed, rq_err *err) {
+    rq_file_view v;
+    RQ_TRY(rq_file_map(path, &v, err));
+    rq_status st = RQ_OK;
+    if (v.size < sizeof *h) {
+        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %zu bytes is too short for a checkpoint header", path, v.size);
+        goto done;
+    }
+    memcpy(h, v.data, sizeof *h);
+    if (memcmp(h->magic, CKPT_MAGIC, 8) != 0 || h->version != CKPT_VERSION) {
+        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a rilq checkpoint of version %u", path, CKPT_VERSION);
+        goto done;
+    }
+    if (h->n_params != n_params) {
+        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: holds %llu adapter parameters, the adapters have %zu", path,
+                     (unsigned long long)h->n_params, n_params);
+        goto done;
+    }
+    if (h->seed != seed) {
+        st = RQ_FAIL(err, RQ_ERR_ARG, "%s: was written with seed %llu, this run uses %llu (the data order would differ)",
+                     path, (unsigned long long)h->seed, (unsigned long long)seed);
+        goto done;
+    }
+    size_t need = sizeof *h + n_params * sizeof(float) * (h->has_best ? 2 : 1) + h->optim_bytes;
+    if (v.size != need) {
+        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %zu bytes, expected %zu", path, v.size, need);
+        goto done;
+    }
+    const uint8_t *p = v.data + sizeof *h;
+    memcpy(params, p, n_params * sizeof(float));
+    p += n_params * sizeof(float);
+    if (h->has_best) {
+        memcpy(best, p, n_params * sizeof(float));
+        p += n_params * sizeof(float);
+    }
+    st = rq_optim_state_load(opt, p, h->optim_bytes, err);
+done:
+    rq_file_unmap(&v);
+    return st;
+}
+
+/* metrics.jsonl after a resume: keep only the lines of steps the checkpoint covers. */
+static rq_status metrics_truncate(const char *path, int64_t step, rq_err *err) {
+    if (!rq_file_exists(path)) return RQ_OK;
+    char *text = NULL;
+    size_t n = 0;
+    RQ_TRY(rq_file_read_all(path, &text, &n, err));
+    char *out = malloc(n + 1);
+    if (!out) {
+        free(text);
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory reading %s", path);
+    }
+    size_t o = 0;
+    for (char *line = text; line < text + n;) {
+        char *nl = memchr(line, '\n', (size_t)(text + n - line));
+        size_t len = nl ? (size_t)(nl - line) + 1 : (size_t)(text + n - line);
+        long long s = -1;
+        if (sscanf(line, "{\"step\":%lld", &s) == 1 && s <= step) {
+            memcpy(out + o, line, len);
+            o += len;
+        }
+        line += len;
+    }
+    rq_status st = rq_write_file_atomic(path, out, o, err);
+    free(out);
+    free(text);
+    return st;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------ */
+
+rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const rq_train_data *train,
+                   const rq_train_data *val, const rq_train_opts *o, rq_step_fn on_step, void *user,
+                   rq_train_result *res, rq_err *err) {
+    memset(res, 0, sizeof *res);
+    res->best_val = res->first_val = NAN;
+    if (train->n_examples <= 0) return RQ_FAIL(err, RQ_ERR_ARG, "train: no training examples");
+    if (o->micro_batch <= 0 || o->accum <= 0 || o->seq_len <= 1 || o->max_steps < 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "train: micro-batch %d, accumulation %d, sequence %d and steps %lld must be positive",
+                       o->micro_batch, o->accum, o->seq_len, (long long)o->max_steps);
+    if (!(o->ce_weight > 0) && !(o->mse_weight > 0))
+        return RQ_FAIL(err, RQ_ERR_ARG, "train: no loss (cross-entropy and model-loss weights are both 0)");
+    const int B = o->micro_batch, T = o->seq_len, dim = m->cfg.dim;
+    const bool validate = o->eval_every > 0 && val && val->n_examples > 0;
+    rq_forward_state *fs = NULL;
+    rq_optim *opt = NULL;
+    batch_bufs bb;
+    data_order order = {.n = train->n_examples, .shuffle = o->shuffle, .seed = o->seed, .epoch = -1};
+    float *best = NULL;
+    FILE *metrics = NULL;
+    char metrics_path[4096] = "", ckpt_path[4096] = "";
+    rq_forward_opts fo = {.max_batch = B, .max_seq = T, .train = true, .adapters = ad};
+    rq_status st = rq_forward_create(m, be, &fo, &fs, err);
+    if (st == RQ_OK) st = rq_optim_create(be, ad->n_params, &o->optim, &opt, err);
+    if (st == RQ_OK) st = bufs_alloc(&bb, B, T, dim, o->mse_weight > 0, err);
+    else memset(&bb, 0, sizeof bb);
+    order.perm = st == RQ_OK && o->shuffle ? rq_calloc((size_t)train->n_examples, sizeof(int64_t), err) : NULL;
+    best = st == RQ_OK ? rq_calloc(ad->n_params, sizeof(float), err) : NULL;
+    if (st == RQ_OK && (!best || (o->shuffle && !order.perm))) st = RQ_ERR_NOMEM;
+    ckpt_header h = {.version = CKPT_VERSION, .seed = o->seed, .n_params = ad->n_params, .best_val = INFINITY,
+                     .first_val = NAN};
+    memcpy(h.magic, CKPT_MAGIC, 8);
+    if (st == RQ_OK && o->out_dir) {
+        st = rq_mkdir_p(o->out_dir, err);
+        if (st == RQ_OK && (!rq_path_join(metrics_path, sizeof metrics_path, o->out_dir, "metrics.jsonl") ||
+                            !rq_path_join(ckpt_path, sizeof ckpt_path, o->out_dir, "checkpoint.bin")))
+            st = RQ_FAIL(err, RQ_ERR_ARG, "output path too long: %s", o->out_dir);
+        if (st == RQ_OK && o->resume && rq_file_exists(ckpt_path)) {
+            st = ckpt_load(ckpt_path, &h, ad->params, best, opt, ad->n_params, o->seed, err);
+            if (st == RQ_OK) {
+                res->resumed = true;
+                res->resumed_at = h.step;
+                st = metrics_truncate(metrics_path, h.step, err);
+            }
+        }
+        if (st == RQ_OK) {
+            metrics = fopen(metrics_path, res->resumed ? "a" : "w");
+            if (!metrics) st = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open for writing", metrics_path);
+        }
+    }
+    h.optim_bytes = opt ? rq_optim_state_bytes(opt) : 0;
+    rq_progress prog;
+    rq_progress_init(&prog, "train", o->max_steps);
+    double t0 = rq_now_seconds();
+    int64_t tokens_done = 0;
+    if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
+        double vl, vc, vm;
+        st = evaluate(fs, be, m, val, o, &bb, &vl, &vc, &vm, err);
+        if (st == RQ_OK) {
+            h.first_val = vl;
+            if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
+        }
+    }
+    if (st == RQ_OK) be->fill_zero(be, ad->grads, ad->n_params);
+    bool stop = o->patience > 0 && h.bad_evals >= o->patience;
+    while (st == RQ_OK && !stop && h.step < o->max_steps) {
+        double ce_acc = 0.0, mse_acc = 0.0;
+        for (int a = 0; a < o->accum && st == RQ_OK; a++) {
+            int64_t first = (h.step * o->accum + a) * B;
+            double c, s;
+            st = load_batch(train, &order, first, B, T, dim, &bb, o->mse_weight > 0, true, err);
+            if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, (double)o->accum, &c, &s, err);
+            ce_acc += c / o->accum;
+            mse_acc += s / o->accum;
+        }
+        if (st != RQ_OK) break;
+        double lr = rq_schedule_lr(&o->schedule, h.step), gnorm = 0.0;
+        st = rq_optim_step(opt, ad->params, ad->grads, lr, &gnorm, err);
+        if (st != RQ_OK) break;
+        be->fill_zero(be, ad->grads, ad->n_params);
+        h.step++;
+        tokens_done += (int64_t)o->accum * B * T;
+        double loss = weighted(o, ce_acc, mse_acc);
+        res->last_loss = loss;
+        double el = rq_now_seconds() - t0;
+        if (metrics)
+            fprintf(metrics,
+                    "{\"step\":%lld,\"loss\":%.9g,\"ce\":%.9g,\"mse\":%.9g,\"grad_norm\":%.6g,\"lr\":%.6g,\"tokens_per_s\":%.1f}\n",
+                    (long long)h.step, loss, ce_acc, mse_acc, gnorm, lr, el > 0 ? tokens_done / el : 0.0);
+        if (on_step) on_step(user, h.step, loss, gnorm, lr);
+        if (!o->quiet) {
+            char extra[160];
+            snprintf(extra, sizeof extra, "loss %.4f | grad norm %.3g | lr %.3g | %.0f tok/s", loss, gnorm, lr,
+                     el > 0 ? tokens_done / el : 0.0);
+            rq_progress_update(&prog, h.step, "steps", extra);
+        }
+        if (validate && h.step % o->eval_every == 0) {
+            double vl, vc, vm;
+            st = evaluate(fs, be, m, val, o, &bb, &vl, &vc, &vm, err);
+            if (st != RQ_OK) break;
+            if (vl < h.best_val) { /* NaN never improves */
+                h.best_val = vl;
+                h.best_step = h.step;
+                h.bad_evals = 0;
+                h.has_best = 1;
+                memcpy(best, ad->params, ad->n_params * sizeof(float));
+            } else {
+                h.bad_evals++;
+            }
+            if (metrics)
+                fprintf(metrics, "{\"step\":%lld,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g,\"best\":%s}\n",
+                        (long long)h.step, vl, vc, vm, h.best_step == h.step ? "true" : "false");
+            if (!o->quiet) fprintf(stderr, "%sstep %lld: validation loss %.5f (best %.5f at step %lld)\n",
+                                   prog.tty ? "\r\033[K" : "", (long long)h.step, vl, h.best_val, (long long)h.best_step);
+            if (o->patience > 0 && h.bad_evals >= o->patience) stop = true;
+        }
+        if (metrics) fflush(metrics);
+        if (o->out_dir && ((o->checkpoint_every > 0 && h.step % o->checkpoint_every == 0) || h.step == o->max_steps || stop))
+            st = ckpt_save(o->out_dir, &h, ad->params, best, opt, err);
+    }
+    if (st == RQ_OK && !o->quiet) rq_progress_finish(&prog, h.step, "steps");
+    if (st == RQ_OK && h.has_best && o->patience > 0) /* restore the best adapters */
+        memcpy(ad->params, best, ad->n_params * sizeof(float));
+    res->steps = h.step;
+    res->best_val = h.has_best ? h.best_val : NAN;
+    res->best_step = h.best_step;
+    res->first_val = h.first_val;
+    res->stopped_early = stop;
+    res->seconds = rq_now_seconds() - t0;
+    res->tokens_per_s = res->seconds > 0 ? tokens_done / res->seconds : 0.0;
+    if (metrics) fclose(metrics);
+    free(best);
+    free(order.perm);
+    bufs_free(&bb);
+    rq_optim_free(opt);
+    rq_forward_free(fs);
+    return st;
+}

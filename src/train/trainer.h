@@ -1,0 +1,74 @@
+/* The training loop shared by every stage: micro-batches with gradient
+ * accumulation, the weighted loss (cross-entropy on targets and/or MSE of the
+ * final hidden states against a teacher), Adam/AdamW with a schedule,
+ * validation with early stopping and best-adapter restore, a progress line,
+ * metrics.jsonl, and atomic checkpoints that resume bit-identically.
+ *
+ * Data comes from a callback: micro-batch i of the data order (epochs of a
+ * seeded permutation of the dataset's examples, or the dataset's own order).
+ * The data position is the micro-batch counter, so a checkpoint needs only the
+ * step counters and the seed to resume the same order. */
+#ifndef RQ_TRAINER_H
+#define RQ_TRAINER_H
+
+#include "../adapter/adapter.h"
+#include "../model/forward.h"
+#include "optim.h"
+
+/* Fill example `example` (0 .. n_examples-1): tokens [T], targets [T] (the
+ * next token each position predicts, < 0 where not counted), and when the
+ * loss has a model term, teacher [T][dim] (final hidden states of the
+ * full-precision model). */
+typedef rq_status (*rq_example_fn)(void *user, int64_t example, int *tokens, int *targets, float *teacher,
+                                   rq_err *err);
+
+typedef struct rq_train_data {
+    rq_example_fn get;
+    void *user;
+    int64_t n_examples;
+} rq_train_data;
+
+typedef struct rq_train_opts {
+    int seq_len;          /* T of every example */
+    int micro_batch;      /* B: examples per forward/backward */
+    int accum;            /* micro-batches per optimizer step */
+    int64_t max_steps;    /* optimizer steps at most */
+    bool shuffle;         /* a seeded permutation per epoch; false: the dataset's order, cycling */
+    uint64_t seed;
+    double ce_weight;     /* weight of the mean cross-entropy on targets (GT-Loss) */
+    double mse_weight;    /* weight of the MSE of final hidden states vs teacher (Model-Loss) */
+    rq_optim_config optim;
+    rq_schedule schedule;
+    int eval_every;       /* validate every N optimizer steps (0: never) */
+    int patience;         /* stop after N validations without improvement (0: no early stopping);
+                             with patience > 0 the best adapters are restored at the end */
+    int checkpoint_every; /* optimizer steps between checkpoints (0: only at the end) */
+    const char *out_dir;  /* checkpoint.bin, metrics.jsonl; NULL: nothing written */
+    bool resume;          /* continue from out_dir/checkpoint.bin when it exists */
+    bool quiet;           /* no progress line */
+} rq_train_opts;
+
+void rq_train_default_opts(rq_train_opts *o);
+
+typedef struct rq_train_result {
+    int64_t steps;        /* optimizer steps done in total (including before a resume) */
+    double last_loss;     /* mean loss of the last step */
+    double best_val;      /* best validation loss (NAN when never validated) */
+    int64_t best_step;
+    double first_val;     /* validation loss before training (NAN when never validated) */
+    double seconds;
+    double tokens_per_s;
+    bool stopped_early;
+    bool resumed;
+    int64_t resumed_at;   /* the step a resume started from */
+} rq_train_result;
+
+/* Per-step losses reported to the caller (tests compare them bit for bit). */
+typedef void (*rq_step_fn)(void *user, int64_t step, double loss, double grad_norm, double lr);
+
+/* Train the adapters of m. val may have n_examples == 0 (no validation). */
+rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const rq_train_data *train,
+                   const rq_train_data *val, const rq_train_opts *o, rq_step_fn on_step, void *user,
+                   rq_train_result *res, rq_err *err);
+
+#endif
