@@ -259,15 +259,28 @@ static void cpu_cross_entropy(rq_backend *be, float *loss, float *dlogits, const
     }
 }
 
+/* Reductions in a fixed number of fixed blocks summed in order: the result is
+ * the same bits whatever the thread count and scheduling, which bit-identical
+ * resume (and reproducible logs) rely on. OpenMP's reduction clause combines
+ * partial sums in thread-arrival order. */
+#define RQ_REDUCE_BLOCKS 64
+
 static double cpu_mse(rq_backend *be, float *d, const float *a, const float *b, size_t n, float grad_scale) {
-    double total = 0.0;
+    double part[RQ_REDUCE_BLOCKS];
     const float g2 = 2.0f * grad_scale;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-    for (size_t i = 0; i < n; i++) {
-        float diff = a[i] - b[i];
-        total += (double)diff * (double)diff;
-        if (d) d[i] += g2 * diff;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < RQ_REDUCE_BLOCKS; k++) {
+        size_t lo = n * (size_t)k / RQ_REDUCE_BLOCKS, hi = n * (size_t)(k + 1) / RQ_REDUCE_BLOCKS;
+        double acc = 0.0;
+        for (size_t i = lo; i < hi; i++) {
+            float diff = a[i] - b[i];
+            acc += (double)diff * (double)diff;
+            if (d) d[i] += g2 * diff;
+        }
+        part[k] = acc;
     }
+    double total = 0.0;
+    for (int k = 0; k < RQ_REDUCE_BLOCKS; k++) total += part[k];
     return total;
 }
 
@@ -296,9 +309,16 @@ static void cpu_adam_l2(rq_backend *be, float *param, const float *grad, float *
 }
 
 static double cpu_sum_squares(rq_backend *be, const float *x, size_t n) {
+    double part[RQ_REDUCE_BLOCKS];
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < RQ_REDUCE_BLOCKS; k++) {
+        size_t lo = n * (size_t)k / RQ_REDUCE_BLOCKS, hi = n * (size_t)(k + 1) / RQ_REDUCE_BLOCKS;
+        double acc = 0.0;
+        for (size_t i = lo; i < hi; i++) acc += (double)x[i] * (double)x[i];
+        part[k] = acc;
+    }
     double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-    for (size_t i = 0; i < n; i++) total += (double)x[i] * (double)x[i];
+    for (int k = 0; k < RQ_REDUCE_BLOCKS; k++) total += part[k];
     return total;
 }
 

@@ -1,0 +1,144 @@
+/* Checkpoint and resume: train N steps (checkpointing at N), then M more; a
+ * second run restarted from the step-N checkpoint must reproduce the last M
+ * losses and the final adapters bit for bit. Also: an uninterrupted N+M run
+ * gives the same bits, a checkpoint from another seed is refused, and early
+ * stopping restores the best adapters. */
+#include <math.h>
+#include <unistd.h>
+
+#include "train/trainer.h"
+#include "test.h"
+
+#define T_LEN 12
+#define N_EX 10
+
+typedef struct corpus {
+    int tokens[N_EX][T_LEN + 1];
+    float teacher[N_EX][T_LEN * 16];
+} corpus;
+
+static rq_status get_example(void *user, int64_t ex, int *tokens, int *targets, float *teacher, rq_err *err) {
+    corpus *c = user;
+    memcpy(tokens, c->tokens[ex], sizeof(int) * T_LEN);
+    memcpy(targets, c->tokens[ex] + 1, sizeof(int) * T_LEN);
+    if (teacher) memcpy(teacher, c->teacher[ex], sizeof(float) * T_LEN * 16);
+    return RQ_OK;
+}
+
+typedef struct loss_log {
+    double loss[64];
+    int64_t n;
+} loss_log;
+
+static void record(void *user, int64_t step, double loss, double gn, double lr) {
+    loss_log *l = user;
+    if (l->n < 64) l->loss[l->n++] = loss;
+}
+
+static rq_adapter_set *fresh_adapters(const rq_model *m, rq_backend *be) {
+    rq_err err = {0};
+    rq_adapter_config ac = {.type = RQ_ADAPTER_QALORA, .r = 4, .alpha = 8, .group_size = 5,
+                            .targets = RQ_ADAPTER_ALL_PROJ, .init = RQ_INIT_GAUSSIAN, .seed = 3};
+    rq_adapter_set *ad = NULL;
+    CHECK_OK(rq_adapter_set_create(&m->cfg, &ac, be, &ad, &err), &err);
+    return ad;
+}
+
+int main(void) {
+    rq_err err = {0};
+    rq_config cfg = {.dim = 16, .hidden_dim = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .head_dim = 4,
+                     .vocab_size = 31, .max_seq_len = 32, .norm_eps = 1e-5f, .rope_theta = 10000.0f};
+    rq_model *m = NULL;
+    rq_backend *be = NULL;
+    CHECK_OK(rq_model_random(&cfg, 11, &m, &err), &err);
+    CHECK_OK(rq_backend_cpu_create(0, &be, &err), &err);
+    if (!m || !be) return rq_test_finish();
+    corpus c;
+    rq_rng rng;
+    rq_rng_seed(&rng, 5);
+    for (int e = 0; e < N_EX; e++) {
+        for (int t = 0; t <= T_LEN; t++) c.tokens[e][t] = (int)(rq_rng_u64(&rng) % cfg.vocab_size);
+        for (int i = 0; i < T_LEN * 16; i++) c.teacher[e][i] = rq_rng_normal(&rng);
+    }
+    rq_train_data train = {get_example, &c, 8}, val = {get_example, &c, 0};
+    char dir_a[4096], dir_b[4096];
+    snprintf(dir_a, sizeof dir_a, "%s", rq_test_out("resume_a"));
+    snprintf(dir_b, sizeof dir_b, "%s", rq_test_out("resume_b"));
+    unlink(rq_test_out("resume_a/checkpoint.bin"));
+    unlink(rq_test_out("resume_b/checkpoint.bin"));
+
+    rq_train_opts o;
+    rq_train_default_opts(&o);
+    o.seq_len = T_LEN;
+    o.micro_batch = 2;
+    o.accum = 2;
+    o.ce_weight = 0.5;
+    o.mse_weight = 0.5;
+    o.schedule.lr = 5e-3;
+    o.quiet = true;
+    o.seed = 9;
+    const int N = 4, M = 5;
+
+    /* run A: N steps, then resume to N + M */
+    rq_adapter_set *a = fresh_adapters(m, be);
+    loss_log la1 = {0}, la2 = {0};
+    rq_train_result r;
+    o.out_dir = dir_a;
+    o.max_steps = N;
+    CHECK_OK(rq_train(m, be, a, &train, &val, &o, record, &la1, &r, &err), &err);
+    CHECK(r.steps == N);
+    rq_adapter_set_free(a);
+    a = fresh_adapters(m, be); /* a new process would start from fresh adapters and the checkpoint */
+    o.max_steps = N + M;
+    o.resume = true;
+    CHECK_OK(rq_train(m, be, a, &train, &val, &o, record, &la2, &r, &err), &err);
+    CHECK(r.resumed && r.resumed_at == N && r.steps == N + M && la2.n == M);
+
+    /* run B: N + M steps straight through */
+    rq_adapter_set *b = fresh_adapters(m, be);
+    loss_log lb = {0};
+    o.out_dir = dir_b;
+    o.resume = false;
+    CHECK_OK(rq_train(m, be, b, &train, &val, &o, record, &lb, &r, &err), &err);
+    CHECK(lb.n == N + M);
+    int same_losses = la1.n == N && la2.n == M;
+    for (int i = 0; same_losses && i < N; i++) same_losses = memcmp(&la1.loss[i], &lb.loss[i], sizeof(double)) == 0;
+    for (int i = 0; same_losses && i < M; i++) same_losses = memcmp(&la2.loss[i], &lb.loss[N + i], sizeof(double)) == 0;
+    CHECKF(same_losses, "resumed losses differ from the uninterrupted run");
+    CHECKF(memcmp(a->params, b->params, a->n_params * sizeof(float)) == 0, "final adapters differ after resume");
+    CHECK(lb.loss[N + M - 1] < lb.loss[0]); /* and it learns */
+
+    /* a checkpoint written with another seed is refused */
+    o.out_dir = dir_a;
+    o.resume = true;
+    o.seed = 10;
+    o.max_steps = N + M + 1;
+    CHECK(rq_train(m, be, a, &train, &val, &o, NULL, NULL, &r, &err) == RQ_ERR_ARG);
+    CHECKF(strstr(err.msg, "seed") != NULL, "message: %s", err.msg);
+
+    /* early stopping: validate every step on the training examples with a huge lr,
+       stop after 2 bad validations, and come back with the best adapters */
+    rq_adapter_set *e = fresh_adapters(m, be);
+    rq_train_data val2 = {get_example, &c, N_EX};
+    rq_train_opts oe = o;
+    oe.out_dir = NULL;
+    oe.resume = false;
+    oe.seed = 9;
+    oe.max_steps = 40;
+    oe.eval_every = 1;
+    oe.patience = 2;
+    oe.schedule.lr = 0.5;
+    CHECK_OK(rq_train(m, be, e, &train, &val2, &oe, NULL, NULL, &r, &err), &err);
+    CHECK(r.stopped_early && r.steps < 40 && r.best_step >= 1 && r.best_step <= r.steps - 2);
+    /* the restored adapters score exactly the best validation loss */
+    rq_train_result r2;
+    oe.max_steps = 0;
+    CHECK_OK(rq_train(m, be, e, &train, &val2, &oe, NULL, NULL, &r2, &err), &err);
+    CHECKF(r2.first_val == r.best_val, "restored adapters score %.9g, best was %.9g", r2.first_val, r.best_val);
+    rq_adapter_set_free(a);
+    rq_adapter_set_free(b);
+    rq_adapter_set_free(e);
+    rq_backend_destroy(be);
+    rq_model_free(m);
+    return rq_test_finish();
+}
