@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/core.h"
+
 static int rq_test_passed, rq_test_failed;
 
 #define CHECK(cond)                                                                   \
@@ -98,8 +100,12 @@ static inline const char *rq_test_out(const char *rel) {
     static char buf[8][4096];
     static int slot;
     const char *root = getenv("RQ_TEST_OUT");
+    if (!root || !*root) { /* run by hand, outside ctest: keep the source tree clean */
+        root = "/tmp/rilq-test-out";
+        rq_mkdir_p(root, NULL);
+    }
     char *p = buf[slot++ & 7];
-    snprintf(p, 4096, "%s/%s", root ? root : ".", rel);
+    snprintf(p, 4096, "%s/%s", root, rel);
     return p;
 }
 
