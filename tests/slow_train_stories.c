@@ -12,7 +12,7 @@ typedef struct text_windows {
     int64_t first;
 } text_windows;
 
-static rq_status get_window(void *user, int64_t ex, int *tokens, int *targets, float *teacher, rq_err *err) {
+static rq_status get_window(void *user, int64_t ex, int *tokens, int *targets, float *teacher, int *len, rq_err *err) {
     const text_windows *w = user;
     memcpy(tokens, w->ids + (w->first + ex) * w->T, sizeof(int) * w->T);
     memcpy(targets, w->ids + (w->first + ex) * w->T + 1, sizeof(int) * w->T);

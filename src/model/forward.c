@@ -271,9 +271,8 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return RQ_FAIL(err, RQ_ERR_ARG, "forward: token id %d at index %d is outside the vocabulary (0..%d)",
                            tokens[i], i, c->vocab_size - 1);
-    if (s->o.train && (pos0 != 0 || T != s->o.max_seq))
-        return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs whole windows of %d tokens from position 0",
-                       s->o.max_seq);
+    if (s->o.train && pos0 != 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs whole sequences from position 0");
     const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     const int kv_dim = nkv * hd, Tmax = s->o.max_seq;
     const int half = hd / 2;
@@ -289,6 +288,7 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
         float *k_cache, *v_cache;
         int kv_len = Tmax;
         if (s->o.train) { /* keys and values of the window are the cache, [B][T][kv_dim] */
+            kv_len = T;
             k_cache = a->k;
             v_cache = a->v;
         } else {

@@ -17,7 +17,7 @@ typedef struct rq_forward_opts {
     int max_seq;    /* T: tokens per sequence per call (and KV cache length) */
     bool kv_cache;  /* keep K/V so later calls can continue at pos0 > 0 (B sequences) */
     bool train;     /* keep every layer's activations for rq_forward_backward; runs whole
-                       windows of max_seq tokens from position 0 */
+                       sequences (T <= max_seq) from position 0 */
     struct rq_adapter_set *adapters; /* LoRA / QA-LoRA adapters applied in the forward, or NULL */
 } rq_forward_opts;
 

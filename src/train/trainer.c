@@ -59,15 +59,41 @@ typedef struct batch_bufs {
     float *teacher;  /* [B][T][dim] or NULL */
     float *d_hidden; /* [B][T][dim] */
     int *one_target; /* [B][T] scratch: one example's targets, others masked */
+    int *lens;       /* [B] real positions of each row */
 } batch_bufs;
 
+/* Load B examples and pack them at the stride of the longest one (T_batch);
+ * shorter rows are padded with token 0 and masked targets (the padding sits
+ * after the real tokens, so causal attention keeps it out of their results). */
 static rq_status load_batch(const rq_train_data *data, data_order *order, int64_t first, int B, int T, int dim,
-                            batch_bufs *bb, bool want_teacher, bool ordered, rq_err *err) {
+                            batch_bufs *bb, bool want_teacher, bool ordered, int *T_batch, rq_err *err) {
+    int *lens = bb->lens;
+    int T_max = 1;
     for (int b = 0; b < B; b++) {
         int64_t ex = ordered ? order_example(order, first + b) : first + b;
+        lens[b] = T;
         RQ_TRY(data->get(data->user, ex, bb->tokens + (size_t)b * T, bb->targets + (size_t)b * T,
-                         want_teacher ? bb->teacher + (size_t)b * T * dim : NULL, err));
+                         want_teacher ? bb->teacher + (size_t)b * T * dim : NULL, &lens[b], err));
+        if (lens[b] < 1 || lens[b] > T)
+            return RQ_FAIL(err, RQ_ERR_INTERNAL, "train: example %lld has length %d (expected 1..%d)", (long long)ex,
+                           lens[b], T);
+        if (lens[b] > T_max) T_max = lens[b];
     }
+    /* repack row b from stride T to stride T_max (rows only move toward the front) */
+    for (int b = 0; b < B; b++) {
+        memmove(bb->tokens + (size_t)b * T_max, bb->tokens + (size_t)b * T, sizeof(int) * (size_t)lens[b]);
+        memmove(bb->targets + (size_t)b * T_max, bb->targets + (size_t)b * T, sizeof(int) * (size_t)lens[b]);
+        for (int t = lens[b]; t < T_max; t++) {
+            bb->tokens[(size_t)b * T_max + t] = 0;
+            bb->targets[(size_t)b * T_max + t] = -1;
+        }
+        if (want_teacher) {
+            memmove(bb->teacher + (size_t)b * T_max * dim, bb->teacher + (size_t)b * T * dim,
+                    sizeof(float) * (size_t)lens[b] * dim);
+            memset(bb->teacher + ((size_t)b * T_max + lens[b]) * dim, 0, sizeof(float) * (size_t)(T_max - lens[b]) * dim);
+        }
+    }
+    *T_batch = T_max;
     return RQ_OK;
 }
 
@@ -76,8 +102,9 @@ static rq_status load_batch(const rq_train_data *data, data_order *order, int64_
  * 0, d_hidden of (weighted loss mean over examples) / grad_div followed by the
  * backward pass. ce_mean / mse_mean: means over the B examples. */
 static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_opts *o,
-                            batch_bufs *bb, int B, double grad_div, double *ce_mean, double *mse_mean, rq_err *err) {
-    const int T = o->seq_len, dim = m->cfg.dim;
+                            batch_bufs *bb, int B, int T, double grad_div, double *ce_mean, double *mse_mean,
+                            rq_err *err) {
+    const int dim = m->cfg.dim;
     const bool backward = grad_div > 0;
     RQ_TRY(rq_forward_run(fs, bb->tokens, B, T, 0, err));
     const float *h = rq_forward_hidden(fs);
@@ -99,8 +126,9 @@ static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model
                 ce_total += sum / (double)n;
             }
         }
-        if (o->mse_weight > 0) {
-            const size_t off = (size_t)b * T * dim, cnt = (size_t)T * dim;
+        if (o->mse_weight > 0) { /* over the example's real positions (padding excluded) */
+            const int len = bb->lens[b];
+            const size_t off = (size_t)b * T * dim, cnt = (size_t)len * dim;
             float scale = backward ? (float)(o->mse_weight / ((double)cnt * B * grad_div)) : 0.0f;
             double sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher + off, cnt, scale);
             mse_total += sq / (double)cnt;
@@ -121,9 +149,10 @@ static rq_status bufs_alloc(batch_bufs *bb, int B, int T, int dim, bool teacher,
     bb->tokens = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->targets = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->one_target = rq_calloc((size_t)B * T, sizeof(int), err);
+    bb->lens = rq_calloc((size_t)B, sizeof(int), err);
     bb->d_hidden = rq_calloc((size_t)B * T * dim, sizeof(float), err);
     if (teacher) bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
-    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->d_hidden || (teacher && !bb->teacher))
+    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->lens || !bb->d_hidden || (teacher && !bb->teacher))
         return RQ_ERR_NOMEM;
     return RQ_OK;
 }
@@ -132,6 +161,7 @@ static void bufs_free(batch_bufs *bb) {
     free(bb->tokens);
     free(bb->targets);
     free(bb->one_target);
+    free(bb->lens);
     free(bb->d_hidden);
     free(bb->teacher);
 }
@@ -142,8 +172,9 @@ static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *
     for (int64_t first = 0; first < data->n_examples; first += o->micro_batch) {
         int B = (int)(data->n_examples - first < o->micro_batch ? data->n_examples - first : o->micro_batch);
         double c, s;
-        RQ_TRY(load_batch(data, NULL, first, B, o->seq_len, m->cfg.dim, bb, o->mse_weight > 0, false, err));
-        RQ_TRY(micro_step(fs, be, m, o, bb, B, 0.0, &c, &s, err));
+        int Tb;
+        RQ_TRY(load_batch(data, NULL, first, B, o->seq_len, m->cfg.dim, bb, o->mse_weight > 0, false, &Tb, err));
+        RQ_TRY(micro_step(fs, be, m, o, bb, B, Tb, 0.0, &c, &s, err));
         ce_sum += c * B;
         mse_sum += s * B;
     }
@@ -326,9 +357,11 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         double ce_acc = 0.0, mse_acc = 0.0;
         for (int a = 0; a < o->accum && st == RQ_OK; a++) {
             int64_t first = (h.step * o->accum + a) * B;
-            double c, s;
-            st = load_batch(train, &order, first, B, T, dim, &bb, o->mse_weight > 0, true, err);
-            if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, (double)o->accum, &c, &s, err);
+            double c = 0.0, s = 0.0;
+            int Tb = T;
+            st = load_batch(train, &order, first, B, T, dim, &bb, o->mse_weight > 0, true, &Tb, err);
+            if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, Tb, (double)o->accum, &c, &s, err);
+            tokens_done += (int64_t)B * Tb;
             ce_acc += c / o->accum;
             mse_acc += s / o->accum;
         }
@@ -338,7 +371,6 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (st != RQ_OK) break;
         be->fill_zero(be, ad->grads, ad->n_params);
         h.step++;
-        tokens_done += (int64_t)o->accum * B * T;
         double loss = weighted(o, ce_acc, mse_acc);
         res->last_loss = loss;
         double el = rq_now_seconds() - t0;

@@ -15,12 +15,14 @@
 #include "../model/forward.h"
 #include "optim.h"
 
-/* Fill example `example` (0 .. n_examples-1): tokens [T], targets [T] (the
- * next token each position predicts, < 0 where not counted), and when the
- * loss has a model term, teacher [T][dim] (final hidden states of the
- * full-precision model). */
+/* Fill example `example` (0 .. n_examples-1) into buffers of seq_len
+ * positions: tokens, targets (the next token each position predicts, < 0
+ * where not counted) and, when the loss has a model term, teacher [seq_len][dim]
+ * (final hidden states of the full-precision model). *len receives the number
+ * of positions used (1 .. seq_len; the rest is ignored): a micro-batch runs at
+ * the length of its longest example, so short examples cost little. */
 typedef rq_status (*rq_example_fn)(void *user, int64_t example, int *tokens, int *targets, float *teacher,
-                                   rq_err *err);
+                                   int *len, rq_err *err);
 
 typedef struct rq_train_data {
     rq_example_fn get;
@@ -29,7 +31,7 @@ typedef struct rq_train_data {
 } rq_train_data;
 
 typedef struct rq_train_opts {
-    int seq_len;          /* T of every example */
+    int seq_len;          /* T: the longest example */
     int micro_batch;      /* B: examples per forward/backward */
     int accum;            /* micro-batches per optimizer step */
     int64_t max_steps;    /* optimizer steps at most */

@@ -28,7 +28,7 @@ typedef struct windows {
     int T, V;
 } windows;
 
-static rq_status get_example(void *user, int64_t ex, int *tokens, int *targets, float *teacher, rq_err *err) {
+static rq_status get_example(void *user, int64_t ex, int *tokens, int *targets, float *teacher, int *len, rq_err *err) {
     const windows *w = user;
     for (int t = 0; t < w->T; t++) {
         tokens[t] = (int)((ex * 7919 + t * 104729) % w->V);
