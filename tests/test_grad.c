@@ -10,9 +10,16 @@
 #include "model/forward.h"
 #include "test.h"
 
+/* Extra losses for the hook check: MSE of every layer's output against
+ * layer_target[l], and of the o_proj / down_proj / gate outputs and q (after
+ * RoPE) against proj_target, each with weight HOOK_W / elements. */
+#define HOOK_W 0.25
 typedef struct ref_model {
     const rq_model *m;
     const rq_adapter_set *ad;
+    int hooks;                       /* 0: none, 1: layer outputs, 2: projection outputs */
+    const double *layer_target;      /* [n_layers][B*T][dim] */
+    const double *proj_target;       /* [n_layers][4][B*T][max(hidden, q_dim)] */
     double *A[8][RQ_N_PROJ], *Bm[8][RQ_N_PROJ]; /* double copies of the adapters, perturbed by FD */
 } ref_model;
 
@@ -56,6 +63,19 @@ static void ref_rmsnorm(const double *x, const float *w, int C, double eps, doub
     for (int i = 0; i < C; i++) y[i] = w[i] * x[i] * r;
 }
 
+static int hook_proj(int i) { return i == 0 ? RQ_PROJ_Q : i == 1 ? RQ_PROJ_O : i == 2 ? RQ_PROJ_GATE : RQ_PROJ_DOWN; }
+static int proj_width(const rq_config *c, int p) {
+    return p == RQ_PROJ_GATE || p == RQ_PROJ_UP ? c->hidden_dim : p == RQ_PROJ_Q ? c->n_heads * c->head_dim : c->dim;
+}
+#define PT_STRIDE 64 /* >= any projection width of the test models */
+
+static double hook_mse(const double *y, const double *t, int n, double *acc_count) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (y[i] - t[i]) * (y[i] - t[i]);
+    (void)acc_count;
+    return s;
+}
+
 /* The RILQ loss of B sequences of T tokens in double. */
 static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const double *teacher, int B, int T) {
     const rq_config *c = &r->m->cfg;
@@ -65,8 +85,9 @@ static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const
     double *q = calloc((size_t)T * qd, sizeof(double)), *k = calloc((size_t)T * kvd, sizeof(double));
     double *v = calloc((size_t)T * kvd, sizeof(double)), *att = calloc((size_t)T * qd, sizeof(double));
     double *g = calloc((size_t)T * H, sizeof(double)), *up = calloc((size_t)T * H, sizeof(double));
-    double tmp[4096], ce = 0, mse = 0;
+    double tmp[4096], ce = 0, mse = 0, hook = 0;
     int counted = 0;
+    const int BT = B * T;
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++)
             for (int i = 0; i < D; i++) x[t * D + i] = r->m->tok_embed[(size_t)tok[b * T + t] * D + i];
@@ -75,6 +96,7 @@ static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const
             for (int t = 0; t < T; t++) {
                 ref_rmsnorm(x + t * D, L->attn_norm, D, c->norm_eps, xn + t * D);
                 ref_proj(r, l, RQ_PROJ_Q, xn + t * D, q + t * qd);
+                /* (the q hook is applied after RoPE, below) */
                 ref_proj(r, l, RQ_PROJ_K, xn + t * D, k + t * kvd);
                 ref_proj(r, l, RQ_PROJ_V, xn + t * D, v + t * kvd);
                 for (int h = 0; h < nh + nkv; h++) { /* rotate-half RoPE on q heads then k heads */
@@ -87,6 +109,10 @@ static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const
                     }
                 }
             }
+            if (r->hooks == 2)
+                for (int t = 0; t < T; t++)
+                    hook += HOOK_W / ((double)BT * qd) *
+                            hook_mse(q + t * qd, r->proj_target + (((size_t)l * 4 + 0) * BT + b * T + t) * PT_STRIDE, qd, NULL);
             for (int t = 0; t < T; t++)
                 for (int h = 0; h < nh; h++) {
                     int kh = h / (nh / nkv);
@@ -106,13 +132,25 @@ static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const
                 }
             for (int t = 0; t < T; t++) {
                 ref_proj(r, l, RQ_PROJ_O, att + t * qd, tmp);
+                if (r->hooks == 2)
+                    hook += HOOK_W / ((double)BT * D) *
+                            hook_mse(tmp, r->proj_target + (((size_t)l * 4 + 1) * BT + b * T + t) * PT_STRIDE, D, NULL);
                 for (int i = 0; i < D; i++) x[t * D + i] += tmp[i];
                 ref_rmsnorm(x + t * D, L->ffn_norm, D, c->norm_eps, xn + t * D);
                 ref_proj(r, l, RQ_PROJ_GATE, xn + t * D, g + t * H);
                 ref_proj(r, l, RQ_PROJ_UP, xn + t * D, up + t * H);
+                if (r->hooks == 2) /* gate's output before the activation */
+                    hook += HOOK_W / ((double)BT * H) *
+                            hook_mse(g + t * H, r->proj_target + (((size_t)l * 4 + 2) * BT + b * T + t) * PT_STRIDE, H, NULL);
                 for (int i = 0; i < H; i++) g[t * H + i] = g[t * H + i] / (1 + exp(-g[t * H + i])) * up[t * H + i];
                 ref_proj(r, l, RQ_PROJ_DOWN, g + t * H, tmp);
+                if (r->hooks == 2)
+                    hook += HOOK_W / ((double)BT * D) *
+                            hook_mse(tmp, r->proj_target + (((size_t)l * 4 + 3) * BT + b * T + t) * PT_STRIDE, D, NULL);
                 for (int i = 0; i < D; i++) x[t * D + i] += tmp[i];
+                if (r->hooks == 1)
+                    hook += HOOK_W / ((double)BT * D) *
+                            hook_mse(x + t * D, r->layer_target + ((size_t)l * BT + b * T + t) * D, D, NULL);
             }
         }
         for (int t = 0; t < T; t++) {
@@ -136,10 +174,38 @@ static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const
         }
     }
     free(x), free(xn), free(q), free(k), free(v), free(att), free(g), free(up);
-    return 0.5 * ce / counted + 0.5 * mse / ((double)B * T * D);
+    return 0.5 * ce / counted + 0.5 * mse / ((double)B * T * D) + hook;
 }
 
-static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs) {
+/* The same extra losses on the C side, as backward hooks. */
+typedef struct hook_ctx {
+    const ref_model *r;
+    int B, T;
+} hook_ctx;
+
+static void add_mse_grad(const float *y, float *dy, const double *t, int rows, int width, int stride, double n_el) {
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < width; j++)
+            dy[(size_t)i * width + j] += (float)(HOOK_W * 2.0 * (y[(size_t)i * width + j] - t[(size_t)i * stride + j]) / n_el);
+}
+
+static void on_layer(void *user, int layer, const float *res, float *d_res, int N) {
+    hook_ctx *h = user;
+    const int D = h->r->m->cfg.dim;
+    add_mse_grad(res, d_res, h->r->layer_target + (size_t)layer * N * D, N, D, D, (double)N * D);
+}
+
+static void on_proj(void *user, int layer, int proj, const float *y, float *dy, int N) {
+    hook_ctx *h = user;
+    for (int i = 0; i < 4; i++)
+        if (hook_proj(i) == proj) {
+            int w = proj_width(&h->r->m->cfg, proj);
+            add_mse_grad(y, dy, h->r->proj_target + ((size_t)layer * 4 + i) * N * PT_STRIDE, N, w, PT_STRIDE,
+                         (double)N * w);
+        }
+}
+
+static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs, int hooks) {
     rq_err err = {0};
     const int B = 2, T = 6;
     rq_config cfg = {.dim = 16, .hidden_dim = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = n_kv, .head_dim = 4,
@@ -159,7 +225,15 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs) {
     rq_rng rng;
     rq_rng_seed(&rng, 77);
     for (size_t i = 0; i < ad->n_params; i++) ad->params[i] = 0.3f * rq_rng_normal(&rng);
-    ref_model ref = {.m = m, .ad = ad};
+    ref_model ref = {.m = m, .ad = ad, .hooks = hooks};
+    double *layer_target = calloc((size_t)cfg.n_layers * B * T * cfg.dim, sizeof(double));
+    double *proj_target = calloc((size_t)cfg.n_layers * 4 * B * T * PT_STRIDE, sizeof(double));
+    for (size_t i = 0; i < (size_t)cfg.n_layers * B * T * cfg.dim; i++) layer_target[i] = rq_rng_normal(&rng);
+    for (size_t i = 0; i < (size_t)cfg.n_layers * 4 * B * T * PT_STRIDE; i++) proj_target[i] = rq_rng_normal(&rng);
+    ref.layer_target = layer_target;
+    ref.proj_target = proj_target;
+    hook_ctx hc = {&ref, B, T};
+    rq_backward_hooks hk = {.user = &hc, .layer_out = hooks == 1 ? on_layer : NULL, .proj_out = hooks == 2 ? on_proj : NULL};
     for (int l = 0; l < cfg.n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++) {
             rq_adapter *a = rq_adapter_set_get(ad, l, p);
@@ -192,11 +266,11 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs) {
     int64_t ce_n = 0;
     CHECK_OK(rq_forward_ce_grad(fs, tgt, 0.5f / counted, d_hidden, &ce_sum, &ce_n, &err), &err);
     be->fill_zero(be, ad->grads, ad->n_params);
-    CHECK_OK(rq_forward_backward(fs, d_hidden, &err), &err);
+    CHECK_OK(rq_forward_backward_hooked(fs, d_hidden, hooks ? &hk : NULL, &err), &err);
     double loss32 = 0.5 * ce_sum / ce_n + 0.5 * mse / (B * T * cfg.dim);
     double loss64 = ref_loss(&ref, tok, tgt, teacher, B, T);
-    /* the fp32 model and the double reference agree to fp32 rounding */
-    CHECKF(fabs(loss32 - loss64) < 1e-5 * fabs(loss64) + 1e-6, "%s: loss fp32 %.9g vs double %.9g", name, loss32,
+    /* the fp32 model and the double reference agree to fp32 rounding (hook losses: reference only) */
+    if (!hooks) CHECKF(fabs(loss32 - loss64) < 1e-5 * fabs(loss64) + 1e-6, "%s: loss fp32 %.9g vs double %.9g", name, loss32,
            loss64);
     /* every adapter parameter: central differences in double, eps 1e-6 (truncation error ~1e-12) */
     double max_rel = 0, max_grad = 0;
@@ -237,6 +311,8 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs) {
            max_rel, max_grad);
     for (int l = 0; l < cfg.n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++) free(ref.A[l][p]), free(ref.Bm[l][p]);
+    free(layer_target);
+    free(proj_target);
     rq_forward_free(fs);
     rq_adapter_set_free(ad);
     rq_backend_destroy(be);
@@ -244,11 +320,14 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs) {
 }
 
 int main(void) {
-    run_case("lora, GQA 4/2", 2, RQ_ADAPTER_LORA, 0);
-    run_case("lora, MHA", 4, RQ_ADAPTER_LORA, 0);
+    run_case("lora, GQA 4/2", 2, RQ_ADAPTER_LORA, 0, 0);
+    run_case("lora, MHA", 4, RQ_ADAPTER_LORA, 0, 0);
     /* gs 16: dim 16 -> one group, hidden 24 -> groups of 16 and 8 (ragged) */
-    run_case("qalora gs16, GQA 4/2", 2, RQ_ADAPTER_QALORA, 16);
+    run_case("qalora gs16, GQA 4/2", 2, RQ_ADAPTER_QALORA, 16, 0);
     /* gs 5: every width ragged (16 = 5+5+5+1, 24 = 5*4+4) */
-    run_case("qalora gs5, MHA", 4, RQ_ADAPTER_QALORA, 5);
+    run_case("qalora gs5, MHA", 4, RQ_ADAPTER_QALORA, 5, 0);
+    /* the scope-ablation hooks: losses on every layer's output, and on projection outputs */
+    run_case("qalora gs5, GQA, layer-output losses", 2, RQ_ADAPTER_QALORA, 5, 1);
+    run_case("lora, GQA, projection-output losses", 2, RQ_ADAPTER_LORA, 0, 2);
     return rq_test_finish();
 }

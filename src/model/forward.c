@@ -38,7 +38,7 @@ struct rq_forward_state {
     int n_saved;          /* n_layers in training, else 1 */
     float *rstd_final, *hidden, *logits, *rope_dev, *gather;
     /* backward scratch (training only) */
-    float *d_x, *d_xn, *d_q, *d_k, *d_v, *d_att, *d_hb, *d_gate, *d_up, *d_adapter;
+    float *d_x, *d_xn, *d_q, *d_k, *d_v, *d_att, *d_hb, *d_gate, *d_up, *d_adapter, *d_tmp, *y_tmp;
     /* K/V: [n_cache_layers][B][max_seq][kv_dim] (one allocation) */
     float *kv;
     int n_cache_layers;
@@ -179,6 +179,8 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
         table_add(&t, &s->d_gate, N * H);
         table_add(&t, &s->d_up, N * H);
         table_add(&t, &s->d_adapter, adapter_scratch);
+        table_add(&t, &s->d_tmp, N * c->dim);
+        table_add(&t, &s->y_tmp, N * c->dim);
     }
     if (t.failed) {
         RQ_FAIL(err, RQ_ERR_NOMEM, "forward: out of memory building the size table");
@@ -463,7 +465,21 @@ static void proj_backward(rq_forward_state *s, int l, int p, float *din, const f
     rq_adapter_backward(s->be, ad, din, dout, xt, a->u[p], N, s->d_adapter);
 }
 
+/* y = a - b over n floats (the output of o_proj / down_proj, recovered from the
+ * residual stream they were added into). */
+static void sub_into(rq_backend *be, float *y, const float *a, const float *b, size_t n) {
+    be->copy(be, y, a, n * sizeof(float));
+    be->scale(be, y, -1.0f, n);
+    be->add_inplace(be, y, b, n);
+    be->scale(be, y, -1.0f, n);
+}
+
 rq_status rq_forward_backward(rq_forward_state *s, const float *d_hidden, rq_err *err) {
+    return rq_forward_backward_hooked(s, d_hidden, NULL, err);
+}
+
+rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden, const rq_backward_hooks *hk,
+                                     rq_err *err) {
     const rq_model *m = s->m;
     const rq_config *c = &m->cfg;
     rq_backend *be = s->be;
@@ -473,34 +489,59 @@ rq_status rq_forward_backward(rq_forward_state *s, const float *d_hidden, rq_err
         return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "backend %s has no backward ops", be->name);
     const int B = s->last_B, T = s->last_T, N = B * T;
     const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, H = c->hidden_dim;
-    const size_t q_dim = (size_t)nh * hd, kv_dim = (size_t)nkv * hd;
+    const size_t q_dim = (size_t)nh * hd, kv_dim = (size_t)nkv * hd, D = (size_t)N * c->dim;
     const float *cos_t = s->rope_dev, *sin_t = s->rope_dev + (size_t)T * (hd / 2);
+    const bool proj_hooks = hk && hk->proj_out;
     /* d_x holds the gradient of the residual stream, walking down from the final norm */
-    be->fill_zero(be, s->d_x, (size_t)N * c->dim);
-    be->rmsnorm_bwd(be, s->d_x, d_hidden, s->res[c->n_layers], m->final_norm, s->rstd_final, N, c->dim);
+    be->fill_zero(be, s->d_x, D);
+    if (d_hidden) be->rmsnorm_bwd(be, s->d_x, d_hidden, s->res[c->n_layers], m->final_norm, s->rstd_final, N, c->dim);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const rq_layer *L = &m->layers[l];
         layer_acts *a = &s->la[l];
-        /* MLP block */
+        if (hk && hk->layer_out) hk->layer_out(hk->user, l, s->res[l + 1], s->d_x, N);
+        /* MLP block: down_proj's output gradient is the residual's, plus any loss on it */
+        const float *d_down = s->d_x;
+        if (proj_hooks) {
+            be->copy(be, s->d_tmp, s->d_x, D * sizeof(float));
+            sub_into(be, s->y_tmp, s->res[l + 1], a->x_mid, D);
+            hk->proj_out(hk->user, l, RQ_PROJ_DOWN, s->y_tmp, s->d_tmp, N);
+            d_down = s->d_tmp;
+        }
         be->fill_zero(be, s->d_hb, (size_t)N * H);
-        proj_backward(s, l, RQ_PROJ_DOWN, s->d_hb, s->d_x, a->hb, N, a);
+        proj_backward(s, l, RQ_PROJ_DOWN, s->d_hb, d_down, a->hb, N, a);
         be->fill_zero(be, s->d_gate, (size_t)N * H);
         be->fill_zero(be, s->d_up, (size_t)N * H);
         be->swiglu_bwd(be, s->d_gate, s->d_up, s->d_hb, a->gate, a->up, N, H);
-        be->fill_zero(be, s->d_xn, (size_t)N * c->dim);
+        if (proj_hooks) {
+            hk->proj_out(hk->user, l, RQ_PROJ_GATE, a->gate, s->d_gate, N);
+            hk->proj_out(hk->user, l, RQ_PROJ_UP, a->up, s->d_up, N);
+        }
+        be->fill_zero(be, s->d_xn, D);
         proj_backward(s, l, RQ_PROJ_GATE, s->d_xn, s->d_gate, a->xn2, N, a);
         proj_backward(s, l, RQ_PROJ_UP, s->d_xn, s->d_up, a->xn2, N, a);
         be->rmsnorm_bwd(be, s->d_x, s->d_xn, a->x_mid, L->ffn_norm, a->rstd2, N, c->dim); /* + residual path */
         /* attention block */
+        const float *d_o = s->d_x;
+        if (proj_hooks) {
+            be->copy(be, s->d_tmp, s->d_x, D * sizeof(float));
+            sub_into(be, s->y_tmp, a->x_mid, s->res[l], D);
+            hk->proj_out(hk->user, l, RQ_PROJ_O, s->y_tmp, s->d_tmp, N);
+            d_o = s->d_tmp;
+        }
         be->fill_zero(be, s->d_att, (size_t)N * q_dim);
-        proj_backward(s, l, RQ_PROJ_O, s->d_att, s->d_x, a->att_out, N, a);
+        proj_backward(s, l, RQ_PROJ_O, s->d_att, d_o, a->att_out, N, a);
         be->fill_zero(be, s->d_q, (size_t)N * q_dim);
         be->fill_zero(be, s->d_k, (size_t)N * kv_dim);
         be->fill_zero(be, s->d_v, (size_t)N * kv_dim);
         be->attention_bwd(be, s->d_q, s->d_k, s->d_v, s->d_att, a->att, a->q, a->k, a->v, B, T, nh, nkv, hd);
+        if (proj_hooks) { /* q and k are seen after RoPE: a rotation, so MSE-type losses are unchanged */
+            hk->proj_out(hk->user, l, RQ_PROJ_Q, a->q, s->d_q, N);
+            hk->proj_out(hk->user, l, RQ_PROJ_K, a->k, s->d_k, N);
+            hk->proj_out(hk->user, l, RQ_PROJ_V, a->v, s->d_v, N);
+        }
         be->rope_bwd(be, s->d_q, cos_t, sin_t, B, T, nh, hd);
         be->rope_bwd(be, s->d_k, cos_t, sin_t, B, T, nkv, hd);
-        be->fill_zero(be, s->d_xn, (size_t)N * c->dim);
+        be->fill_zero(be, s->d_xn, D);
         proj_backward(s, l, RQ_PROJ_Q, s->d_xn, s->d_q, a->xn1, N, a);
         proj_backward(s, l, RQ_PROJ_K, s->d_xn, s->d_k, a->xn1, N, a);
         proj_backward(s, l, RQ_PROJ_V, s->d_xn, s->d_v, a->xn1, N, a);
@@ -508,4 +549,8 @@ rq_status rq_forward_backward(rq_forward_state *s, const float *d_hidden, rq_err
             be->rmsnorm_bwd(be, s->d_x, s->d_xn, s->res[l], L->attn_norm, a->rstd1, N, c->dim);
     }
     return RQ_OK;
+}
+
+const float *rq_forward_layer_output(const rq_forward_state *s, int layer) {
+    return s->o.train && layer >= 0 && layer < s->m->cfg.n_layers ? s->res[layer + 1] : NULL;
 }

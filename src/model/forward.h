@@ -68,6 +68,27 @@ rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad
  * into the attached adapters' gradients; the base model stays frozen. */
 rq_status rq_forward_backward(rq_forward_state *s, const float *d_hidden, rq_err *err);
 
+/* Extra losses inside the network (the RILQ scope ablation: each layer's
+ * output, or each projection's output, against a teacher's). Hooks add the
+ * gradient of such a loss into the gradient buffer they are handed. */
+typedef struct rq_backward_hooks {
+    void *user;
+    /* res_out [N][dim]: the residual stream after layer `layer`; d_res: its gradient */
+    void (*layer_out)(void *user, int layer, const float *res_out, float *d_res, int N);
+    /* y [N][out]: projection `proj`'s output (q and k after RoPE; o and down: what
+     * they add to the residual stream); dy: its gradient, before it enters the projection */
+    void (*proj_out)(void *user, int layer, int proj, const float *y, float *dy, int N);
+} rq_backward_hooks;
+
+/* rq_forward_backward with hooks (hk may be NULL; d_hidden may be NULL when
+ * only hook losses count). */
+rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden, const rq_backward_hooks *hk,
+                                     rq_err *err);
+
+/* The residual stream after layer `layer` of the last training run (NULL when
+ * the state does not keep it). */
+const float *rq_forward_layer_output(const rq_forward_state *s, int layer);
+
 /* Bytes of activations and cache this state holds. */
 size_t rq_forward_bytes(const rq_forward_state *s);
 
