@@ -17,11 +17,13 @@ fi
 echo "== build (Release, warnings as errors)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRILQ_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
+# ctest runs $jobs tests at once, each on one thread: OpenMP threads of two
+# tests sharing two cores would spin-wait on each other
 echo "== tests"
-(cd build && ctest --output-on-failure -j"$jobs" -LE gpu)
+(cd build && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs" -LE gpu)
 
 echo "== sanitizer build (ASan + UBSan) of the fast tests"
 cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DRILQ_SANITIZE=ON -DRILQ_WERROR=ON -DRILQ_CUDA=OFF >/dev/null
 cmake --build build-san -j"$jobs"
-(cd build-san && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+(cd build-san && OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j"$jobs" -L fast)
