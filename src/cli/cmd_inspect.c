@@ -2,6 +2,7 @@
 #include <stdlib.h>
 
 #include "../model/forward.h"
+#include "../quant/q2.h"
 #include "cli.h"
 
 static const char *inspect_help =
@@ -55,6 +56,27 @@ int cmd_inspect(int argc, char **argv) {
                                                        : "",
            c->norm_eps);
     printf("dtypes       %s\n", m->dtypes);
+    /* q2 linears (a rilq artifact): how many, their format and cost */
+    int n_q2 = 0;
+    int64_t q2_weights = 0;
+    size_t q2_bytes = 0;
+    const rq_q2_tensor *q2_first = NULL;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            const rq_q2_tensor *t = rq_layer_proj(&m->layers[l], p)->q2;
+            if (!t) continue;
+            if (!q2_first) q2_first = t;
+            n_q2++;
+            q2_weights += (int64_t)t->out * t->in;
+            q2_bytes += rq_q2_nbytes(t);
+        }
+    if (q2_first)
+        printf("quantized    %d of %d projections: 2-bit %s codebook, group size %d, method %s%s, %.4f bits per weight "
+               "(%.3f M weights in %.2f MiB); source %s\n",
+               n_q2, RQ_N_PROJ * c->n_layers, rq_q2_codebook_name(q2_first->kind), q2_first->group_size,
+               m->quant.method[0] ? m->quant.method : "?", m->quant.clip_search ? " + clip search" : "",
+               8.0 * (double)q2_bytes / (double)q2_weights, q2_weights / 1e6, q2_bytes / 1048576.0,
+               m->quant.source_dtypes[0] ? m->quant.source_dtypes : "?");
     int64_t per_layer = (int64_t)c->dim * (c->n_heads * c->head_dim) * 2 + (int64_t)c->dim * c->n_kv_heads * c->head_dim * 2 +
                         (int64_t)c->dim * c->hidden_dim * 3 + 2 * c->dim;
     int64_t linear = ((int64_t)c->dim * (c->n_heads * c->head_dim) * 2 + (int64_t)c->dim * c->n_kv_heads * c->head_dim * 2 +
@@ -73,10 +95,10 @@ int cmd_inspect(int argc, char **argv) {
     size_t act = (size_t)T * ((size_t)c->dim * 3 + (size_t)c->n_heads * c->head_dim * 2 +
                               (size_t)c->n_kv_heads * c->head_dim * 2 + (size_t)c->hidden_dim * 2) * sizeof(float);
     printf("memory (fp32 CPU backend, one sequence of %d tokens):\n", T);
-    print_bytes("weights", (double)m->weights_bytes);
+    print_bytes(q2_first ? "weights (q2 + fp32)" : "weights", (double)rq_model_weight_bytes(m));
     print_bytes("activations", (double)act);
     print_bytes("KV cache (generation)", (double)kv);
-    print_bytes("total", (double)m->weights_bytes + act + kv);
+    print_bytes("total", (double)rq_model_weight_bytes(m) + act + kv);
     rq_model_free(m);
     return 0;
 }

@@ -118,9 +118,18 @@ static rq_status check_architecture(const cJSON *root, const char *what, rq_err 
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0)
         return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: hidden_act '%s' is not supported (only silu)", what, act->valuestring);
-    if (cJSON_GetObjectItemCaseSensitive(root, "quantization_config"))
-        return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
-                       "%s: has a quantization_config: pre-quantized HF checkpoints are not read by the fp loader", what);
+    /* rilq's own 2-bit artifact keeps the HF config keys beside its
+     * quantization_config and is read by src/io/artifact.c through this
+     * parser; other quantized checkpoints (GPTQ, AWQ, bitsandbytes) are not read. */
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (qc && !cJSON_IsNull(qc)) {
+        const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+        if (!cJSON_IsString(qm) || strcmp(qm->valuestring, "rilq-q2") != 0)
+            return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
+                           "%s: quantization_config.quant_method '%s' is not supported (rilq reads full-precision "
+                           "checkpoints and its own 'rilq-q2' artifacts)",
+                           what, cJSON_IsString(qm) ? qm->valuestring : "?");
+    }
     return RQ_OK;
 }
 

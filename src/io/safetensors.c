@@ -186,6 +186,18 @@ rq_status rq_safetensors_open(const char *path, rq_safetensors *f, rq_tensor_tab
     return s;
 }
 
+rq_status rq_safetensors_open_buffer(const char *name, uint8_t *bytes, size_t size, rq_safetensors *f,
+                                     rq_tensor_table *tab, rq_err *err) {
+    memset(f, 0, sizeof *f);
+    f->view.data = bytes;
+    f->view.size = size;
+    f->view.owned = bytes; /* freed by rq_safetensors_close, also on failure below */
+    f->path = rq_strdup(name, err);
+    rq_status s = f->path ? parse_header(f, tab, err) : RQ_ERR_NOMEM;
+    if (s != RQ_OK) rq_safetensors_close(f);
+    return s;
+}
+
 void rq_safetensors_close(rq_safetensors *f) {
     rq_file_unmap(&f->view);
     free(f->path);

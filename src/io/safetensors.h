@@ -15,6 +15,11 @@ typedef struct rq_safetensors {
  * (views point into the mapping; their file is f->path). On failure nothing is
  * left open and tab holds what it held before. */
 rq_status rq_safetensors_open(const char *path, rq_safetensors *f, rq_tensor_table *tab, rq_err *err);
+/* The same over bytes already in memory (a decompressed artifact): takes
+ * ownership of the malloc'ed buffer, which rq_safetensors_close frees (on
+ * failure it is freed at once). name is what messages call the file. */
+rq_status rq_safetensors_open_buffer(const char *name, uint8_t *bytes, size_t size, rq_safetensors *f,
+                                     rq_tensor_table *tab, rq_err *err);
 void rq_safetensors_close(rq_safetensors *f);
 
 /* A whole checkpoint: one file, or every shard an index names. */

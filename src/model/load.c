@@ -7,7 +7,9 @@
 #include "../io/gguf.h"
 #include "../io/hf.h"
 #include "../io/llama2c.h"
+#include "../io/artifact.h"
 #include "../io/tensors.h"
+#include "../quant/q2.h"
 #include "model.h"
 
 const char *const rq_proj_names[RQ_N_PROJ] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -108,6 +110,7 @@ int64_t rq_config_n_params(const rq_config *c) {
  * before gigabytes are allocated) and a converting pass into the allocation. */
 typedef struct builder {
     const rq_tensor_table *tab;
+    rq_q2_tensor **q2; /* [n_layers * RQ_N_PROJ] projections given as q2, or NULL */
     bool check_only;
     float *next; /* the next free float of the weight allocation */
     float *end;
@@ -162,6 +165,15 @@ static void describe_dtypes(const int *count, char *buf, size_t cap) {
     }
 }
 
+/* A projection given as a q2 tensor: check its shape against the config; it
+ * takes no fp32 storage. */
+static rq_status check_q2_weight(builder *b, const char *name, const rq_q2_tensor *t, int64_t rows, int64_t cols) {
+    if (t->out != rows || t->in != cols)
+        return RQ_FAIL(b->err, RQ_ERR_FORMAT, "q2 tensor '%s': expected shape [%lld, %lld], found [%d, %d]", name,
+                       (long long)rows, (long long)cols, t->out, t->in);
+    return RQ_OK;
+}
+
 /* Every weight of the model in allocation order. */
 static rq_status walk_weights(builder *b, rq_model *m) {
     const rq_config c = m->cfg;
@@ -174,21 +186,24 @@ static rq_status walk_weights(builder *b, rq_model *m) {
             int64_t rows, cols;
             float **dest;
             rq_linear *lin;
+            int proj; /* RQ_PROJ_*, or -1 for a norm */
         } parts[] = {
-            {"input_layernorm.weight", d, 0, &L->attn_norm, NULL},
-            {"self_attn.q_proj.weight", q, d, &L->wq.w, &L->wq},
-            {"self_attn.k_proj.weight", kv, d, &L->wk.w, &L->wk},
-            {"self_attn.v_proj.weight", kv, d, &L->wv.w, &L->wv},
-            {"self_attn.o_proj.weight", d, q, &L->wo.w, &L->wo},
-            {"post_attention_layernorm.weight", d, 0, &L->ffn_norm, NULL},
-            {"mlp.gate_proj.weight", ff, d, &L->w_gate.w, &L->w_gate},
-            {"mlp.up_proj.weight", ff, d, &L->w_up.w, &L->w_up},
-            {"mlp.down_proj.weight", d, ff, &L->w_down.w, &L->w_down},
+            {"input_layernorm.weight", d, 0, &L->attn_norm, NULL, -1},
+            {"self_attn.q_proj.weight", q, d, &L->wq.w, &L->wq, RQ_PROJ_Q},
+            {"self_attn.k_proj.weight", kv, d, &L->wk.w, &L->wk, RQ_PROJ_K},
+            {"self_attn.v_proj.weight", kv, d, &L->wv.w, &L->wv, RQ_PROJ_V},
+            {"self_attn.o_proj.weight", d, q, &L->wo.w, &L->wo, RQ_PROJ_O},
+            {"post_attention_layernorm.weight", d, 0, &L->ffn_norm, NULL, -1},
+            {"mlp.gate_proj.weight", ff, d, &L->w_gate.w, &L->w_gate, RQ_PROJ_GATE},
+            {"mlp.up_proj.weight", ff, d, &L->w_up.w, &L->w_up, RQ_PROJ_UP},
+            {"mlp.down_proj.weight", d, ff, &L->w_down.w, &L->w_down, RQ_PROJ_DOWN},
         };
         for (size_t k = 0; k < sizeof parts / sizeof parts[0] && s == RQ_OK; k++) {
             char name[RQ_TENSOR_NAME_MAX];
             snprintf(name, sizeof name, "model.layers.%d.%s", l, parts[k].suffix);
-            s = load_weight(b, name, parts[k].rows, parts[k].cols, parts[k].dest);
+            const rq_q2_tensor *given = b->q2 && parts[k].proj >= 0 ? b->q2[(size_t)l * RQ_N_PROJ + parts[k].proj] : NULL;
+            if (given) s = check_q2_weight(b, name, given, parts[k].rows, parts[k].cols);
+            else s = load_weight(b, name, parts[k].rows, parts[k].cols, parts[k].dest);
             if (parts[k].lin) {
                 parts[k].lin->out = (int)parts[k].rows;
                 parts[k].lin->in = (int)parts[k].cols;
@@ -206,6 +221,11 @@ static rq_status walk_weights(builder *b, rq_model *m) {
 }
 
 rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab, rq_model **out, rq_err *err) {
+    return rq_model_build_q2(cfg, tab, NULL, out, err);
+}
+
+rq_status rq_model_build_q2(const rq_config *cfg, const struct rq_tensor_table *tab, rq_q2_tensor **q2, rq_model **out,
+                            rq_err *err) {
     *out = NULL;
     rq_config c = *cfg;
     const char *what = tab->count > 0 && tab->items[0].file ? tab->items[0].file : "config";
@@ -214,8 +234,16 @@ rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab
      * says (some tied exports still store it); one without it reuses the embedding. */
     c.tie_embeddings = rq_tensor_table_find(tab, "lm_head.weight") == NULL;
     int64_t n_params = rq_config_n_params(&c);
+    /* Projections given as q2 take no room in the fp32 allocation. */
+    int64_t n_fp32 = n_params;
+    int n_q2 = 0;
+    for (int64_t k = 0; q2 && k < (int64_t)c.n_layers * RQ_N_PROJ; k++)
+        if (q2[k]) {
+            n_fp32 -= (int64_t)q2[k]->out * q2[k]->in;
+            n_q2++;
+        }
     size_t bytes;
-    if (n_params <= 0 || !rq_mul_ok((size_t)n_params, sizeof(float), &bytes))
+    if (n_params <= 0 || n_fp32 <= 0 || !rq_mul_ok((size_t)n_fp32, sizeof(float), &bytes))
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: model size overflows", what);
 
     rq_model *m = rq_calloc(1, sizeof *m, err);
@@ -228,9 +256,9 @@ rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab
     }
     m->n_params = n_params;
 
-    builder check = {.tab = tab, .check_only = true, .err = err};
+    builder check = {.tab = tab, .q2 = q2, .check_only = true, .err = err};
     rq_status s = walk_weights(&check, m);
-    builder b = {.tab = tab, .next = NULL, .err = err};
+    builder b = {.tab = tab, .q2 = q2, .next = NULL, .err = err};
     if (s == RQ_OK) {
         m->weights = rq_alloc_aligned(bytes, err);
         if (!m->weights) s = err ? err->code : RQ_ERR_NOMEM;
@@ -238,7 +266,7 @@ rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab
     if (s == RQ_OK) {
         m->weights_bytes = bytes;
         b.next = m->weights;
-        b.end = m->weights + n_params;
+        b.end = m->weights + n_fp32;
         s = walk_weights(&b, m);
     }
     if (s == RQ_OK && b.next != b.end) s = RQ_FAIL(err, RQ_ERR_INTERNAL, "weight allocation size mismatch");
@@ -247,13 +275,38 @@ rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab
         return s;
     }
     describe_dtypes(b.dtype_count, m->dtypes, sizeof m->dtypes);
+    if (n_q2 > 0) {
+        size_t n = strlen(m->dtypes);
+        snprintf(m->dtypes + n, sizeof m->dtypes - n, "%sq2 x%d", n ? ", " : "", n_q2);
+        for (int l = 0; l < c.n_layers; l++)
+            for (int p = 0; p < RQ_N_PROJ; p++) {
+                rq_q2_tensor **slot = &q2[(size_t)l * RQ_N_PROJ + p];
+                if (!*slot) continue;
+                rq_linear *lin = rq_layer_proj(&m->layers[l], p);
+                lin->q2 = *slot;
+                lin->w = NULL;
+                *slot = NULL;
+            }
+    }
     *out = m;
     return RQ_OK;
+}
+
+size_t rq_model_weight_bytes(const rq_model *m) {
+    size_t total = m->weights_bytes;
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            const rq_linear *lin = rq_layer_proj(&m->layers[l], p);
+            if (lin->q2) total += rq_q2_nbytes(lin->q2);
+        }
+    return total;
 }
 
 void rq_model_free(rq_model *m) {
     if (!m) return;
     if (m->tok) rq_tokenizer_free(m->tok);
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) rq_q2_free(rq_layer_proj(&m->layers[l], p)->q2);
     free(m->weights);
     free(m->layers);
     free(m);
@@ -276,6 +329,36 @@ static rq_status replace_tokenizer(rq_model *m, const char *tokenizer_path, rq_e
     return RQ_OK;
 }
 
+/* A path too long for the field is left out: the artifact writer then says
+ * it cannot find the tokenizer's source, rather than copying a wrong file. */
+static void set_tokenizer_path(rq_model *m, const char *p) {
+    size_t n = strlen(p);
+    if (n >= sizeof m->tokenizer_path) n = 0;
+    memcpy(m->tokenizer_path, p, n);
+    m->tokenizer_path[n] = 0;
+}
+
+/* Which tokenizer.bin rq_llama2c_load read: the explicit one, else its rule
+ * (tokenizer.bin, then tok<vocab>.bin beside the model). */
+static void note_llama2c_tokenizer(rq_model *m, const char *model_path, const char *explicit_path) {
+    if (explicit_path) {
+        set_tokenizer_path(m, explicit_path);
+        return;
+    }
+    char dir[4096], name[64], buf[4200];
+    const char *slash = strrchr(model_path, '/');
+    size_t dlen = slash ? (size_t)(slash - model_path) : 0;
+    if (dlen >= sizeof dir) return;
+    memcpy(dir, model_path, dlen);
+    dir[dlen] = 0;
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (dlen == 0) snprintf(dir, sizeof dir, "/");
+    snprintf(name, sizeof name, "tok%d.bin", m->cfg.vocab_size);
+    if ((rq_path_join(buf, sizeof buf, dir, "tokenizer.bin") && rq_file_exists(buf)) ||
+        (rq_path_join(buf, sizeof buf, dir, name) && rq_file_exists(buf)))
+        set_tokenizer_path(m, buf);
+}
+
 rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model **out, rq_err *err) {
     *out = NULL;
     if (!path || !*path) return RQ_FAIL(err, RQ_ERR_ARG, "no model path given");
@@ -285,8 +368,16 @@ rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model *
         char cfg[4200];
         if (!rq_path_join(cfg, sizeof cfg, path, "config.json") || !rq_file_exists(cfg))
             return RQ_FAIL(err, RQ_ERR_IO, "%s: a model directory needs a config.json (Hugging Face layout)", path);
-        format = "hf";
-        RQ_TRY(rq_hf_load(path, &m, err));
+        if (rq_artifact_is_q2(path)) {
+            format = "rilq-q2";
+            RQ_TRY(rq_artifact_load(path, &m, err)); /* sets m->tokenizer_path itself */
+        } else {
+            format = "hf";
+            RQ_TRY(rq_hf_load(path, &m, err));
+            char tok[4200];
+            if (m->tok && rq_path_join(tok, sizeof tok, path, "tokenizer.json"))
+                set_tokenizer_path(m, tok);
+        }
     } else {
         FILE *f = fopen(path, "rb");
         if (!f) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open model file", path);
@@ -296,9 +387,11 @@ rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model *
         if (got == 4 && memcmp(magic, "GGUF", 4) == 0) {
             format = "gguf";
             RQ_TRY(rq_gguf_load(path, &m, err));
+            if (m->tok) set_tokenizer_path(m, path); /* the tokens are in its metadata */
         } else {
             format = "llama2c";
             RQ_TRY(rq_llama2c_load(path, tokenizer_path, &m, err));
+            if (m->tok) note_llama2c_tokenizer(m, path, tokenizer_path);
             tokenizer_path = NULL; /* already used */
         }
     }
@@ -308,6 +401,7 @@ rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model *
             rq_model_free(m);
             return s;
         }
+        set_tokenizer_path(m, tokenizer_path);
     }
     snprintf(m->format, sizeof m->format, "%s", format);
     snprintf(m->path, sizeof m->path, "%s", path);

@@ -56,6 +56,13 @@ enum { RQ_PROJ_Q, RQ_PROJ_K, RQ_PROJ_V, RQ_PROJ_O, RQ_PROJ_GATE, RQ_PROJ_UP, RQ_
 extern const char *const rq_proj_names[RQ_N_PROJ]; /* "q_proj", ..., "down_proj" */
 rq_linear *rq_layer_proj(rq_layer *l, int which);
 
+/* How a model's q2 linears were produced (method "" when it has none). */
+typedef struct rq_quant_info {
+    char method[16];  /* "rtn", "nf2", "fake-quant" */
+    bool clip_search;
+    char source_dtypes[128]; /* the dtypes of the checkpoint that was quantized */
+} rq_quant_info;
+
 struct rq_model {
     rq_config cfg;
     float *tok_embed;  /* [vocab][dim] */
@@ -69,12 +76,32 @@ struct rq_model {
     char path[1024];
     char dtypes[128];  /* the source dtypes, e.g. "Q4_1 x210, F32 x61, Q8_0 x1" */
     int64_t n_params;  /* learned parameters (tied head counted once) */
+    rq_quant_info quant;
+    /* The file m->tok was read from ("" when none): a quantized artifact
+     * carries the tokenizer over from it (src/io/artifact.c). */
+    char tokenizer_path[1024];
+    /* Adapters attached to the model (not owned): every forward state made for
+     * the model applies them unless its options name others. */
+    struct rq_adapter_set *adapters;
 };
 
 /* Build a model from a config and an HF-named tensor table: checks every
  * expected tensor is present with the expected shape, converts to fp32. */
 struct rq_tensor_table;
 rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab, rq_model **out, rq_err *err);
+
+/* The same, with some projections given as q2 tensors: q2 holds
+ * n_layers * RQ_N_PROJ entries (index layer * RQ_N_PROJ + RQ_PROJ_*), NULL
+ * for projections read from the table as fp32. A given projection needs no
+ * tensor in the table and gets no fp32 storage; its q2 shape must match the
+ * config. On success the model owns the given tensors and their entries are
+ * set to NULL; on failure the caller still owns them. q2 may be NULL. */
+struct rq_q2_tensor;
+rq_status rq_model_build_q2(const rq_config *cfg, const struct rq_tensor_table *tab, struct rq_q2_tensor **q2,
+                            rq_model **out, rq_err *err);
+
+/* Bytes of weights the model holds: the fp32 allocation plus every q2 tensor. */
+size_t rq_model_weight_bytes(const rq_model *m);
 
 /* A model with random weights (N(0, 1/fan_in) matrices, norms near 1) and no
  * tokenizer, built through rq_model_build: for benchmarks and tests. */
