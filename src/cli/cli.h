@@ -17,6 +17,11 @@ typedef struct rq_command {
 int cmd_inspect(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_train_lm(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
 
 /* Print "rilq CMD: error: <message>" and return exit code 1. */
 int cli_fail(const char *cmd, const rq_err *err);

@@ -8,6 +8,11 @@ static const rq_command commands[] = {
     {"inspect", "print a model's architecture, parameters, dtypes and memory", cmd_inspect},
     {"generate", "generate text from a prompt (greedy or sampled, with a KV cache)", cmd_generate},
     {"ppl", "perplexity on WikiText-2 or C4 (the quantization papers' protocol)", cmd_ppl},
+    {"quantize", "quantize a model to 2 bits and write the artifact directory", cmd_quantize},
+    {"train-lm", "fine-tune LoRA / QA-LoRA adapters on plain text (next-token loss)", cmd_train_lm},
+    {"calibrate", "RILQ stage 1: tune adapters of a 2-bit student toward the full-precision teacher", cmd_calibrate},
+    {"finetune", "stage 2: fine-tune adapters on a task (arc, piqa, gsm8k), loss on the answers", cmd_finetune},
+    {"eval", "lm-eval-compatible accuracy (piqa, arc, hellaswag, winogrande), gsm8k, perplexity", cmd_eval},
 };
 
 static void usage(FILE *f) {
