@@ -114,15 +114,16 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
                        o->max_seq);
     if (o->train && o->kv_cache)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state keeps activations, not a KV cache");
-    if (o->adapters && (o->adapters->model.dim != c->dim || o->adapters->model.n_layers != c->n_layers ||
-                        o->adapters->model.hidden_dim != c->hidden_dim))
+    rq_adapter_set *attached = o->adapters ? o->adapters : m->adapters;
+    if (attached && (attached->model.dim != c->dim || attached->model.n_layers != c->n_layers ||
+                     attached->model.hidden_dim != c->hidden_dim))
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: the adapters were built for another model shape");
     rq_forward_state *s = rq_calloc(1, sizeof *s, err);
     if (!s) return RQ_ERR_NOMEM;
     s->m = m;
     s->be = be;
     s->o = *o;
-    s->adapters = o->adapters;
+    s->adapters = attached;
     s->n_saved = o->train ? c->n_layers : 1;
     s->la = rq_calloc((size_t)s->n_saved, sizeof *s->la, err);
     s->res = rq_calloc((size_t)c->n_layers + 1, sizeof *s->res, err);
