@@ -18,6 +18,7 @@ typedef struct ref_model {
     const rq_model *m;
     const rq_adapter_set *ad;
     int hooks;                       /* 0: none, 1: layer outputs, 2: projection outputs */
+    bool logit_mse;                  /* Model-Loss on logits (teacher logits = teacher hidden through the head) */
     const double *layer_target;      /* [n_layers][B*T][dim] */
     const double *proj_target;       /* [n_layers][4][B*T][max(hidden, q_dim)] */
     double *A[8][RQ_N_PROJ], *Bm[8][RQ_N_PROJ]; /* double copies of the adapters, perturbed by FD */
@@ -155,26 +156,32 @@ static double ref_loss(const ref_model *r, const int *tok, const int *tgt, const
         }
         for (int t = 0; t < T; t++) {
             ref_rmsnorm(x + t * D, r->m->final_norm, D, c->norm_eps, xn + t * D);
-            for (int i = 0; i < D; i++) {
-                double d = xn[t * D + i] - teacher[((size_t)b * T + t) * D + i];
-                mse += d * d;
-            }
-            int y = tgt[b * T + t];
-            if (y < 0) continue;
+            const double *th = teacher + ((size_t)b * T + t) * D;
             double lg[1024], mx = -1e300, sum = 0;
             for (int vv = 0; vv < V; vv++) {
-                double acc = 0;
-                for (int i = 0; i < D; i++) acc += (double)r->m->lm_head.w[(size_t)vv * D + i] * xn[t * D + i];
+                double acc = 0, acc_t = 0;
+                for (int i = 0; i < D; i++) {
+                    acc += (double)r->m->lm_head.w[(size_t)vv * D + i] * xn[t * D + i];
+                    acc_t += (double)(float)r->m->lm_head.w[(size_t)vv * D + i] * (double)(float)th[i];
+                }
                 lg[vv] = acc;
                 mx = acc > mx ? acc : mx;
+                if (r->logit_mse) mse += (acc - acc_t) * (acc - acc_t);
             }
+            if (!r->logit_mse)
+                for (int i = 0; i < D; i++) {
+                    double d = xn[t * D + i] - th[i];
+                    mse += d * d;
+                }
+            int y = tgt[b * T + t];
+            if (y < 0) continue;
             for (int vv = 0; vv < V; vv++) sum += exp(lg[vv] - mx);
             ce += log(sum) + mx - lg[y];
             counted++;
         }
     }
     free(x), free(xn), free(q), free(k), free(v), free(att), free(g), free(up);
-    return 0.5 * ce / counted + 0.5 * mse / ((double)B * T * D) + hook;
+    return 0.5 * ce / counted + 0.5 * mse / ((double)B * T * (r->logit_mse ? V : D)) + hook;
 }
 
 /* The same extra losses on the C side, as backward hooks. */
@@ -205,7 +212,7 @@ static void on_proj(void *user, int layer, int proj, const float *y, float *dy, 
         }
 }
 
-static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs, int hooks) {
+static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs, int hooks, bool logit_mse) {
     rq_err err = {0};
     const int B = 2, T = 6;
     rq_config cfg = {.dim = 16, .hidden_dim = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = n_kv, .head_dim = 4,
@@ -225,7 +232,7 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs, i
     rq_rng rng;
     rq_rng_seed(&rng, 77);
     for (size_t i = 0; i < ad->n_params; i++) ad->params[i] = 0.3f * rq_rng_normal(&rng);
-    ref_model ref = {.m = m, .ad = ad, .hooks = hooks};
+    ref_model ref = {.m = m, .ad = ad, .hooks = hooks, .logit_mse = logit_mse};
     double *layer_target = calloc((size_t)cfg.n_layers * B * T * cfg.dim, sizeof(double));
     double *proj_target = calloc((size_t)cfg.n_layers * 4 * B * T * PT_STRIDE, sizeof(double));
     for (size_t i = 0; i < (size_t)cfg.n_layers * B * T * cfg.dim; i++) layer_target[i] = rq_rng_normal(&rng);
@@ -257,10 +264,19 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs, i
     for (int i = 0; i < B * T; i++) counted += tgt[i] >= 0;
     const float *h = rq_forward_hidden(fs);
     double mse = 0;
-    for (int i = 0; i < B * T * cfg.dim; i++) {
-        double d = h[i] - teacher[i];
-        mse += d * d;
-        d_hidden[i] = (float)(0.5 * 2.0 * d / (B * T * cfg.dim));
+    if (logit_mse) {
+        float teacher_f[12 * 16];
+        for (int i = 0; i < B * T * cfg.dim; i++) teacher_f[i] = (float)teacher[i];
+        memset(d_hidden, 0, sizeof d_hidden);
+        CHECK_OK(rq_forward_logit_mse_grad(fs, teacher_f, 0, B * T, (float)(0.5 / ((double)B * T * cfg.vocab_size)),
+                                           d_hidden, &mse, &err), &err);
+        mse *= (double)cfg.dim / cfg.vocab_size; /* so loss32 below divides by B*T*V */
+    } else {
+        for (int i = 0; i < B * T * cfg.dim; i++) {
+            double d = h[i] - teacher[i];
+            mse += d * d;
+            d_hidden[i] = (float)(0.5 * 2.0 * d / (B * T * cfg.dim));
+        }
     }
     double ce_sum = 0;
     int64_t ce_n = 0;
@@ -320,14 +336,16 @@ static void run_case(const char *name, int n_kv, rq_adapter_type type, int gs, i
 }
 
 int main(void) {
-    run_case("lora, GQA 4/2", 2, RQ_ADAPTER_LORA, 0, 0);
-    run_case("lora, MHA", 4, RQ_ADAPTER_LORA, 0, 0);
+    run_case("lora, GQA 4/2", 2, RQ_ADAPTER_LORA, 0, 0, false);
+    run_case("lora, MHA", 4, RQ_ADAPTER_LORA, 0, 0, false);
     /* gs 16: dim 16 -> one group, hidden 24 -> groups of 16 and 8 (ragged) */
-    run_case("qalora gs16, GQA 4/2", 2, RQ_ADAPTER_QALORA, 16, 0);
+    run_case("qalora gs16, GQA 4/2", 2, RQ_ADAPTER_QALORA, 16, 0, false);
     /* gs 5: every width ragged (16 = 5+5+5+1, 24 = 5*4+4) */
-    run_case("qalora gs5, MHA", 4, RQ_ADAPTER_QALORA, 5, 0);
+    run_case("qalora gs5, MHA", 4, RQ_ADAPTER_QALORA, 5, 0, false);
     /* the scope-ablation hooks: losses on every layer's output, and on projection outputs */
-    run_case("qalora gs5, GQA, layer-output losses", 2, RQ_ADAPTER_QALORA, 5, 1);
-    run_case("lora, GQA, projection-output losses", 2, RQ_ADAPTER_LORA, 0, 2);
+    run_case("qalora gs5, GQA, layer-output losses", 2, RQ_ADAPTER_QALORA, 5, 1, false);
+    run_case("lora, GQA, projection-output losses", 2, RQ_ADAPTER_LORA, 0, 2, false);
+    /* Model-Loss on logits instead of hidden states */
+    run_case("qalora gs5, GQA, logit model-loss", 2, RQ_ADAPTER_QALORA, 5, 0, true);
     return rq_test_finish();
 }

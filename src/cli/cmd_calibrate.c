@@ -35,7 +35,8 @@ static const char *calibrate_help =
     "                        quantization error W - Q (LoftQ baseline, 1 alternation; plain LoRA only)\n"
     "loss:\n"
     "  --model-weight W (0.5)  --gt-weight W (0.5)\n"
-    "  --model-loss hidden   MSE of final hidden states (logits mode is not implemented)\n"
+    "  --model-loss hidden|logits  MSE of the final hidden states (default), or of the logits\n"
+    "                        (teacher logits from the cached teacher hidden states and the same head)\n"
     "  --scope model         model (final hidden states). layer / linear (each layer's or each\n"
     "                        projection's output; their caches are n_layers or ~7 n_layers times\n"
     "                        larger) are not implemented yet: the trainer has no hook losses\n"
@@ -134,9 +135,8 @@ int cmd_calibrate(int argc, char **argv) {
                                                 "the final hidden states only (no per-layer hook losses yet)", scope);
         return cli_usage_error("calibrate", "--scope expects model, layer or linear, got '%s'", scope);
     }
-    if (strcmp(model_loss, "hidden") != 0)
-        return cli_usage_error("calibrate", "--model-loss %s is not implemented (only hidden: MSE of the final hidden "
-                                            "states, the reference default)", model_loss);
+    if (strcmp(model_loss, "hidden") != 0 && strcmp(model_loss, "logits") != 0)
+        return cli_usage_error("calibrate", "--model-loss expects hidden or logits, got '%s'", model_loss);
     long windows, seq, nval, seed, rank, gs, accum, mb, every, pat, maxmicro, headw, doc_a = 0, doc_b = 0;
     double alpha, mw, gw, lr;
     if (!cli_parse_int(s_windows, 2, 1 << 24, &windows)) return cli_usage_error("calibrate", "--windows expects an integer >= 2");
@@ -294,6 +294,7 @@ int cmd_calibrate(int argc, char **argv) {
     o.seed = (uint64_t)seed;
     o.ce_weight = gw;
     o.mse_weight = mw;
+    o.mse_on_logits = !strcmp(model_loss, "logits");
     o.optim = rq_optim_defaults(RQ_OPTIM_ADAM);
     o.schedule = (rq_schedule){.kind = RQ_SCHED_CONSTANT, .lr = lr};
     o.eval_every = (int)every;

@@ -36,7 +36,7 @@ struct rq_forward_state {
                              (training: n_layers + 1 buffers; inference: all alias one) */
     layer_acts *la;       /* [n_saved] */
     int n_saved;          /* n_layers in training, else 1 */
-    float *rstd_final, *hidden, *logits, *rope_dev, *gather;
+    float *rstd_final, *hidden, *logits, *logits2, *rope_dev, *gather;
     /* backward scratch (training only) */
     float *d_x, *d_xn, *d_q, *d_k, *d_v, *d_att, *d_hb, *d_gate, *d_up, *d_adapter, *d_tmp, *y_tmp;
     /* K/V: [n_cache_layers][B][max_seq][kv_dim] (one allocation) */
@@ -181,6 +181,7 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
         table_add(&t, &s->d_up, N * H);
         table_add(&t, &s->d_adapter, adapter_scratch);
         table_add(&t, &s->d_tmp, N * c->dim);
+        table_add(&t, &s->logits2, (size_t)NLL_CHUNK * c->vocab_size);
         table_add(&t, &s->y_tmp, N * c->dim);
     }
     if (t.failed) {
@@ -452,6 +453,34 @@ rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad
     }
     if (loss_sum) *loss_sum = total;
     if (count) *count = n;
+    return RQ_OK;
+}
+
+rq_status rq_forward_logit_mse_grad(rq_forward_state *s, const float *teacher_hidden, int r0, int rows,
+                                    float grad_scale, float *d_hidden, double *sq_sum, rq_err *err) {
+    const rq_config *c = &s->m->cfg;
+    rq_backend *be = s->be;
+    const int V = c->vocab_size, N = s->last_B * s->last_T;
+    if (!s->o.train) return RQ_FAIL(err, RQ_ERR_ARG, "logit MSE: the forward state was not created for training");
+    if (r0 < 0 || rows < 0 || r0 + rows > N)
+        return RQ_FAIL(err, RQ_ERR_ARG, "logit MSE: rows %d..%d outside the last run's %d", r0, r0 + rows, N);
+    double total = 0.0;
+    for (int c0 = r0; c0 < r0 + rows; c0 += NLL_CHUNK) {
+        int cnt = r0 + rows - c0 < NLL_CHUNK ? r0 + rows - c0 : NLL_CHUNK;
+        const size_t n = (size_t)cnt * V;
+        /* teacher logits from the teacher's final hidden states: the head is not quantized, so it is the
+           teacher's own head and the full [T][vocab] teacher logits never need storing */
+        be->linear(be, s->logits, s->hidden + (size_t)c0 * c->dim, &s->m->lm_head, cnt, false);
+        be->linear(be, s->logits2, teacher_hidden + (size_t)(c0 - r0) * c->dim, &s->m->lm_head, cnt, false);
+        total += be->mse(be, NULL, s->logits, s->logits2, n, 0.0f);
+        if (d_hidden) { /* logits2 <- 2 * grad_scale * (student - teacher), then back through the head */
+            be->scale(be, s->logits2, -1.0f, n);
+            be->add_inplace(be, s->logits2, s->logits, n);
+            be->scale(be, s->logits2, 2.0f * grad_scale, n);
+            be->linear_bwd_input(be, d_hidden + (size_t)c0 * c->dim, s->logits2, &s->m->lm_head, cnt);
+        }
+    }
+    *sq_sum = total;
     return RQ_OK;
 }
 

@@ -63,6 +63,14 @@ float *rq_forward_hidden_mut(rq_forward_state *s);
 rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad_scale, float *d_hidden,
                              double *loss_sum, int64_t *count, rq_err *err);
 
+/* Model-Loss on logits: the sum of squared differences between the student's
+ * logits and the teacher's (teacher logits = teacher_hidden through the same,
+ * unquantized head) over rows [r0, r0+rows) of the last run; teacher_hidden
+ * holds those rows [rows][dim]. Adds grad_scale * d(sum)/d(hidden) into
+ * d_hidden [B*T][dim] when not NULL. Chunked: never [T][vocab] at once. */
+rq_status rq_forward_logit_mse_grad(rq_forward_state *s, const float *teacher_hidden, int r0, int rows,
+                                    float grad_scale, float *d_hidden, double *sq_sum, rq_err *err);
+
 /* Backward pass of the last run given d_hidden [B*T][dim], the gradient of the
  * loss with respect to the final hidden states (after the final norm). Adds
  * into the attached adapters' gradients; the base model stays frozen. */

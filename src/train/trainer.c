@@ -128,9 +128,16 @@ static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model
         }
         if (o->mse_weight > 0) { /* over the example's real positions (padding excluded) */
             const int len = bb->lens[b];
-            const size_t off = (size_t)b * T * dim, cnt = (size_t)len * dim;
+            const size_t off = (size_t)b * T * dim;
+            const size_t cnt = (size_t)len * (o->mse_on_logits ? (size_t)m->cfg.vocab_size : (size_t)dim);
             float scale = backward ? (float)(o->mse_weight / ((double)cnt * B * grad_div)) : 0.0f;
-            double sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher + off, cnt, scale);
+            double sq;
+            if (o->mse_on_logits) {
+                RQ_TRY(rq_forward_logit_mse_grad(fs, bb->teacher + off, b * T, len, scale,
+                                                 backward ? bb->d_hidden : NULL, &sq, err));
+            } else {
+                sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher + off, cnt, scale);
+            }
             mse_total += sq / (double)cnt;
         }
     }

@@ -38,7 +38,9 @@ typedef struct rq_train_opts {
     bool shuffle;         /* a seeded permutation per epoch; false: the dataset's order, cycling */
     uint64_t seed;
     double ce_weight;     /* weight of the mean cross-entropy on targets (GT-Loss) */
-    double mse_weight;    /* weight of the MSE of final hidden states vs teacher (Model-Loss) */
+    double mse_weight;    /* weight of the Model-Loss: MSE of final hidden states vs teacher */
+    bool mse_on_logits;   /* Model-Loss on the logits instead (teacher logits = teacher hidden
+                             through the same head; mean over positions x vocabulary) */
     rq_optim_config optim;
     rq_schedule schedule;
     int eval_every;       /* validate every N optimizer steps (0: never) */
