@@ -149,6 +149,41 @@ int main(void) {
     /* same math, different GEMM shapes: agreement to fp32 rounding */
     CHECKF(fabs(v1.first_val - v2.first_val) < 1e-5 * fabs(v1.first_val), "batched %.9g vs single %.9g",
            v2.first_val, v1.first_val);
+    /* layer and linear scope: the teacher (here the same random model with other weights)
+       runs alongside; the loss the backward hooks accumulate equals the value-only path on
+       the same examples and adapters, and training lowers it */
+    c.variable = false;
+    rq_model *teacher = NULL;
+    CHECK_OK(rq_model_random(&cfg, 12, &teacher, &err), &err);
+    for (int scope = RQ_SCOPE_LAYER; teacher && scope <= RQ_SCOPE_LINEAR; scope++) {
+        rq_adapter_set *sa = fresh_adapters(m, be);
+        rq_train_data two = {get_example, &c, 2};
+        rq_train_opts os;
+        rq_train_default_opts(&os);
+        os.seq_len = T_LEN;
+        os.micro_batch = 2;
+        os.accum = 1;
+        os.shuffle = false;
+        os.ce_weight = 0.0;
+        os.mse_weight = 1.0;
+        os.scope = (rq_loss_scope)scope;
+        os.teacher = teacher;
+        os.quiet = true;
+        os.eval_every = 1;
+        os.max_steps = 0;
+        os.schedule.lr = 1e-2;
+        rq_train_result r0, r1;
+        CHECK_OK(rq_train(m, be, sa, &two, &two, &os, NULL, NULL, &r0, &err), &err);
+        loss_log ls = {0};
+        os.max_steps = 30;
+        os.eval_every = 0;
+        CHECK_OK(rq_train(m, be, sa, &two, &two, &os, record, &ls, &r1, &err), &err);
+        CHECKF(ls.n == 30 && fabs(ls.loss[0] - r0.first_val) <= 1e-12 * r0.first_val,
+               "scope %d: hook loss %.12g vs value %.12g", scope, ls.loss[0], r0.first_val);
+        CHECKF(ls.loss[29] < ls.loss[0], "scope %d: loss %.6g -> %.6g", scope, ls.loss[0], ls.loss[29]);
+        rq_adapter_set_free(sa);
+    }
+    rq_model_free(teacher);
     rq_adapter_set_free(a);
     rq_adapter_set_free(b);
     rq_adapter_set_free(e);

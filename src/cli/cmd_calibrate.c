@@ -37,9 +37,10 @@ static const char *calibrate_help =
     "  --model-weight W (0.5)  --gt-weight W (0.5)\n"
     "  --model-loss hidden|logits  MSE of the final hidden states (default), or of the logits\n"
     "                        (teacher logits from the cached teacher hidden states and the same head)\n"
-    "  --scope model         model (final hidden states). layer / linear (each layer's or each\n"
-    "                        projection's output; their caches are n_layers or ~7 n_layers times\n"
-    "                        larger) are not implemented yet: the trainer has no hook losses\n"
+    "  --scope model|layer|linear  where the Model-Loss compares: the final hidden states (default),\n"
+    "                        every layer's output, or every projection's output; layer and linear\n"
+    "                        keep the teacher in memory and run it beside the student (their targets\n"
+    "                        are too large to cache)\n"
     "optimization (1.7):\n"
     "  --lr LR (1e-4)  --accum K (8)  --micro-batch B (1)  --eval-every N (25)  --patience N (5)\n"
     "  --max-micro-steps N (10000)   --resume   continue from DIR/checkpoint.bin\n"
@@ -129,12 +130,13 @@ int cmd_calibrate(int argc, char **argv) {
     if (!fp_path) return cli_usage_error("calibrate", "missing MODEL_FP (the full-precision teacher)");
     if (!out) return cli_usage_error("calibrate", "missing --out DIR");
     if (!student_path == !quantize) return cli_usage_error("calibrate", "give exactly one of --student ARTIFACT and --quantize rtn|nf2");
-    if (strcmp(scope, "model") != 0) {
-        if (!strcmp(scope, "layer") || !strcmp(scope, "linear"))
-            return cli_usage_error("calibrate", "--scope %s is not implemented: the trainer applies its model loss to "
-                                                "the final hidden states only (no per-layer hook losses yet)", scope);
+    rq_loss_scope loss_scope = RQ_SCOPE_MODEL;
+    if (!strcmp(scope, "layer")) loss_scope = RQ_SCOPE_LAYER;
+    else if (!strcmp(scope, "linear")) loss_scope = RQ_SCOPE_LINEAR;
+    else if (strcmp(scope, "model") != 0)
         return cli_usage_error("calibrate", "--scope expects model, layer or linear, got '%s'", scope);
-    }
+    if (loss_scope != RQ_SCOPE_MODEL && !strcmp(model_loss, "logits"))
+        return cli_usage_error("calibrate", "--model-loss logits belongs to --scope model");
     if (strcmp(model_loss, "hidden") != 0 && strcmp(model_loss, "logits") != 0)
         return cli_usage_error("calibrate", "--model-loss expects hidden or logits, got '%s'", model_loss);
     long windows, seq, nval, seed, rank, gs, accum, mb, every, pat, maxmicro, headw, doc_a = 0, doc_b = 0;
@@ -280,9 +282,12 @@ int cmd_calibrate(int argc, char **argv) {
     }
     if (rq_adapter_set_create(&student->cfg, &ac, be, &ad, &err)) goto fail;
     if (svd_init && rq_calib_svd_init(teacher, student, ad, (uint64_t)seed, false, &err)) goto fail;
-    /* the teacher's weights are never needed again */
-    rq_model_free(teacher);
-    teacher = NULL;
+    /* the teacher's weights are never needed again, except by the layer / linear scope ablation,
+       whose per-layer targets are too large to cache: there the teacher runs alongside */
+    if (loss_scope == RQ_SCOPE_MODEL) {
+        rq_model_free(teacher);
+        teacher = NULL;
+    }
 
     rq_train_opts o;
     rq_train_default_opts(&o);
@@ -295,6 +300,8 @@ int cmd_calibrate(int argc, char **argv) {
     o.ce_weight = gw;
     o.mse_weight = mw;
     o.mse_on_logits = !strcmp(model_loss, "logits");
+    o.scope = loss_scope;
+    o.teacher = teacher;
     o.optim = rq_optim_defaults(RQ_OPTIM_ADAM);
     o.schedule = (rq_schedule){.kind = RQ_SCHED_CONSTANT, .lr = lr};
     o.eval_every = (int)every;

@@ -581,6 +581,22 @@ rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden,
     return RQ_OK;
 }
 
+const float *rq_forward_proj_output(const rq_forward_state *s, int layer, int proj, float *tmp) {
+    if (!s->o.train || layer < 0 || layer >= s->m->cfg.n_layers || s->last_B <= 0) return NULL;
+    const layer_acts *a = &s->la[layer];
+    const size_t D = (size_t)s->last_B * s->last_T * s->m->cfg.dim;
+    switch (proj) {
+    case RQ_PROJ_Q: return a->q;
+    case RQ_PROJ_K: return a->k;
+    case RQ_PROJ_V: return a->v;
+    case RQ_PROJ_GATE: return a->gate;
+    case RQ_PROJ_UP: return a->up;
+    case RQ_PROJ_O: sub_into(s->be, tmp, a->x_mid, s->res[layer], D); return tmp;
+    case RQ_PROJ_DOWN: sub_into(s->be, tmp, s->res[layer + 1], a->x_mid, D); return tmp;
+    }
+    return NULL;
+}
+
 const float *rq_forward_layer_output(const rq_forward_state *s, int layer) {
     return s->o.train && layer >= 0 && layer < s->m->cfg.n_layers ? s->res[layer + 1] : NULL;
 }

@@ -97,6 +97,11 @@ rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden,
  * the state does not keep it). */
 const float *rq_forward_layer_output(const rq_forward_state *s, int layer);
 
+/* Projection `proj`'s output [B*T][out] in the last training run, as the
+ * hooks see it (q and k after RoPE; o and down: what they added to the
+ * residual stream, computed into tmp [B*T][dim]). NULL when not kept. */
+const float *rq_forward_proj_output(const rq_forward_state *s, int layer, int proj, float *tmp);
+
 /* Bytes of activations and cache this state holds. */
 size_t rq_forward_bytes(const rq_forward_state *s);
 

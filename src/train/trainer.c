@@ -97,15 +97,76 @@ static rq_status load_batch(const rq_train_data *data, data_order *order, int64_
     return RQ_OK;
 }
 
+/* ---- layer / linear scope: Model-Loss terms inside the network ---------------------- */
+
+typedef struct scope_ctx {
+    rq_backend *be;
+    rq_forward_state *teacher;
+    rq_loss_scope scope;
+    int n_terms;       /* layers, or layers x 7 projections */
+    double weight;     /* Model-Loss weight / grad_div (0: value only) */
+    double value;      /* mean over terms of each term's MSE */
+    float *tmp;        /* [N][dim] for the teacher's o / down outputs */
+    int dim, n_heads, n_kv_heads, head_dim, hidden;
+} scope_ctx;
+
+static int proj_width(const scope_ctx *c, int p) {
+    switch (p) {
+    case RQ_PROJ_Q: return c->n_heads * c->head_dim;
+    case RQ_PROJ_K:
+    case RQ_PROJ_V: return c->n_kv_heads * c->head_dim;
+    case RQ_PROJ_GATE:
+    case RQ_PROJ_UP: return c->hidden;
+    default: return c->dim;
+    }
+}
+
+static void scope_term(scope_ctx *c, const float *y, float *dy, const float *t, size_t n) {
+    float scale = dy ? (float)(c->weight / ((double)n * c->n_terms)) : 0.0f;
+    c->value += c->be->mse(c->be, dy, y, t, n, scale) / (double)n / c->n_terms;
+}
+
+static void scope_layer_hook(void *user, int layer, const float *res, float *d_res, int N) {
+    scope_ctx *c = user;
+    scope_term(c, res, d_res, rq_forward_layer_output(c->teacher, layer), (size_t)N * c->dim);
+}
+
+static void scope_proj_hook(void *user, int layer, int proj, const float *y, float *dy, int N) {
+    scope_ctx *c = user;
+    scope_term(c, y, dy, rq_forward_proj_output(c->teacher, layer, proj, c->tmp), (size_t)N * proj_width(c, proj));
+}
+
+/* Value only (validation): the same terms from the two forward states. */
+static void scope_value(scope_ctx *c, rq_forward_state *student, float *tmp_student, int n_layers, int N) {
+    for (int l = 0; l < n_layers; l++) {
+        if (c->scope == RQ_SCOPE_LAYER) {
+            scope_term(c, rq_forward_layer_output(student, l), NULL, rq_forward_layer_output(c->teacher, l),
+                       (size_t)N * c->dim);
+            continue;
+        }
+        for (int p = 0; p < RQ_N_PROJ; p++)
+            scope_term(c, rq_forward_proj_output(student, l, p, tmp_student), NULL,
+                       rq_forward_proj_output(c->teacher, l, p, c->tmp), (size_t)N * proj_width(c, p));
+    }
+}
+
 /* Forward the micro-batch, compute the loss parts per example (mean CE over
  * each example's counted targets, MSE over its elements) and, when grad_div >
  * 0, d_hidden of (weighted loss mean over examples) / grad_div followed by the
  * backward pass. ce_mean / mse_mean: means over the B examples. */
 static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_opts *o,
-                            batch_bufs *bb, int B, int T, double grad_div, double *ce_mean, double *mse_mean,
-                            rq_err *err) {
+                            batch_bufs *bb, int B, int T, double grad_div, scope_ctx *sc, double *ce_mean,
+                            double *mse_mean, rq_err *err) {
     const int dim = m->cfg.dim;
     const bool backward = grad_div > 0;
+    const bool in_network = o->scope != RQ_SCOPE_MODEL && o->mse_weight > 0;
+    if (in_network) {
+        for (int b = 0; b < B; b++)
+            if (bb->lens[b] != T)
+                return RQ_FAIL(err, RQ_ERR_ARG, "train: layer / linear scope needs examples of equal length (%d and %d)",
+                               bb->lens[b], T);
+        RQ_TRY(rq_forward_run(sc->teacher, bb->tokens, B, T, 0, err));
+    }
     RQ_TRY(rq_forward_run(fs, bb->tokens, B, T, 0, err));
     const float *h = rq_forward_hidden(fs);
     double ce_total = 0.0, mse_total = 0.0;
@@ -126,7 +187,7 @@ static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model
                 ce_total += sum / (double)n;
             }
         }
-        if (o->mse_weight > 0) { /* over the example's real positions (padding excluded) */
+        if (o->mse_weight > 0 && !in_network) { /* over the example's real positions (padding excluded) */
             const int len = bb->lens[b];
             const size_t off = (size_t)b * T * dim;
             const size_t cnt = (size_t)len * (o->mse_on_logits ? (size_t)m->cfg.vocab_size : (size_t)dim);
@@ -143,6 +204,19 @@ static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model
     }
     *ce_mean = ce_total / B;
     *mse_mean = mse_total / B;
+    if (in_network) {
+        sc->weight = backward ? o->mse_weight / grad_div : 0.0;
+        sc->value = 0.0;
+        if (!backward) scope_value(sc, fs, bb->d_hidden, m->cfg.n_layers, B * T);
+        else {
+            rq_backward_hooks hk = {.user = sc,
+                                    .layer_out = o->scope == RQ_SCOPE_LAYER ? scope_layer_hook : NULL,
+                                    .proj_out = o->scope == RQ_SCOPE_LINEAR ? scope_proj_hook : NULL};
+            RQ_TRY(rq_forward_backward_hooked(fs, bb->d_hidden, &hk, err));
+        }
+        *mse_mean = sc->value;
+        return RQ_OK;
+    }
     if (backward) RQ_TRY(rq_forward_backward(fs, bb->d_hidden, err));
     return RQ_OK;
 }
@@ -174,14 +248,15 @@ static void bufs_free(batch_bufs *bb) {
 }
 
 static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
-                          const rq_train_opts *o, batch_bufs *bb, double *loss, double *ce, double *mse, rq_err *err) {
+                          const rq_train_opts *o, batch_bufs *bb, scope_ctx *sc, double *loss, double *ce, double *mse,
+                          rq_err *err) {
     double ce_sum = 0.0, mse_sum = 0.0;
     for (int64_t first = 0; first < data->n_examples; first += o->micro_batch) {
         int B = (int)(data->n_examples - first < o->micro_batch ? data->n_examples - first : o->micro_batch);
         double c, s;
         int Tb;
         RQ_TRY(load_batch(data, NULL, first, B, o->seq_len, m->cfg.dim, bb, o->mse_weight > 0, false, &Tb, err));
-        RQ_TRY(micro_step(fs, be, m, o, bb, B, Tb, 0.0, &c, &s, err));
+        RQ_TRY(micro_step(fs, be, m, o, bb, B, Tb, 0.0, sc, &c, &s, err));
         ce_sum += c * B;
         mse_sum += s * B;
     }
@@ -317,7 +392,20 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     FILE *metrics = NULL;
     char metrics_path[4096] = "", ckpt_path[4096] = "";
     rq_forward_opts fo = {.max_batch = B, .max_seq = T, .train = true, .adapters = ad};
+    scope_ctx sc = {.be = be, .scope = o->scope, .dim = dim, .n_heads = m->cfg.n_heads,
+                    .n_kv_heads = m->cfg.n_kv_heads, .head_dim = m->cfg.head_dim, .hidden = m->cfg.hidden_dim,
+                    .n_terms = o->scope == RQ_SCOPE_LINEAR ? RQ_N_PROJ * m->cfg.n_layers : m->cfg.n_layers};
+    if (o->scope != RQ_SCOPE_MODEL && !o->teacher)
+        return RQ_FAIL(err, RQ_ERR_ARG, "train: layer / linear scope needs the teacher model");
+    if (o->scope != RQ_SCOPE_MODEL && o->mse_on_logits)
+        return RQ_FAIL(err, RQ_ERR_ARG, "train: the logits Model-Loss belongs to the model scope");
     rq_status st = rq_forward_create(m, be, &fo, &fs, err);
+    if (st == RQ_OK && o->scope != RQ_SCOPE_MODEL) {
+        rq_forward_opts to = {.max_batch = B, .max_seq = T, .train = true};
+        st = rq_forward_create(o->teacher, be, &to, &sc.teacher, err);
+        sc.tmp = st == RQ_OK ? rq_calloc((size_t)B * T * dim, sizeof(float), err) : NULL;
+        if (st == RQ_OK && !sc.tmp) st = RQ_ERR_NOMEM;
+    }
     if (st == RQ_OK) st = rq_optim_create(be, ad->n_params, &o->optim, &opt, err);
     if (st == RQ_OK) st = bufs_alloc(&bb, B, T, dim, o->mse_weight > 0, err);
     else memset(&bb, 0, sizeof bb);
@@ -352,7 +440,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     int64_t tokens_done = 0;
     if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
         double vl, vc, vm;
-        st = evaluate(fs, be, m, val, o, &bb, &vl, &vc, &vm, err);
+        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
         if (st == RQ_OK) {
             h.first_val = vl;
             if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
@@ -367,7 +455,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             double c = 0.0, s = 0.0;
             int Tb = T;
             st = load_batch(train, &order, first, B, T, dim, &bb, o->mse_weight > 0, true, &Tb, err);
-            if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, Tb, (double)o->accum, &c, &s, err);
+            if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, Tb, (double)o->accum, &sc, &c, &s, err);
             tokens_done += (int64_t)B * Tb;
             ce_acc += c / o->accum;
             mse_acc += s / o->accum;
@@ -394,7 +482,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         }
         if (validate && h.step % o->eval_every == 0) {
             double vl, vc, vm;
-            st = evaluate(fs, be, m, val, o, &bb, &vl, &vc, &vm, err);
+            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
             if (st != RQ_OK) break;
             if (vl < h.best_val) { /* NaN never improves */
                 h.best_val = vl;
@@ -432,5 +520,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     bufs_free(&bb);
     rq_optim_free(opt);
     rq_forward_free(fs);
+    rq_forward_free(sc.teacher);
+    free(sc.tmp);
     return st;
 }

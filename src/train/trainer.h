@@ -30,6 +30,13 @@ typedef struct rq_train_data {
     int64_t n_examples;
 } rq_train_data;
 
+/* Where the Model-Loss compares student and teacher (the RILQ paper's ablation). */
+typedef enum rq_loss_scope {
+    RQ_SCOPE_MODEL = 0, /* the final hidden states (or logits): the RILQ default */
+    RQ_SCOPE_LAYER,     /* every decoder layer's output, mean over layers */
+    RQ_SCOPE_LINEAR     /* every projection's output, mean over the 7 x n_layers projections */
+} rq_loss_scope;
+
 typedef struct rq_train_opts {
     int seq_len;          /* T: the longest example */
     int micro_batch;      /* B: examples per forward/backward */
@@ -41,6 +48,11 @@ typedef struct rq_train_opts {
     double mse_weight;    /* weight of the Model-Loss: MSE of final hidden states vs teacher */
     bool mse_on_logits;   /* Model-Loss on the logits instead (teacher logits = teacher hidden
                              through the same head; mean over positions x vocabulary) */
+    rq_loss_scope scope;
+    const rq_model *teacher; /* layer / linear scope: the full-precision model, run alongside the
+                                student on each micro-batch (its per-layer activations are L or 7L
+                                times the final hidden states: too many to cache). Examples must then
+                                all have seq_len tokens (no padding). */
     rq_optim_config optim;
     rq_schedule schedule;
     int eval_every;       /* validate every N optimizer steps (0: never) */
