@@ -1,6 +1,7 @@
 /* rilq ppl: perplexity on WikiText-2 or C4 with the quantization papers' protocol. */
 #include <stdlib.h>
 
+#include "../adapter/adapter.h"
 #include "../eval/ppl.h"
 #include "cli.h"
 
@@ -15,10 +16,11 @@ static const char *ppl_help =
     "  --batch N             windows per forward call (default 1)\n"
     "  --c4-windows N        C4 windows to draw (default 256)\n"
     "  --c4-docs A:B         draw C4 windows only from documents A..B-1 of the local sample\n"
-    "  --data DIR            data root holding datasets/ (default $RILQ_DATA)\n" CLI_COMMON_HELP;
+    "  --data DIR            data root holding datasets/ (default $RILQ_DATA)\n"
+    "  --adapter DIR         attach LoRA / QA-LoRA adapters (PEFT layout) to the model\n" CLI_COMMON_HELP;
 
 int cmd_ppl(int argc, char **argv) {
-    const char *path = NULL, *data = NULL, *v;
+    const char *path = NULL, *data = NULL, *adapter = NULL, *v;
     cli_common common = {0};
     rq_ppl_opts o;
     rq_ppl_default_opts(&o);
@@ -58,6 +60,9 @@ int cmd_ppl(int argc, char **argv) {
                 return cli_usage_error("ppl", "--c4-docs expects A:B with 0 <= A < B");
             o.c4_doc_begin = (int)a;
             o.c4_doc_end = (int)b;
+        } else if (cli_opt(argc, argv, &i, "--adapter", &v)) {
+            if (!v) return cli_usage_error("ppl", "--adapter needs a directory");
+            adapter = v;
         } else if (cli_opt(argc, argv, &i, "--data", &v)) {
             if (!v) return cli_usage_error("ppl", "--data needs a directory");
             data = v;
@@ -80,9 +85,11 @@ int cmd_ppl(int argc, char **argv) {
     rq_backend *be = NULL;
     int rc = 0;
     rq_ppl_result r;
+    rq_adapter_set *ad = NULL;
     if (rq_model_load(path, common.tokenizer, &m, &err) != RQ_OK) return cli_fail("ppl", &err);
     if (rq_backend_create(common.device, common.threads, &be, &err) != RQ_OK ||
-        rq_ppl_run(m, be, &o, &r, &err) != RQ_OK) {
+        (adapter && rq_adapter_set_open_peft(adapter, &m->cfg, be, &ad, &err) != RQ_OK) ||
+        (m->adapters = ad, rq_ppl_run(m, be, &o, &r, &err)) != RQ_OK) {
         rc = cli_fail("ppl", &err);
     } else {
         printf("%s perplexity: %.4f  (%d windows x %d tokens, %lld predictions, mean NLL %.5f)\n",
@@ -90,6 +97,7 @@ int cmd_ppl(int argc, char **argv) {
                r.mean_nll);
         printf("speed: %.1f tokens/s forward (%.1fs)\n", r.tokens_per_s, r.seconds);
     }
+    rq_adapter_set_free(ad);
     rq_backend_destroy(be);
     rq_model_free(m);
     return rc;
