@@ -188,15 +188,35 @@ static rq_config small_config(void) {
     return c;
 }
 
+static char *read_text(const char *path);
+
 static void test_random_model(void) {
     rq_err err = {0};
     rq_config c = small_config();
-    rq_model *m = NULL;
+    rq_model *m = NULL, *back = NULL;
     CHECK_OK(rq_model_random(&c, 7, &m, &err), &err);
     if (!m) return;
     quantized(m, RQ_QUANT_RTN, 64, false);
-    rq_model *back = round_trip(m, "art_random_rtn64", false);
+    back = round_trip(m, "art_random_rtn64", false);
     if (back) check_dequant_parity(back, "random rtn gs64");
+    rq_model_free(back);
+    rq_model_free(m);
+
+    /* weights that came from BF16: the unquantized tensors are stored in BF16, exactly */
+    CHECK_OK(rq_model_random(&c, 9, &m, &err), &err);
+    if (!m) return;
+    for (size_t i = 0; i < m->weights_bytes / sizeof(float); i++)
+        m->weights[i] = rq_bf16_to_f32(rq_f32_to_bf16(m->weights[i]));
+    m->source_float_dtype = RQ_BF16;
+    quantized(m, RQ_QUANT_RTN, 64, false);
+    back = round_trip(m, "art_random_bf16", false);
+    if (back) {
+        CHECK(back->source_float_dtype == RQ_BF16);
+        char *cfg_text = read_text(rq_test_out("art_random_bf16/config.json"));
+        CHECKF(cfg_text && strstr(cfg_text, "\"unquantized_dtype\":\t\"BF16\""), "config: %.200s",
+               cfg_text ? strstr(cfg_text, "unquantized") : "(none)");
+        free(cfg_text);
+    }
     rq_model_free(back);
     rq_model_free(m);
 

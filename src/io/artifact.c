@@ -407,6 +407,13 @@ static rq_status check_uniform_q2(const rq_model *m, const rq_q2_tensor **first,
     return RQ_OK;
 }
 
+/* The dtype the unquantized tensors are written in: the source's own F16 or
+ * BF16 when every weight came from it (exact: the values came from it), else F32. */
+static rq_dtype plain_dtype(const rq_model *m) {
+    return m->source_float_dtype == RQ_F16 || m->source_float_dtype == RQ_BF16 ? (rq_dtype)m->source_float_dtype
+                                                                                : RQ_F32;
+}
+
 static cJSON *config_json(const rq_model *m, const rq_q2_tensor *ref, const char *tensor_file, const char *tokenizer_file) {
     const rq_config *c = &m->cfg;
     cJSON *root = cJSON_CreateObject();
@@ -471,9 +478,23 @@ static cJSON *config_json(const rq_model *m, const rq_q2_tensor *ref, const char
     cJSON_AddStringToObject(q, "tensor_file", tensor_file);
     if (tokenizer_file) cJSON_AddStringToObject(q, "tokenizer_file", tokenizer_file);
     else cJSON_AddNullToObject(q, "tokenizer_file");
-    cJSON_AddStringToObject(q, "unquantized_dtype", "F32");
+    cJSON_AddStringToObject(q, "unquantized_dtype", rq_dtype_name(plain_dtype(m)));
     cJSON_AddStringToObject(q, "source_dtypes", m->quant.source_dtypes[0] ? m->quant.source_dtypes : m->dtypes);
     return root;
+}
+
+/* Half-precision copies of the unquantized tensors, carved from one buffer. */
+typedef struct half_arena {
+    uint16_t *buf;
+    size_t used, cap;
+} half_arena;
+
+static const void *plain_data(half_arena *a, rq_dtype dt, const float *src, size_t n) {
+    if (dt == RQ_F32) return src;
+    uint16_t *dst = a->buf + a->used;
+    a->used += n;
+    for (size_t i = 0; i < n; i++) dst[i] = dt == RQ_F16 ? rq_f32_to_f16(src[i]) : rq_f32_to_bf16(src[i]);
+    return dst;
 }
 
 /* Everything but the rename: the files of the artifact inside tmp. */
@@ -482,22 +503,37 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
     const rq_q2_tensor *ref;
     int n_q2;
     RQ_TRY(check_uniform_q2(m, &ref, &n_q2, err));
+    const rq_dtype pd = plain_dtype(m);
+    half_arena ha = {0};
+    if (pd != RQ_F32) {
+        size_t n = (size_t)c->vocab_size * c->dim * (c->tie_embeddings ? 1 : 2) + (size_t)c->dim * (2 * c->n_layers + 1);
+        for (int l = 0; l < c->n_layers; l++)
+            for (int p = 0; p < RQ_N_PROJ; p++) {
+                const rq_linear *lin = rq_layer_proj(&m->layers[l], p);
+                if (!lin->q2) n += (size_t)lin->out * lin->in;
+            }
+        ha.buf = rq_calloc(n, sizeof(uint16_t), err);
+        if (!ha.buf) return RQ_ERR_NOMEM;
+        ha.cap = n;
+    }
     tensor_list tl = {0};
     tl.cap = 3 + c->n_layers * (2 + 3 * RQ_N_PROJ);
     tl.items = rq_calloc((size_t)tl.cap, sizeof *tl.items, err);
     tl.names = tl.items ? rq_calloc((size_t)tl.cap, sizeof *tl.names, err) : NULL;
     if (!tl.names) {
         free(tl.items);
+        free(ha.buf);
         return RQ_ERR_NOMEM;
     }
-    add_tensor(&tl, "model.embed_tokens.weight", RQ_F32, c->vocab_size, c->dim, m->tok_embed);
+    add_tensor(&tl, "model.embed_tokens.weight", pd, c->vocab_size, c->dim,
+               plain_data(&ha, pd, m->tok_embed, (size_t)c->vocab_size * c->dim));
     for (int l = 0; l < c->n_layers; l++) {
         rq_layer *L = &m->layers[l];
         char name[RQ_TENSOR_NAME_MAX + 16], mod[RQ_TENSOR_NAME_MAX];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        add_tensor(&tl, name, RQ_F32, c->dim, 0, L->attn_norm);
+        add_tensor(&tl, name, pd, c->dim, 0, plain_data(&ha, pd, L->attn_norm, (size_t)c->dim));
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        add_tensor(&tl, name, RQ_F32, c->dim, 0, L->ffn_norm);
+        add_tensor(&tl, name, pd, c->dim, 0, plain_data(&ha, pd, L->ffn_norm, (size_t)c->dim));
         for (int p = 0; p < RQ_N_PROJ; p++) {
             const rq_linear *lin = rq_layer_proj(L, p);
             module_name(mod, sizeof mod, l, p);
@@ -511,12 +547,14 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
                 add_tensor(&tl, name, RQ_F16, t->out, t->n_groups, t->offsets);
             } else {
                 snprintf(name, sizeof name, "%s.weight", mod);
-                add_tensor(&tl, name, RQ_F32, lin->out, lin->in, lin->w);
+                add_tensor(&tl, name, pd, lin->out, lin->in, plain_data(&ha, pd, lin->w, (size_t)lin->out * lin->in));
             }
         }
     }
-    add_tensor(&tl, "model.norm.weight", RQ_F32, c->dim, 0, m->final_norm);
-    if (!c->tie_embeddings) add_tensor(&tl, "lm_head.weight", RQ_F32, c->vocab_size, c->dim, m->lm_head.w);
+    add_tensor(&tl, "model.norm.weight", pd, c->dim, 0, plain_data(&ha, pd, m->final_norm, (size_t)c->dim));
+    if (!c->tie_embeddings)
+        add_tensor(&tl, "lm_head.weight", pd, c->vocab_size, c->dim,
+                   plain_data(&ha, pd, m->lm_head.w, (size_t)c->vocab_size * c->dim));
 
     char st_path[4200], zst_path[4200], cfg_path[4200];
     rq_status s = join(st_path, sizeof st_path, tmp, TENSOR_FILE, err);
@@ -524,6 +562,7 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
     if (s == RQ_OK) s = join(cfg_path, sizeof cfg_path, tmp, "config.json", err);
     const char *meta[] = {"rilq_quant_method", RQ_ARTIFACT_QUANT_METHOD};
     if (s == RQ_OK) s = rq_safetensors_write(st_path, tl.items, tl.n, meta, 1, err);
+    free(ha.buf);
     free(tl.items);
     free(tl.names);
     if (s == RQ_OK && opts && opts->compress) {

@@ -275,6 +275,15 @@ rq_status rq_model_build_q2(const rq_config *cfg, const struct rq_tensor_table *
         return s;
     }
     describe_dtypes(b.dtype_count, m->dtypes, sizeof m->dtypes);
+    /* the one float dtype every fp32 weight came from, if there is one (artifacts store their
+       unquantized tensors in it: exact, since the values came from it) */
+    m->source_float_dtype = -1;
+    for (int t = 0; t < RQ_DTYPE_COUNT; t++)
+        if (b.dtype_count[t] > 0) {
+            bool plain = t == RQ_F32 || t == RQ_F16 || t == RQ_BF16;
+            m->source_float_dtype = (m->source_float_dtype == -1 && plain) ? t : -2;
+        }
+    if (m->source_float_dtype < 0) m->source_float_dtype = -1;
     if (n_q2 > 0) {
         size_t n = strlen(m->dtypes);
         snprintf(m->dtypes + n, sizeof m->dtypes - n, "%sq2 x%d", n ? ", " : "", n_q2);

@@ -76,6 +76,8 @@ struct rq_model {
     char path[1024];
     char dtypes[128];  /* the source dtypes, e.g. "Q4_1 x210, F32 x61, Q8_0 x1" */
     int64_t n_params;  /* learned parameters (tied head counted once) */
+    int source_float_dtype; /* the rq_dtype (F32, F16 or BF16) every fp32 weight was converted
+                               from, when they all share one; -1 otherwise */
     rq_quant_info quant;
     /* The file m->tok was read from ("" when none): a quantized artifact
      * carries the tokenizer over from it (src/io/artifact.c). */
