@@ -48,6 +48,21 @@ typedef struct cli_common {
 /* Try to consume a shared option at argv[*i]; returns 1 if consumed, 0 if not
  * ours, -1 on a bad value (message printed). */
 int cli_common_opt(const char *cmd, int argc, char **argv, int *i, cli_common *c);
+/* Table-driven parsing for commands with many options. */
+typedef struct cli_value_opt {
+    const char *name;   /* "--rank" */
+    const char **value; /* receives the option's value (keeps its default when absent) */
+} cli_value_opt;
+typedef struct cli_bool_opt {
+    const char *name;   /* "--resume" */
+    bool *value;        /* set to true when present */
+} cli_bool_opt;
+/* Parse argv[1..]: --help (prints help; returns -1), the common options, the
+ * value and boolean options of the tables, and one positional argument into
+ * *positional. Returns 0, -1 after help, or 2 after a usage error (printed). */
+int cli_parse(const char *cmd, const char *help, int argc, char **argv, cli_common *common, const cli_value_opt *values,
+              size_t n_values, const cli_bool_opt *bools, size_t n_bools, const char **positional);
+
 #define CLI_COMMON_HELP                                                                     \
     "  --device cpu|cuda     backend (default cpu)\n"                                        \
     "  --threads N           CPU threads (default: all cores)\n"                            \

@@ -68,11 +68,6 @@ static rq_status get_calib(void *user, int64_t example, int *tokens, int *target
     return RQ_OK;
 }
 
-typedef struct opt_spec {
-    const char *name;
-    const char **value;
-} opt_spec;
-
 static rq_status write_summary(const char *out, cJSON *root, rq_err *err) {
     char path[4096];
     if (!rq_path_join(path, sizeof path, out, "calibrate.json")) return RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", out);
@@ -94,7 +89,7 @@ int cmd_calibrate(int argc, char **argv) {
                *s_mb = "1", *s_every = "25", *s_pat = "5", *s_max = "10000", *s_head = "16";
     bool resume = false;
     cli_common common = {0};
-    opt_spec specs[] = {{"--student", &student_path}, {"--quantize", &quantize}, {"--out", &out},
+    const cli_value_opt specs[] = {{"--student", &student_path}, {"--quantize", &quantize}, {"--out", &out},
                         {"--data", &data},           {"--text", &text},         {"--adapter", &adapter},
                         {"--init", &init},           {"--scope", &scope},       {"--model-loss", &model_loss},
                         {"--cache", &cache},         {"--data-root", &data_root}, {"--c4-docs", &s_docs},
@@ -104,29 +99,9 @@ int cmd_calibrate(int argc, char **argv) {
                         {"--lr", &s_lr},             {"--accum", &s_accum},     {"--micro-batch", &s_mb},
                         {"--eval-every", &s_every},  {"--patience", &s_pat},    {"--max-micro-steps", &s_max},
                         {"--head-error-windows", &s_head}};
-    for (int i = 1; i < argc; i++) {
-        if (cli_is_help(argv[i])) {
-            fputs(calibrate_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("calibrate", argc, argv, &i, &common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        bool matched = false;
-        for (size_t k = 0; k < sizeof specs / sizeof specs[0] && !matched; k++) {
-            const char *v;
-            if (cli_opt(argc, argv, &i, specs[k].name, &v)) {
-                if (!v) return cli_usage_error("calibrate", "%s needs a value", specs[k].name);
-                *specs[k].value = v;
-                matched = true;
-            }
-        }
-        if (matched) continue;
-        if (cli_flag(argv, i, "--resume")) resume = true;
-        else if (argv[i][0] == '-') return cli_usage_error("calibrate", "unknown option '%s'", argv[i]);
-        else if (!fp_path) fp_path = argv[i];
-        else return cli_usage_error("calibrate", "unexpected argument '%s'", argv[i]);
-    }
+    const cli_bool_opt flags[] = {{"--resume", &resume}};
+    int pr = cli_parse("calibrate", calibrate_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 1, &fp_path);
+    if (pr) return pr < 0 ? 0 : pr;
     if (!fp_path) return cli_usage_error("calibrate", "missing MODEL_FP (the full-precision teacher)");
     if (!out) return cli_usage_error("calibrate", "missing --out DIR");
     if (!student_path == !quantize) return cli_usage_error("calibrate", "give exactly one of --student ARTIFACT and --quantize rtn|nf2");

@@ -55,11 +55,6 @@ static void on_step(void *user, int64_t step, double loss, double gnorm, double 
     else s->st = rq_adapter_set_save_peft(s->ad, dir, &s->err);
 }
 
-typedef struct opt_spec {
-    const char *name;
-    const char **value;
-} opt_spec;
-
 int cmd_finetune(int argc, char **argv) {
     const char *path = NULL, *task = NULL, *out = NULL, *adapter_dir = NULL, *type = "qalora", *init = "gaussian",
                *data_root = NULL, *fold = NULL;
@@ -67,35 +62,15 @@ int cmd_finetune(int argc, char **argv) {
                *s_limit = "0", *s_seed = "42", *s_rank = "64", *s_alpha = "16", *s_gs = "64";
     bool resume = false;
     cli_common common = {0};
-    opt_spec specs[] = {{"--task", &task},       {"--out", &out},           {"--adapter", &adapter_dir},
+    const cli_value_opt specs[] = {{"--task", &task},       {"--out", &out},           {"--adapter", &adapter_dir},
                         {"--type", &type},       {"--init", &init},         {"--data-root", &data_root},
                         {"--fold", &fold},       {"--epochs", &s_epochs},   {"--lr", &s_lr},
                         {"--batch", &s_batch},   {"--micro-batch", &s_mb},  {"--max-source", &s_src},
                         {"--max-target", &s_tgt}, {"--limit", &s_limit},    {"--seed", &s_seed},
                         {"--rank", &s_rank},     {"--alpha", &s_alpha},     {"--group-size", &s_gs}};
-    for (int i = 1; i < argc; i++) {
-        if (cli_is_help(argv[i])) {
-            fputs(finetune_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("finetune", argc, argv, &i, &common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        bool matched = false;
-        for (size_t k = 0; k < sizeof specs / sizeof specs[0] && !matched; k++) {
-            const char *v;
-            if (cli_opt(argc, argv, &i, specs[k].name, &v)) {
-                if (!v) return cli_usage_error("finetune", "%s needs a value", specs[k].name);
-                *specs[k].value = v;
-                matched = true;
-            }
-        }
-        if (matched) continue;
-        if (cli_flag(argv, i, "--resume")) resume = true;
-        else if (argv[i][0] == '-') return cli_usage_error("finetune", "unknown option '%s'", argv[i]);
-        else if (!path) path = argv[i];
-        else return cli_usage_error("finetune", "unexpected argument '%s'", argv[i]);
-    }
+    const cli_bool_opt flags[] = {{"--resume", &resume}};
+    int pr = cli_parse("finetune", finetune_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 1, &path);
+    if (pr) return pr < 0 ? 0 : pr;
     if (!path) return cli_usage_error("finetune", "missing MODEL");
     if (!task) return cli_usage_error("finetune", "missing --task arc_easy|arc_challenge|piqa|gsm8k");
     if (!out) return cli_usage_error("finetune", "missing --out DIR");

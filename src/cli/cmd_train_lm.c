@@ -42,11 +42,6 @@ static rq_status get_window(void *user, int64_t example, int *tokens, int *targe
     return RQ_OK;
 }
 
-typedef struct opt_spec {
-    const char *name;
-    const char **value;
-} opt_spec;
-
 int cmd_train_lm(int argc, char **argv) {
     const char *path = NULL, *text_path = NULL, *out = NULL;
     const char *adapter = "qalora", *targets = "all", *init = "gaussian", *optim = "adam", *schedule = "constant";
@@ -55,7 +50,7 @@ int cmd_train_lm(int argc, char **argv) {
                *s_warmup = "0", *s_eval = "10", *s_ckpt = "10";
     bool resume = false;
     cli_common common = {0};
-    opt_spec specs[] = {{"--text", &text_path},     {"--out", &out},          {"--adapter", &adapter},
+    const cli_value_opt specs[] = {{"--text", &text_path},     {"--out", &out},          {"--adapter", &adapter},
                         {"--targets", &targets},    {"--init", &init},        {"--optim", &optim},
                         {"--schedule", &schedule},  {"--seq-len", &s_seq},    {"--val-windows", &s_val},
                         {"--rank", &s_rank},        {"--alpha", &s_alpha},    {"--group-size", &s_gs},
@@ -63,29 +58,9 @@ int cmd_train_lm(int argc, char **argv) {
                         {"--lr", &s_lr},            {"--seed", &s_seed},      {"--weight-decay", &s_wd},
                         {"--clip", &s_clip},        {"--warmup", &s_warmup},  {"--eval-every", &s_eval},
                         {"--checkpoint-every", &s_ckpt}};
-    for (int i = 1; i < argc; i++) {
-        if (cli_is_help(argv[i])) {
-            fputs(train_lm_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("train-lm", argc, argv, &i, &common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        bool matched = false;
-        for (size_t k = 0; k < sizeof specs / sizeof specs[0] && !matched; k++) {
-            const char *v;
-            if (cli_opt(argc, argv, &i, specs[k].name, &v)) {
-                if (!v) return cli_usage_error("train-lm", "%s needs a value", specs[k].name);
-                *specs[k].value = v;
-                matched = true;
-            }
-        }
-        if (matched) continue;
-        if (cli_flag(argv, i, "--resume")) resume = true;
-        else if (argv[i][0] == '-') return cli_usage_error("train-lm", "unknown option '%s'", argv[i]);
-        else if (!path) path = argv[i];
-        else return cli_usage_error("train-lm", "unexpected argument '%s'", argv[i]);
-    }
+    const cli_bool_opt flags[] = {{"--resume", &resume}};
+    int pr = cli_parse("train-lm", train_lm_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 1, &path);
+    if (pr) return pr < 0 ? 0 : pr;
     if (!path) return cli_usage_error("train-lm", "missing MODEL");
     if (!out) return cli_usage_error("train-lm", "missing --out DIR");
     long seq, nval, rank, gs, steps, batch, accum, seed, warmup, every, ckpt;

@@ -84,3 +84,35 @@ int cli_common_opt(const char *cmd, int argc, char **argv, int *i, cli_common *c
     }
     return 0;
 }
+
+int cli_parse(const char *cmd, const char *help, int argc, char **argv, cli_common *common, const cli_value_opt *values,
+              size_t n_values, const cli_bool_opt *bools, size_t n_bools, const char **positional) {
+    for (int i = 1; i < argc; i++) {
+        if (cli_is_help(argv[i])) {
+            fputs(help, stdout);
+            return -1;
+        }
+        int r = cli_common_opt(cmd, argc, argv, &i, common);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        bool matched = false;
+        for (size_t k = 0; k < n_values && !matched; k++) {
+            const char *v;
+            if (cli_opt(argc, argv, &i, values[k].name, &v)) {
+                if (!v) return cli_usage_error(cmd, "%s needs a value", values[k].name);
+                *values[k].value = v;
+                matched = true;
+            }
+        }
+        for (size_t k = 0; k < n_bools && !matched; k++)
+            if (cli_flag(argv, i, bools[k].name)) {
+                *bools[k].value = true;
+                matched = true;
+            }
+        if (matched) continue;
+        if (argv[i][0] == '-') return cli_usage_error(cmd, "unknown option '%s'", argv[i]);
+        if (*positional) return cli_usage_error(cmd, "unexpected argument '%s'", argv[i]);
+        *positional = argv[i];
+    }
+    return 0;
+}
