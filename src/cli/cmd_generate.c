@@ -117,6 +117,7 @@ int cmd_generate(int argc, char **argv) {
         for (int i = 0; i < n_out; i++) printf(" %d", out[i]);
         printf("\n");
     }
+    fflush(stdout);
     fprintf(stderr, "generate: %d prompt + %d new tokens in %.2fs (%.1f tok/s)\n", n_ids, n_out, dt,
             dt > 0 ? n_out / dt : 0.0);
 done:
