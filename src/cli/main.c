@@ -24,6 +24,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    rq_reexec_with_passive_openmp(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

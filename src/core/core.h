@@ -130,4 +130,14 @@ void rq_progress_init(rq_progress *p, const char *what, int64_t total);
 void rq_progress_update(rq_progress *p, int64_t done, const char *unit, const char *extra);
 void rq_progress_finish(rq_progress *p, int64_t done, const char *unit);
 
+/* ---- process setup (for programs' main(), never called by the library) ---- */
+
+/* OpenMP threads that spin while they wait are fast on an idle machine and
+ * ruinous on a busy one (a descheduled thread stalls every barrier: 40-100x
+ * slower runs were measured with two other jobs on two cores), while sleeping
+ * waits cost little here (large ops, few parallel regions). libgomp reads
+ * OMP_WAIT_POLICY only at start-up, so when the user has not chosen one this
+ * sets it to passive and re-executes the program; returns if it could not. */
+void rq_reexec_with_passive_openmp(char **argv);
+
 #endif /* RQ_CORE_H */

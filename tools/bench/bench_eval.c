@@ -52,7 +52,9 @@ static rq_status run(const rq_model *m, rq_backend *be, const rq_mc_task *task, 
     return st;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    rq_reexec_with_passive_openmp(argv);
     const char *model_path = env_or("RILQ_SMOLLM2", "/work/main/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     const char *data = env_or("RILQ_DATA", "/work/shared");
     size_t n_docs = (size_t)atoi(env_or("RILQ_BENCH_DOCS", "100"));

@@ -23,6 +23,7 @@ static double sgemm_gflops(int M, int N, int K, int reps) {
 }
 
 int main(int argc, char **argv) {
+    rq_reexec_with_passive_openmp(argv);
     int B = 4, T = 256, iters = 3;
     if (argc > 1) iters = atoi(argv[1]);
     rq_config cfg = {.dim = 576, .hidden_dim = 1536, .n_layers = 30, .n_heads = 9, .n_kv_heads = 3, .head_dim = 64,

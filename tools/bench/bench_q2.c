@@ -94,7 +94,9 @@ static double time_it(void (*fn)(const bench_case *), const bench_case *c) {
     return best;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    rq_reexec_with_passive_openmp(argv);
     const struct { int out, in; const char *what; } shapes[] = {
         {1536, 576, "1536x576 (SmolLM2-135M gate/up)"},
         {4096, 11008, "4096x11008 (LLaMA-2-7B down_proj^T shape)"},

@@ -38,6 +38,7 @@ static rq_status get_example(void *user, int64_t ex, int *tokens, int *targets, 
 }
 
 int main(int argc, char **argv) {
+    rq_reexec_with_passive_openmp(argv);
     const int T = 512, steps = argc > 1 ? atoi(argv[1]) : 3;
     rq_err err = {0};
     rq_model *m = NULL;
