@@ -363,21 +363,31 @@ static rq_status piqa_record(void *vctx, const cJSON *obj, size_t record, json_w
     return RQ_OK;
 }
 
-rq_status rq_piqa_parse(const char *name, const char *jsonl, size_t jsonl_size, const char *labels_name,
-                        const char *labels, size_t labels_size, rq_mc_task *out, rq_err *err) {
+/* A JSONL file whose gold answers sit in a separate labels file (one per line,
+ * values lo..hi): records and labels must pair up one to one. */
+static rq_status labelled_parse(rq_task_id id, const char *name, const char *jsonl, size_t jsonl_size,
+                                const char *labels_name, const char *labels, size_t labels_size, int lo, int hi,
+                                jsonl_record_fn record,
+                                rq_mc_task *out, rq_err *err) {
     memset(out, 0, sizeof *out);
-    out->id = RQ_TASK_PIQA;
+    out->id = id;
     label_list ll;
-    RQ_TRY(labels_parse(labels_name, labels, labels_size, 0, 1, &ll, err));
+    RQ_TRY(labels_parse(labels_name, labels, labels_size, lo, hi, &ll, err));
     mc_builder b = {.task = out, .labels = &ll, .labels_name = labels_name};
     size_t n_records = 0;
-    rq_status st = jsonl_for_each(name, jsonl, jsonl_size, piqa_record, &b, &n_records, err);
+    rq_status st = jsonl_for_each(name, jsonl, jsonl_size, record, &b, &n_records, err);
     if (st == RQ_OK && n_records != ll.count)
         st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s has %zu labels but %s has %zu records", labels_name, ll.count, name,
                      n_records);
     if (st == RQ_OK) st = require_docs(name, out, err);
     free(ll.values);
     return finish_task(st, out);
+}
+
+rq_status rq_piqa_parse(const char *name, const char *jsonl, size_t jsonl_size, const char *labels_name,
+                        const char *labels, size_t labels_size, rq_mc_task *out, rq_err *err) {
+    return labelled_parse(RQ_TASK_PIQA, name, jsonl, jsonl_size, labels_name, labels, labels_size, 0, 1, piqa_record,
+                          out, err);
 }
 
 /* ---- WinoGrande ------------------------------------------------------------------- */
@@ -427,19 +437,8 @@ static rq_status winogrande_record(void *vctx, const cJSON *obj, size_t record, 
 
 rq_status rq_winogrande_parse(const char *name, const char *jsonl, size_t jsonl_size, const char *labels_name,
                               const char *labels, size_t labels_size, rq_mc_task *out, rq_err *err) {
-    memset(out, 0, sizeof *out);
-    out->id = RQ_TASK_WINOGRANDE;
-    label_list ll;
-    RQ_TRY(labels_parse(labels_name, labels, labels_size, 1, 2, &ll, err));
-    mc_builder b = {.task = out, .labels = &ll, .labels_name = labels_name};
-    size_t n_records = 0;
-    rq_status st = jsonl_for_each(name, jsonl, jsonl_size, winogrande_record, &b, &n_records, err);
-    if (st == RQ_OK && n_records != ll.count)
-        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s has %zu labels but %s has %zu records", labels_name, ll.count, name,
-                     n_records);
-    if (st == RQ_OK) st = require_docs(name, out, err);
-    free(ll.values);
-    return finish_task(st, out);
+    return labelled_parse(RQ_TASK_WINOGRANDE, name, jsonl, jsonl_size, labels_name, labels, labels_size, 1, 2,
+                          winogrande_record, out, err);
 }
 
 /* ---- HellaSwag ---------------------------------------------------------------------- */
