@@ -22,6 +22,9 @@ int cmd_eval(int argc, char **argv);
 int cmd_train_lm(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 /* Print "rilq CMD: error: <message>" and return exit code 1. */
 int cli_fail(const char *cmd, const rq_err *err);

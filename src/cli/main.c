@@ -12,6 +12,9 @@ static const rq_command commands[] = {
     {"train-lm", "fine-tune LoRA / QA-LoRA adapters on plain text (next-token loss)", cmd_train_lm},
     {"calibrate", "RILQ stage 1: tune adapters of a 2-bit student toward the full-precision teacher", cmd_calibrate},
     {"finetune", "stage 2: fine-tune adapters on a task (arc, piqa, gsm8k), loss on the answers", cmd_finetune},
+    {"merge", "fold QA-LoRA adapters into the group offsets of a 2-bit artifact (exact)", cmd_merge},
+    {"export", "write a 2-bit artifact as GGUF (llama.cpp) or HQQ-layout safetensors", cmd_export},
+    {"run", "run a recipe: quantize, calibrate, finetune, merge, export, eval", cmd_run},
     {"eval", "lm-eval-compatible accuracy (piqa, arc, hellaswag, winogrande), gsm8k, perplexity", cmd_eval},
 };
 

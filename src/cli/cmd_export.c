@@ -1,0 +1,9 @@
+/* rilq export: not written yet (placeholder so the command table is stable). */
+#include "cli.h"
+
+int cmd_export(int argc, char **argv) {
+    (void)argc, (void)argv;
+    rq_err err = {0};
+    RQ_FAIL(&err, RQ_ERR_UNSUPPORTED, "'rilq export' is not implemented yet");
+    return cli_fail("export", &err);
+}
