@@ -21,6 +21,10 @@ struct rq_backend {
     void (*free)(rq_backend *be, void *p);
     rq_status (*upload)(rq_backend *be, void *dst, const void *src, size_t bytes, rq_err *err);
     rq_status (*download)(rq_backend *be, void *dst, const void *src, size_t bytes, rq_err *err);
+    /* Memory the backend could still allocate and its total (CPU: MemAvailable
+     * and MemTotal of /proc/meminfo; CUDA: cudaMemGetInfo). Used to refuse a run
+     * whose memory plan cannot fit, before allocating. */
+    rq_status (*mem_info)(rq_backend *be, size_t *free_bytes, size_t *total_bytes, rq_err *err);
     /* device-to-device copy */
     void (*copy)(rq_backend *be, void *dst, const void *src, size_t bytes);
     /* dst[rows][C] = src[idx[r]][C]: gather rows of a matrix on the device */

@@ -1,6 +1,9 @@
 /* The CPU backend: fp32, CBLAS GEMMs (OpenBLAS), OpenMP loops.
  * q2 weights are dequantized tile by tile just before each GEMM. */
 #include <cblas.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -171,6 +174,23 @@ static void cpu_add_inplace(rq_backend *be, float *x, const float *y, size_t n) 
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+static rq_status cpu_mem_info(rq_backend *be, size_t *free_bytes, size_t *total_bytes, rq_err *err) {
+    (void)be;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return RQ_FAIL(err, RQ_ERR_IO, "/proc/meminfo: cannot open (%s)", strerror(errno));
+    char line[256];
+    unsigned long long avail = 0, total = 0, kb;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = kb * 1024ull;
+        else if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) total = kb * 1024ull;
+    }
+    fclose(f);
+    if (!total) return RQ_FAIL(err, RQ_ERR_FORMAT, "/proc/meminfo: no MemTotal line");
+    *free_bytes = (size_t)(avail ? avail : total);
+    *total_bytes = (size_t)total;
+    return RQ_OK;
+}
+
 void rq_cpu_train_ops_install(rq_backend *be); /* cpu_train.c */
 
 static void cpu_destroy(rq_backend *be) {
@@ -212,6 +232,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->upload = cpu_copy_bytes;
     be->download = cpu_copy_bytes;
     be->copy = cpu_copy;
+    be->mem_info = cpu_mem_info;
     be->gather_rows = cpu_gather_rows;
     be->linear = cpu_linear;
     be->matmul_nt = cpu_matmul_nt;
