@@ -1,0 +1,561 @@
+/* Recipe files: a fixed schema, strict checking, overrides, defaults, ${VAR}. */
+#include "recipe.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum key_kind { K_OBJ, K_STR, K_INT, K_NUM, K_BOOL, K_LIST } key_kind;
+
+typedef struct key_spec {
+    const char *key;     /* "section.key" or "key" */
+    key_kind kind;
+    size_t off;          /* where the value goes in rq_recipe (leaves only) */
+    const char *def;     /* default in override syntax; NULL: required */
+    const char *choices; /* "a|b|c" for strings and list items; NULL: any */
+    double min;          /* numbers: the least value allowed */
+    const char *help;
+} key_spec;
+
+#define OFF(member) offsetof(rq_recipe, member)
+#define NOMIN (-1e300)
+
+/* The schema. Sections come before their keys; the resolved tree follows this order. */
+static const key_spec schema[] = {
+    {"name", K_STR, OFF(name), NULL, NULL, NOMIN, "the recipe's name (the default run directory is runs/NAME)"},
+    {"notes", K_STR, OFF(notes), "", NULL, NOMIN, "free text: what the recipe is for, what its budgets assume"},
+    {"model", K_OBJ, 0, NULL, NULL, NOMIN, "the full-precision model"},
+    {"model.path", K_STR, OFF(model.path), NULL, NULL, NOMIN, "HF directory, GGUF file or llama2.c .bin"},
+    {"model.tokenizer", K_STR, OFF(model.tokenizer), "", NULL, NOMIN, "tokenizer file when the model has none beside it"},
+    {"quantize", K_OBJ, 0, NULL, NULL, NOMIN, "the 2-bit quantizer (rilq quantize)"},
+    {"quantize.method", K_STR, OFF(quantize.method), "rtn", "rtn|nf2", NOMIN, "rtn or nf2"},
+    {"quantize.group_size", K_INT, OFF(quantize.group_size), "64", NULL, 1, "input columns per group"},
+    {"quantize.clip_search", K_BOOL, OFF(quantize.clip_search), "false", NULL, NOMIN, "search a shrunk range per group"},
+    {"adapter", K_OBJ, 0, NULL, NULL, NOMIN, "the adapters both stages train"},
+    {"adapter.type", K_STR, OFF(adapter.type), "qalora", "qalora|lora", NOMIN, "qalora (mergeable) or lora"},
+    {"adapter.rank", K_INT, OFF(adapter.rank), "64", NULL, 1, "rank r"},
+    {"adapter.alpha", K_NUM, OFF(adapter.alpha), "16", NULL, 1e-9, "alpha (scaling alpha / r)"},
+    {"adapter.group_size", K_INT, OFF(adapter.group_size), "64", NULL, 1, "QA-LoRA pooling group (= quantize.group_size to merge)"},
+    {"stage1", K_OBJ, 0, NULL, NULL, NOMIN, "RILQ calibration (rilq calibrate)"},
+    {"stage1.enabled", K_BOOL, OFF(stage1.enabled), "true", NULL, NOMIN, "run stage 1"},
+    {"stage1.data", K_STR, OFF(stage1.data), "c4", "c4|wikitext2", NOMIN, "calibration text"},
+    {"stage1.c4_docs", K_STR, OFF(stage1.c4_docs), "0:1000", NULL, NOMIN, "C4 documents A:B that may be drawn"},
+    {"stage1.windows", K_INT, OFF(stage1.windows), "320", NULL, 2, "calibration windows (training + validation)"},
+    {"stage1.val_windows", K_INT, OFF(stage1.val_windows), "64", NULL, 0, "windows held out for validation"},
+    {"stage1.seq_len", K_INT, OFF(stage1.seq_len), "512", NULL, 2, "tokens per window"},
+    {"stage1.seed", K_INT, OFF(stage1.seed), "42", NULL, 0, "sampling and initialization seed"},
+    {"stage1.lr", K_NUM, OFF(stage1.lr), "1e-4", NULL, 0, "Adam learning rate (constant)"},
+    {"stage1.accum", K_INT, OFF(stage1.accum), "8", NULL, 1, "micro-batches per update"},
+    {"stage1.micro_batch", K_INT, OFF(stage1.micro_batch), "1", NULL, 1, "windows per micro-batch"},
+    {"stage1.eval_every", K_INT, OFF(stage1.eval_every), "25", NULL, 0, "validate every N updates"},
+    {"stage1.patience", K_INT, OFF(stage1.patience), "5", NULL, 0, "early stopping patience (validations)"},
+    {"stage1.max_micro_steps", K_INT, OFF(stage1.max_micro_steps), "10000", NULL, 1, "micro-steps at most"},
+    {"stage1.model_weight", K_NUM, OFF(stage1.model_weight), "0.5", NULL, 0, "weight of the Model-Loss (MSE vs teacher)"},
+    {"stage1.gt_weight", K_NUM, OFF(stage1.gt_weight), "0.5", NULL, 0, "weight of the GT-Loss (next-token CE)"},
+    {"stage1.scope", K_STR, OFF(stage1.scope), "model", "model|layer|linear", NOMIN, "where the Model-Loss compares"},
+    {"stage1.model_loss", K_STR, OFF(stage1.model_loss), "hidden", "hidden|logits", NOMIN, "MSE of final hidden states or logits"},
+    {"stage1.teacher_cache", K_STR, OFF(stage1.teacher_cache), "", NULL, NOMIN,
+     "teacher cache directory (\"\": $RILQ_CACHE or .cache/teacher)"},
+    {"stage2", K_OBJ, 0, NULL, NULL, NOMIN, "task fine-tuning (rilq finetune)"},
+    {"stage2.enabled", K_BOOL, OFF(stage2.enabled), "true", NULL, NOMIN, "run stage 2"},
+    {"stage2.task", K_STR, OFF(stage2.task), "", "arc_easy|arc_challenge|piqa|gsm8k", NOMIN, "the task (needed when enabled)"},
+    {"stage2.fold", K_STR, OFF(stage2.fold), "", NULL, NOMIN, "documents A:B to train on (piqa: of the validation set)"},
+    {"stage2.epochs", K_INT, OFF(stage2.epochs), "3", NULL, 1, "epochs"},
+    {"stage2.lr", K_NUM, OFF(stage2.lr), "1e-4", NULL, 0, "Adam learning rate (constant)"},
+    {"stage2.batch", K_INT, OFF(stage2.batch), "16", NULL, 1, "examples per update"},
+    {"stage2.micro_batch", K_INT, OFF(stage2.micro_batch), "1", NULL, 1, "examples per forward (divides batch)"},
+    {"stage2.limit", K_INT, OFF(stage2.limit), "0", NULL, 0, "first N training examples (0: all)"},
+    {"stage2.max_source", K_INT, OFF(stage2.max_source), "384", NULL, 1, "prompt tokens at most"},
+    {"stage2.max_target", K_INT, OFF(stage2.max_target), "128", NULL, 1, "answer tokens at most"},
+    {"stage2.seed", K_INT, OFF(stage2.seed), "42", NULL, 0, "data order seed"},
+    {"merge", K_OBJ, 0, NULL, NULL, NOMIN, "fold the QA-LoRA adapters into the artifact (rilq merge)"},
+    {"merge.enabled", K_BOOL, OFF(merge.enabled), "true", NULL, NOMIN, "run the merge"},
+    {"export", K_OBJ, 0, NULL, NULL, NOMIN, "deployment files (rilq export)"},
+    {"export.formats", K_LIST, OFF(export_.formats), "", "gguf|hqq", NOMIN, "formats to write (empty: none)"},
+    {"eval", K_OBJ, 0, NULL, NULL, NOMIN, "evaluation of each stage's model (rilq eval)"},
+    {"eval.models", K_LIST, OFF(eval.models), "fp,q2,rilq,finetuned,merged", "fp|q2|rilq|finetuned|merged", NOMIN,
+     "rows of the table (those whose stage is disabled are left out)"},
+    {"eval.tasks", K_LIST, OFF(eval.tasks), "", "piqa|arc_easy|arc_challenge|hellaswag|winogrande|gsm8k", NOMIN,
+     "accuracy tasks"},
+    {"eval.limit", K_INT, OFF(eval.limit), "0", NULL, 0, "first N documents of each task (0: all)"},
+    {"eval.ppl", K_LIST, OFF(eval.ppl), "", "wikitext2|c4", NOMIN, "perplexity datasets"},
+    {"eval.ppl_windows", K_INT, OFF(eval.ppl_windows), "0", NULL, 0, "perplexity windows at most (0: all)"},
+    {"eval.gsm8k_format", K_STR, OFF(eval.gsm8k_format), "fewshot", "fewshot|zeroshot|finetuned", NOMIN, "gsm8k prompt"},
+    {"eval.shots", K_INT, OFF(eval.shots), "5", NULL, 0, "gsm8k few-shot examples"},
+    {"eval.max_gen_tokens", K_INT, OFF(eval.max_gen_tokens), "256", NULL, 1, "gsm8k new tokens at most"},
+};
+#define N_SCHEMA (sizeof schema / sizeof schema[0])
+
+static const char *kind_name(key_kind k) {
+    switch (k) {
+    case K_OBJ: return "an object";
+    case K_STR: return "a string";
+    case K_INT: return "an integer";
+    case K_NUM: return "a number";
+    case K_BOOL: return "true or false";
+    case K_LIST: return "a list of strings";
+    }
+    return "?";
+}
+
+static const char *json_kind(const cJSON *v) {
+    if (cJSON_IsObject(v)) return "an object";
+    if (cJSON_IsArray(v)) return "a list";
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsBool(v)) return "a boolean";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsNumber(v)) return v->valuedouble == floor(v->valuedouble) ? "an integer" : "a number";
+    return "something else";
+}
+
+static const key_spec *find_spec(const char *path) {
+    for (size_t i = 0; i < N_SCHEMA; i++)
+        if (!strcmp(schema[i].key, path)) return &schema[i];
+    return NULL;
+}
+
+/* "a, b, c": the keys a section allows (for the unknown-key message). */
+static void known_keys(const char *section, char *buf, size_t n) {
+    size_t used = 0, plen = section ? strlen(section) : 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < N_SCHEMA; i++) {
+        const char *k = schema[i].key, *dot = strchr(k, '.');
+        const char *leaf;
+        if (section) {
+            if (!dot || (size_t)(dot - k) != plen || strncmp(k, section, plen)) continue;
+            leaf = dot + 1;
+        } else {
+            if (dot) continue;
+            leaf = k;
+        }
+        int w = snprintf(buf + used, n - used, "%s%s", used ? ", " : "", leaf);
+        if (w < 0 || (size_t)w >= n - used) break;
+        used += (size_t)w;
+    }
+}
+
+static bool is_int_value(double v) { return v == floor(v) && fabs(v) <= 9007199254740992.0; }
+
+static bool type_ok(const key_spec *s, const cJSON *v) {
+    switch (s->kind) {
+    case K_OBJ: return cJSON_IsObject(v);
+    case K_STR: return cJSON_IsString(v);
+    case K_INT: return cJSON_IsNumber(v) && is_int_value(v->valuedouble);
+    case K_NUM: return cJSON_IsNumber(v) && isfinite(v->valuedouble);
+    case K_BOOL: return cJSON_IsBool(v);
+    case K_LIST: {
+        if (!cJSON_IsArray(v)) return false;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, v) if (!cJSON_IsString(it)) return false;
+        return true;
+    }
+    }
+    return false;
+}
+
+/* Every key of obj (at prefix) must be in the schema with the right type. */
+static rq_status check_tree(const cJSON *obj, const char *prefix, const char *file, rq_err *err) {
+    const cJSON *v;
+    cJSON_ArrayForEach(v, obj) {
+        char path[256];
+        if (!v->string) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: a key without a name", file);
+        snprintf(path, sizeof path, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", v->string);
+        const key_spec *s = find_spec(path);
+        if (!s) {
+            char known[1024];
+            known_keys(prefix, known, sizeof known);
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: unknown key '%s' (known%s%s: %s)", file, path, prefix ? " in " : "",
+                           prefix ? prefix : "", known);
+        }
+        if (!type_ok(s, v))
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: expected %s, found %s", file, path, kind_name(s->kind),
+                           json_kind(v));
+        if (s->kind == K_OBJ) RQ_TRY(check_tree(v, path, file, err));
+    }
+    return RQ_OK;
+}
+
+/* A value in override syntax -> a JSON item of the key's kind. */
+static rq_status parse_value(const key_spec *s, const char *text, const char *where, cJSON **out, rq_err *err) {
+    *out = NULL;
+    char *end = NULL;
+    switch (s->kind) {
+    case K_STR: *out = cJSON_CreateString(text); break;
+    case K_INT: {
+        errno = 0;
+        long long v = strtoll(text, &end, 10);
+        if (!*text || *end || errno)
+            return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s: expected an integer, found '%s'", where, s->key, text);
+        *out = cJSON_CreateNumber((double)v);
+        break;
+    }
+    case K_NUM: {
+        errno = 0;
+        double v = strtod(text, &end);
+        if (!*text || *end || errno || !isfinite(v))
+            return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s: expected a number, found '%s'", where, s->key, text);
+        *out = cJSON_CreateNumber(v);
+        break;
+    }
+    case K_BOOL:
+        if (strcmp(text, "true") && strcmp(text, "false"))
+            return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s: expected true or false, found '%s'", where, s->key, text);
+        *out = cJSON_CreateBool(!strcmp(text, "true"));
+        break;
+    case K_LIST: {
+        *out = cJSON_CreateArray();
+        const char *p = text;
+        while (*out && *p) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            while (len && (*p == ' ')) p++, len--;
+            while (len && p[len - 1] == ' ') len--;
+            if (len == 0) {
+                cJSON_Delete(*out);
+                *out = NULL;
+                return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s: empty item in list '%s'", where, s->key, text);
+            }
+            char item[256];
+            snprintf(item, sizeof item, "%.*s", (int)(len < sizeof item - 1 ? len : sizeof item - 1), p);
+            cJSON_AddItemToArray(*out, cJSON_CreateString(item));
+            p += len;
+            while (*p == ' ') p++;
+            if (*p == ',') p++;
+        }
+        break;
+    }
+    case K_OBJ:
+        return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s is a section; override one of its keys", where, s->key);
+    }
+    if (!*out) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    return RQ_OK;
+}
+
+/* The section object of a leaf key in root (created when missing), and the leaf's name. */
+static cJSON *section_of(cJSON *root, const char *key, const char **leaf) {
+    const char *dot = strchr(key, '.');
+    if (!dot) {
+        *leaf = key;
+        return root;
+    }
+    char sec[64];
+    snprintf(sec, sizeof sec, "%.*s", (int)(dot - key), key);
+    *leaf = dot + 1;
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(root, sec);
+    if (!o) o = cJSON_AddObjectToObject(root, sec);
+    return o;
+}
+
+static rq_status apply_override(cJSON *root, const char *ov, rq_err *err) {
+    const char *eq = strchr(ov, '=');
+    if (!eq || eq == ov) return RQ_FAIL(err, RQ_ERR_ARG, "override '%s': expected key=value (e.g. stage1.lr=3e-4)", ov);
+    char key[256];
+    snprintf(key, sizeof key, "%.*s", (int)(eq - ov), ov);
+    const key_spec *s = find_spec(key);
+    if (!s) {
+        char known[1024], sec[64];
+        const char *dot = strchr(key, '.');
+        snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - key) : 0, key);
+        const key_spec *ss = dot ? find_spec(sec) : NULL;
+        known_keys(ss ? sec : NULL, known, sizeof known);
+        return RQ_FAIL(err, RQ_ERR_ARG, "override '%s': unknown key '%s' (known%s%s: %s)", ov, key, ss ? " in " : "",
+                       ss ? sec : "", known);
+    }
+    char where[300];
+    snprintf(where, sizeof where, "override '%.200s'", ov);
+    cJSON *item;
+    RQ_TRY(parse_value(s, eq + 1, where, &item, err));
+    const char *leaf;
+    cJSON *sec = section_of(root, key, &leaf);
+    if (!sec || !cJSON_IsObject(sec)) {
+        cJSON_Delete(item);
+        return RQ_FAIL(err, RQ_ERR_ARG, "%s: the section of %s is not an object", where, key);
+    }
+    if (cJSON_GetObjectItemCaseSensitive(sec, leaf)) cJSON_ReplaceItemInObjectCaseSensitive(sec, leaf, item);
+    else cJSON_AddItemToObject(sec, leaf, item);
+    return RQ_OK;
+}
+
+rq_status rq_recipe_substitute(const char *in, const char *key, const char *file, char **out, rq_err *err) {
+    size_t cap = strlen(in) + 1, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    const char *p = in;
+    while (*p) {
+        const char *piece = p;
+        size_t plen = 1;
+        char value_buf[4096];
+        if (p[0] == '$' && p[1] == '{') {
+            const char *close = strchr(p + 2, '}');
+            if (!close) {
+                free(buf);
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '${' without a closing '}' in \"%s\"", file, key, in);
+            }
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)(close - p - 2), p + 2);
+            char *dflt = strstr(name, ":-");
+            if (dflt) {
+                *dflt = 0;
+                dflt += 2;
+            }
+            bool name_ok = name[0] != 0;
+            for (const char *c = name; *c; c++)
+                if (!(*c == '_' || (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9')))
+                    name_ok = false;
+            if (!name_ok) {
+                free(buf);
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: bad variable name in \"%s\"", file, key, in);
+            }
+            const char *v = getenv(name);
+            if (dflt && (!v || !*v)) v = dflt;
+            if (!v) {
+                free(buf);
+                return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s: environment variable %s is not set (used in \"%s\"; "
+                                                "write ${%s:-default} for a fallback)", file, key, name, in, name);
+            }
+            snprintf(value_buf, sizeof value_buf, "%s", v);
+            piece = value_buf;
+            plen = strlen(value_buf);
+            p = close + 1;
+        } else {
+            p++;
+        }
+        if (len + plen + 1 > cap) {
+            cap = (len + plen + 1) * 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+            }
+            buf = nb;
+        }
+        memcpy(buf + len, piece, plen);
+        len += plen;
+    }
+    buf[len] = 0;
+    *out = buf;
+    return RQ_OK;
+}
+
+static rq_status substitute_item(cJSON *item, const char *key, const char *file, rq_err *err) {
+    if (!cJSON_IsString(item) || !strstr(item->valuestring, "${")) return RQ_OK;
+    char *s;
+    RQ_TRY(rq_recipe_substitute(item->valuestring, key, file, &s, err));
+    bool ok = cJSON_SetValuestring(item, s) != NULL;
+    free(s);
+    return ok ? RQ_OK : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+}
+
+static bool in_choices(const char *choices, const char *v) {
+    size_t n = strlen(v);
+    const char *p = choices;
+    while (p && *p) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && !strncmp(p, v, n)) return true;
+        p = bar ? bar + 1 : NULL;
+    }
+    return false;
+}
+
+/* Build the canonical tree (schema order, defaults filled, substituted) and fill r. */
+static rq_status resolve(cJSON *given, const char *file, rq_recipe *r, rq_err *err) {
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    r->root = root;
+    for (size_t i = 0; i < N_SCHEMA; i++) {
+        const key_spec *s = &schema[i];
+        const char *leaf;
+        cJSON *dst = section_of(root, s->key, &leaf);
+        if (s->kind == K_OBJ) continue; /* created by section_of for its first key */
+        cJSON *src_sec = strchr(s->key, '.') ? section_of(given, s->key, &leaf) : given;
+        cJSON *v = cJSON_DetachItemFromObjectCaseSensitive(src_sec, leaf);
+        if (!v) {
+            if (!s->def)
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: missing required key '%s' (%s: %s)", file, s->key,
+                               kind_name(s->kind), s->help);
+            char where[300];
+            snprintf(where, sizeof where, "%s (default)", file);
+            RQ_TRY(parse_value(s, s->def, where, &v, err));
+        }
+        cJSON_AddItemToObject(dst, leaf, v);
+        if (s->kind == K_STR) RQ_TRY(substitute_item(v, s->key, file, err));
+        if (s->kind == K_LIST) {
+            cJSON *it;
+            int n = 0;
+            cJSON_ArrayForEach(it, v) {
+                RQ_TRY(substitute_item(it, s->key, file, err));
+                if (s->choices && !in_choices(s->choices, it->valuestring))
+                    return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '%s' is not one of %s", file, s->key, it->valuestring,
+                                   s->choices);
+                n++;
+            }
+            if (n > RQ_RECIPE_MAX_LIST)
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: %d items, at most %d", file, s->key, n, RQ_RECIPE_MAX_LIST);
+            rq_recipe_list *l = (rq_recipe_list *)((char *)r + s->off);
+            l->n = 0;
+            cJSON_ArrayForEach(it, v) {
+                bool dup = false;
+                for (int k = 0; k < l->n; k++) dup |= !strcmp(l->item[k], it->valuestring);
+                if (dup) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '%s' listed twice", file, s->key, it->valuestring);
+                l->item[l->n++] = it->valuestring;
+            }
+        } else if (s->kind == K_STR) {
+            if (s->choices && *v->valuestring && !in_choices(s->choices, v->valuestring))
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '%s' is not one of %s", file, s->key, v->valuestring,
+                               s->choices);
+            *(const char **)((char *)r + s->off) = v->valuestring;
+        } else if (s->kind == K_BOOL) {
+            *(bool *)((char *)r + s->off) = cJSON_IsTrue(v);
+        } else {
+            if (v->valuedouble < s->min)
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: %g is below the least allowed value %g", file, s->key,
+                               v->valuedouble, s->min);
+            if (s->kind == K_INT) *(int64_t *)((char *)r + s->off) = (int64_t)v->valuedouble;
+            else *(double *)((char *)r + s->off) = v->valuedouble;
+        }
+    }
+    return RQ_OK;
+}
+
+/* Combinations the schema alone cannot express. */
+static rq_status check_combination(const rq_recipe *r, const char *f, rq_err *err) {
+    if (!*r->model.path) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: model.path is empty", f);
+    if (r->stage2.enabled && !*r->stage2.task)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: stage2.task is needed when stage2.enabled is true "
+                                           "(arc_easy, arc_challenge, piqa, gsm8k)", f);
+    if (r->stage1.enabled && r->stage1.val_windows >= r->stage1.windows)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: stage1.val_windows %lld must be below stage1.windows %lld", f,
+                       (long long)r->stage1.val_windows, (long long)r->stage1.windows);
+    if (r->stage1.enabled && !(r->stage1.model_weight > 0) && !(r->stage1.gt_weight > 0))
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: stage1.model_weight and stage1.gt_weight are both 0: no loss", f);
+    if (r->stage2.enabled && r->stage2.batch % r->stage2.micro_batch != 0)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: stage2.micro_batch %lld does not divide stage2.batch %lld", f,
+                       (long long)r->stage2.micro_batch, (long long)r->stage2.batch);
+    if (r->merge.enabled) {
+        if (!r->stage1.enabled && !r->stage2.enabled)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge.enabled is true but neither stage trains adapters", f);
+        if (strcmp(r->adapter.type, "qalora") != 0)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge needs adapter.type qalora (a LoRA product does not fold "
+                                               "into group offsets); set merge.enabled=false", f);
+        if (r->adapter.group_size != r->quantize.group_size)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge needs adapter.group_size (%lld) = quantize.group_size (%lld)", f,
+                           (long long)r->adapter.group_size, (long long)r->quantize.group_size);
+    }
+    if (r->eval.tasks.n == 0 && r->eval.ppl.n == 0 && r->eval.models.n > 0)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: eval.models lists rows but eval.tasks and eval.ppl are both empty "
+                                           "(set eval.models to an empty list to evaluate nothing)", f);
+    return RQ_OK;
+}
+
+rq_status rq_recipe_parse(const char *text, const char *file, const char *const *overrides, int n_overrides,
+                          rq_recipe *out, rq_err *err) {
+    memset(out, 0, sizeof *out);
+    const char *end = NULL;
+    cJSON *given = cJSON_ParseWithOpts(text, &end, true);
+    if (!given) {
+        int line = 1;
+        for (const char *p = text; end && p < end; p++) line += *p == '\n';
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not valid JSON (near line %d)", file, line);
+    }
+    rq_status st = RQ_OK;
+    if (!cJSON_IsObject(given)) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: expected a JSON object at the top", file);
+    if (st == RQ_OK) st = check_tree(given, NULL, file, err);
+    for (int i = 0; st == RQ_OK && i < n_overrides; i++) st = apply_override(given, overrides[i], err);
+    if (st == RQ_OK) {
+        out->file = rq_strdup(file, err);
+        if (!out->file) st = RQ_ERR_NOMEM;
+    }
+    if (st == RQ_OK) st = resolve(given, file, out, err);
+    if (st == RQ_OK) st = check_combination(out, file, err);
+    cJSON_Delete(given);
+    if (st != RQ_OK) rq_recipe_free(out);
+    return st;
+}
+
+rq_status rq_recipe_load(const char *path, const char *const *overrides, int n_overrides, rq_recipe *out,
+                         rq_err *err) {
+    memset(out, 0, sizeof *out);
+    char *text = NULL;
+    size_t n = 0;
+    RQ_TRY(rq_file_read_all(path, &text, &n, err));
+    rq_status st = rq_recipe_parse(text, path, overrides, n_overrides, out, err);
+    free(text);
+    return st;
+}
+
+void rq_recipe_free(rq_recipe *r) {
+    if (!r) return;
+    cJSON_Delete(r->root);
+    free(r->file);
+    memset(r, 0, sizeof *r);
+}
+
+char *rq_recipe_to_json(const rq_recipe *r) {
+    char *t = cJSON_Print(r->root);
+    if (!t) return NULL;
+    size_t n = strlen(t);
+    char *o = realloc(t, n + 2);
+    if (!o) {
+        cJSON_free(t);
+        return NULL;
+    }
+    o[n] = '\n';
+    o[n + 1] = 0;
+    return o;
+}
+
+char *rq_recipe_schema_help(void) {
+    size_t cap = 16384, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) return NULL;
+    buf[0] = 0;
+    for (size_t i = 0; i < N_SCHEMA; i++) {
+        const key_spec *s = &schema[i];
+        char line[512];
+        if (s->kind == K_OBJ) snprintf(line, sizeof line, "%s: %s\n", s->key, s->help);
+        else
+            snprintf(line, sizeof line, "  %-24s %-8s %-12s %s\n", s->key,
+                     s->kind == K_STR ? "string" : s->kind == K_INT ? "integer" : s->kind == K_NUM ? "number"
+                     : s->kind == K_BOOL ? "bool" : "list",
+                     s->def ? (*s->def ? s->def : "\"\"") : "(required)", s->help);
+        size_t l = strlen(line);
+        if (len + l + 1 > cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        memcpy(buf + len, line, l + 1);
+        len += l;
+    }
+    return buf;
+}
+
+bool rq_recipe_same(const cJSON *a, const cJSON *b, char *where, size_t where_size) {
+    if (cJSON_IsObject(a) && cJSON_IsObject(b)) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, a) {
+            const cJSON *y = cJSON_GetObjectItemCaseSensitive(b, x->string);
+            char sub[256];
+            if (!y || !rq_recipe_same(x, y, sub, sizeof sub)) {
+                snprintf(where, where_size, "%s%s%s", x->string, y && *sub ? "." : "", y ? sub : "");
+                return false;
+            }
+        }
+        cJSON_ArrayForEach(x, b) if (!cJSON_GetObjectItemCaseSensitive(a, x->string)) {
+            snprintf(where, where_size, "%s", x->string);
+            return false;
+        }
+        if (where_size) where[0] = 0;
+        return true;
+    }
+    if (where_size) where[0] = 0;
+    return cJSON_Compare(a, b, true);
+}
