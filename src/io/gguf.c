@@ -49,6 +49,14 @@ const char *rq_gguf_type_name(uint32_t t) {
     return i ? i->name : NULL;
 }
 
+bool rq_gguf_type_block(uint32_t t, int *block, int *block_bytes) {
+    const ggml_type_info *i = ggml_type(t);
+    if (!i) return false;
+    *block = i->block;
+    *block_bytes = i->block_bytes;
+    return true;
+}
+
 static const int kv_scalar_size[RQ_GGUF_TYPE_COUNT] = {
     [RQ_GGUF_U8] = 1, [RQ_GGUF_I8] = 1, [RQ_GGUF_U16] = 2, [RQ_GGUF_I16] = 2, [RQ_GGUF_U32] = 4, [RQ_GGUF_I32] = 4,
     [RQ_GGUF_F32] = 4, [RQ_GGUF_BOOL] = 1, [RQ_GGUF_U64] = 8, [RQ_GGUF_I64] = 8, [RQ_GGUF_F64] = 8,
@@ -539,6 +547,13 @@ rq_status rq_gguf_get_i32_array(const rq_gguf *g, const char *key, int32_t **out
     *out = v;
     *n = (int64_t)kv->arr_n;
     return RQ_OK;
+}
+
+uint64_t rq_gguf_kv_value_size(const rq_gguf *g, const rq_gguf_kv *kv) {
+    /* validated when the file was opened: stepping over it again cannot fail */
+    cursor c = {g->view.data, kv->value, g->view.data + g->view.size, g->path, NULL};
+    if (skip_value(&c, kv->type, 0, kv->key) != RQ_OK) return 0;
+    return (uint64_t)(c.p - kv->value);
 }
 
 const rq_gguf_tensor *rq_gguf_find_tensor(const rq_gguf *g, const char *name) {
