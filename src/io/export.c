@@ -495,9 +495,14 @@ typedef struct st_list {
     rq_st_tensor *items;
     char (*names)[RQ_TENSOR_NAME_MAX];
     int n, cap;
+    bool overflow;
 } st_list;
 
 static void st_add(st_list *l, const char *name, rq_dtype dt, int ndim, int64_t d0, int64_t d1, const void *data) {
+    if (l->n >= l->cap) { /* sized up front; counted so the writer refuses instead of overrunning */
+        l->overflow = true;
+        return;
+    }
     rq_st_tensor *x = &l->items[l->n];
     size_t len = strlen(name); /* names are built from short module names: never cut in practice */
     if (len >= RQ_TENSOR_NAME_MAX) len = RQ_TENSOR_NAME_MAX - 1;
@@ -643,7 +648,7 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
     hqq_parts *parts = rq_calloc((size_t)n_lin, sizeof *parts, err);
     char (*skip)[RQ_TENSOR_NAME_MAX] = rq_calloc((size_t)n_lin + 1, sizeof *skip, err);
     st_list l = {0};
-    l.cap = 4 + c->n_layers * (2 + RQ_N_PROJ * 18);
+    l.cap = 4 + c->n_layers * (2 + RQ_N_PROJ * 20); /* 19 tensors per quantized module */
     l.items = rq_calloc((size_t)l.cap, sizeof *l.items, err);
     l.names = rq_calloc((size_t)l.cap, sizeof *l.names, err);
     rq_status s = parts && skip && l.items && l.names ? RQ_OK : RQ_ERR_NOMEM;
@@ -678,12 +683,13 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
             hqq_parts *h = &parts[li * RQ_N_PROJ + p];
             s = hqq_convert(lin->q2, mod, h, err);
             if (s != RQ_OK) break;
-            st_add_meta(&l, mod, "W_q", RQ_U8, 2, h->R / 4, h->wq);
-            l.items[l.n - 1].shape[1] = gs;
-            st_add_meta(&l, mod, "scale", RQ_F16, 2, h->R, h->scale);
-            l.items[l.n - 1].shape[1] = 1;
-            st_add_meta(&l, mod, "zero", RQ_F16, 2, h->R, h->zero);
-            l.items[l.n - 1].shape[1] = 1;
+            char nm2[RQ_TENSOR_NAME_MAX + 32];
+            snprintf(nm2, sizeof nm2, "%s.W_q", mod);
+            st_add(&l, nm2, RQ_U8, 2, h->R / 4, gs, h->wq);
+            snprintf(nm2, sizeof nm2, "%s.scale", mod);
+            st_add(&l, nm2, RQ_F16, 2, h->R, 1, h->scale);
+            snprintf(nm2, sizeof nm2, "%s.zero", mod);
+            st_add(&l, nm2, RQ_F16, 2, h->R, 1, h->zero);
             st_add_meta(&l, mod, "shape", RQ_I64, 1, 2, h->shape);
             st_add_meta(&l, mod, "nbits", RQ_I32, 0, 0, &nbits_i32);
             st_add_meta(&l, mod, "group_size", RQ_I32, 0, 0, &lin->q2->group_size);
@@ -709,6 +715,7 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
     if (s == RQ_OK && (!rq_path_join(st_path, sizeof st_path, tmp, "model.safetensors") ||
                        !rq_path_join(cfg_path, sizeof cfg_path, tmp, "config.json")))
         s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", tmp);
+    if (s == RQ_OK && l.overflow) s = RQ_FAIL(err, RQ_ERR_INTERNAL, "HQQ export: tensor list overflow (%d slots)", l.cap);
     if (s == RQ_OK) s = rq_safetensors_write(st_path, l.items, l.n, NULL, 0, err);
     for (int k = 0; parts && k < n_lin; k++) hqq_parts_free(&parts[k]);
     free(parts);

@@ -879,14 +879,17 @@ rq_status rq_gguf_tokenizer(const rq_gguf *g, rq_tokenizer **out, rq_err *err) {
         if (s == RQ_OK && cnt != n) s = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %" PRId64 " entries, tokens has %d", g->path, cnt, n);
         if (s != RQ_OK) goto done;
         spec.token_types = types;
-        /* Control and user-defined tokens are matched whole on the raw text. */
+        /* Control, user-defined and unknown tokens are matched whole on the raw
+         * text, as llama.cpp's special-token pass does (and HF, where <unk> is a
+         * special added token; the llama2.c loader does the same). */
         special = rq_calloc((size_t)n, sizeof *special, err);
         if (!special) {
             s = RQ_ERR_NOMEM;
             goto done;
         }
         for (int i = 0; i < n; i++)
-            if (types[i] == RQ_TOKTYPE_CONTROL || types[i] == RQ_TOKTYPE_USER) special[spec.n_special++] = i;
+            if (types[i] == RQ_TOKTYPE_CONTROL || types[i] == RQ_TOKTYPE_USER || types[i] == RQ_TOKTYPE_UNKNOWN)
+                special[spec.n_special++] = i;
         spec.special_ids = special;
     }
     if (spec.kind == RQ_TOK_BYTE_BPE) {

@@ -21,8 +21,9 @@ import sys
 
 try:
     import numpy as np
-    from gguf import GGUFReader, GGMLQuantizationType
-    from gguf.quants import dequantize
+    if __name__ == "__main__":  # hqq_check.py imports the numpy helpers below without gguf
+        from gguf import GGUFReader, GGMLQuantizationType
+        from gguf.quants import dequantize
 except ImportError as e:  # the C test turns this into a skip (or a failure under CI)
     print(f"MISSING python package: {e} (tools/setup.sh installs gguf into .cache/pylib)", file=sys.stderr)
     sys.exit(77)
