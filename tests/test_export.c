@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "io_fixtures.h"
 
 #include "io/artifact.h"
 #include "io/export.h"
@@ -467,6 +468,26 @@ static void test_stories(void) {
     rq_model_free(m);
 }
 
+/* A GGUF source (the tiny llama of tests/io_fixtures.h, gpt2 vocabulary): the
+ * artifact carries tokenizer.gguf, whose tokenizer.* keys the export copies
+ * verbatim (gguf_check.py compares them key by key). Group size 32. */
+static void test_gguf_source(void) {
+    rq_err err = {0};
+    tiny_gguf tg;
+    tiny_gguf_build(&tg);
+    out_path src = fresh("exp_tiny_src.gguf");
+    CHECK(write_bytes(src.p, tg.file.p, tg.file.n));
+    by_free(&tg.file);
+    rq_model *m = NULL;
+    CHECK_OK(rq_model_load(src.p, NULL, &m, &err), &err);
+    if (!m) return;
+    out_path od = fresh("exp_tiny");
+    rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 32, 0, od.p);
+    if (art) gguf_round_trip(art, od.p, "exp_tiny", NULL);
+    rq_model_free(art);
+    rq_model_free(m);
+}
+
 int main(void) {
     rq_err err = {0};
     CHECK_OK(rq_backend_create("cpu", 1, &be, &err), &err);
@@ -474,6 +495,7 @@ int main(void) {
     test_random_g64();
     test_random_tied_llama3();
     test_random_spm_json();
+    test_gguf_source();
     test_refusals_random();
     test_stories();
     rq_backend_destroy(be);
