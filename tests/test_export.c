@@ -468,6 +468,30 @@ static void test_stories(void) {
     rq_model_free(m);
 }
 
+/* A group whose scale is 0 (every weight equal to its offset m): HQQ cannot
+ * divide by s, so the export writes codes 0, scale 1, zero -m; GGUF's d = 0
+ * gives m directly. Checked against the modified in-memory model. */
+static void test_zero_scale(void) {
+    rq_err err = {0};
+    rq_config c = base_config(64, 128, 2, 2, 64, false);
+    rq_model *m = NULL;
+    CHECK_OK(rq_model_random(&c, 16, &m, &err), &err);
+    if (!m) return;
+    out_path od = fresh("exp_zero_scale");
+    rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, od.p);
+    if (art) {
+        rq_q2_tensor *q = art->layers[1].w_up.q2;
+        q->scales[3 * q->n_groups + 1] = 0;            /* row 3, group 1 */
+        q->offsets[3 * q->n_groups + 1] = rq_f32_to_f16(-0.375f);
+        out_path hq = fresh("exp_zero_scale_hqq");
+        rq_export_report rep;
+        CHECK_OK(rq_export_hqq(art, hq.p, NULL, &rep, &err), &err);
+        hqq_check_in_c(art, hq.p, "exp_zero_scale_hqq");
+    }
+    rq_model_free(art);
+    rq_model_free(m);
+}
+
 /* A GGUF source (the tiny llama of tests/io_fixtures.h, gpt2 vocabulary): the
  * artifact carries tokenizer.gguf, whose tokenizer.* keys the export copies
  * verbatim (gguf_check.py compares them key by key). Group size 32. */
@@ -496,6 +520,7 @@ int main(void) {
     test_random_tied_llama3();
     test_random_spm_json();
     test_gguf_source();
+    test_zero_scale();
     test_refusals_random();
     test_stories();
     rq_backend_destroy(be);

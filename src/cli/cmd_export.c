@@ -22,7 +22,7 @@ static const char *export_help =
     "  --format gguf|hqq     output format\n"
     "  --out PATH            the .gguf file, or the directory for hqq (must not exist\n"
     "                        or be empty); written atomically\n"
-    "  --name NAME           GGUF general.name (default rilq-q2)\n"
+    "  --name NAME           GGUF general.name (default: the artifact directory's name)\n"
     "  --threads N           accepted for symmetry with other commands (unused)\n";
 
 int cmd_export(int argc, char **argv) {
@@ -64,6 +64,15 @@ int cmd_export(int argc, char **argv) {
     double t0 = rq_now_seconds();
     rq_model *m = NULL;
     if (rq_artifact_load(path, &m, &err) != RQ_OK) return cli_fail("export", &err);
+    char base[256];
+    if (!name) { /* the artifact directory's name */
+        size_t n = strlen(path);
+        while (n > 1 && path[n - 1] == '/') n--;
+        size_t b = n;
+        while (b > 0 && path[b - 1] != '/') b--;
+        snprintf(base, sizeof base, "%.*s", (int)(n - b), path + b);
+        name = base;
+    }
     rq_export_opts o = {.name = name};
     rq_export_report rep;
     bool gguf = !strcmp(format, "gguf");

@@ -400,8 +400,10 @@ rq_status rq_export_gguf(const rq_model *m, const char *path, const rq_export_op
  *
  * With scale = s and zero = -m/s this is (q + m/s) * s = s*q + m, rilq's weight.
  * The only rounding the file adds is zero's: -m/s is computed in double and
- * rounded once to fp16, so |zero_stored - (-m/s)| <= 2^-11 |m/s| (half an fp16
- * ulp, relative) and the weight moves by at most s * 2^-11 * |m/s| = 2^-11 |m|.
+ * rounded to fp16 (through float, which adds at most 2^-24 relative), so
+ * |zero_stored - (-m/s)| <= half an fp16 ulp <= 2^-11 |zero_stored| and the
+ * weight moves by at most s * 2^-11 * |zero| (about 2^-11 |m|): measured
+ * max |W_hqq - W| / s = 1e-3 or less on random models and stories260K.
  * scale = s is stored exactly (s is already fp16). At run time HQQ evaluates the
  * formula in fp16 on top of that, as any fp16 model would (about 2^-11 relative
  * per operation); tools/reference/hqq_check.py checks the stored values in fp32.

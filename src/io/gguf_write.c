@@ -157,13 +157,16 @@ static rq_status set_u32_array(rq_gguf_writer *w, const char *key, uint32_t elem
     RQ_TRY(begin_kv(w, key, RQ_GGUF_ARRAY, 12 + 4 * (uint64_t)n, err));
     put_u32(w, elem_type);
     put_u64(w, (uint64_t)n);
-    const uint32_t *u = v;
-    for (int64_t i = 0; i < n; i++) put_u32(w, u[i]);
+    const uint8_t *bytes = v;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, bytes + 4 * (size_t)i, 4); /* float or int32: the bits, without aliasing them */
+        put_u32(w, u);
+    }
     return RQ_OK;
 }
 
 rq_status rq_gguf_set_f32_array(rq_gguf_writer *w, const char *key, const float *v, int64_t n, rq_err *err) {
-    /* float and uint32_t share size and byte order: the bits go out little-endian */
     return set_u32_array(w, key, RQ_GGUF_F32, v, n, err);
 }
 
