@@ -439,8 +439,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     double t0 = rq_now_seconds();
     int64_t tokens_done = 0;
     if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
-        double vl, vc, vm;
+        double vl, vc, vm, tv = rq_now_seconds();
         st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
+        res->val_seconds += rq_now_seconds() - tv;
         if (st == RQ_OK) {
             h.first_val = vl;
             if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
@@ -481,8 +482,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             rq_progress_update(&prog, h.step, "steps", extra);
         }
         if (validate && h.step % o->eval_every == 0) {
-            double vl, vc, vm;
+            double vl, vc, vm, tv = rq_now_seconds();
             st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
+            res->val_seconds += rq_now_seconds() - tv;
             if (st != RQ_OK) break;
             if (vl < h.best_val) { /* NaN never improves */
                 h.best_val = vl;
@@ -513,7 +515,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     res->first_val = h.first_val;
     res->stopped_early = stop;
     res->seconds = rq_now_seconds() - t0;
-    res->tokens_per_s = res->seconds > 0 ? tokens_done / res->seconds : 0.0;
+    res->tokens_per_s = res->seconds - res->val_seconds > 0 ? tokens_done / (res->seconds - res->val_seconds) : 0.0;
     if (metrics) fclose(metrics);
     free(best);
     free(order.perm);
