@@ -107,7 +107,10 @@ struct rq_backend {
 
 /* The CPU backend: CBLAS GEMMs, OpenMP loops. n_threads <= 0: OpenMP default. */
 rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err);
-/* By name: "cpu" (or "cuda" when built with it). */
+/* The CUDA backend (src/backend/cuda.c, built when nvcc is found: RILQ_HAVE_CUDA):
+ * the first visible GPU. RQ_ERR_UNSUPPORTED when no device is present. */
+rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err);
+/* By name: "cpu" or "cuda" (RQ_ERR_UNSUPPORTED when the build has no CUDA or no GPU is found). */
 rq_status rq_backend_create(const char *name, int n_threads, rq_backend **out, rq_err *err);
 void rq_backend_destroy(rq_backend *be);
 
