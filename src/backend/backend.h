@@ -2,7 +2,17 @@
  *
  * Model, adapter, loss and optimizer code call these ops on buffers that live
  * on the backend; they never touch a device themselves. Shapes are given in a
- * one-line comment on each op; matrices are row-major. */
+ * one-line comment on each op; matrices are row-major.
+ *
+ * Where memory lives: activations, gradients, adapters and optimizer state
+ * are backend memory (be->alloc); host code reads or writes them only through
+ * upload / download. Frozen model weights (rq_model: rq_linear.w / .q2, norm
+ * weights, the embedding table) stay in host memory: a device backend makes
+ * them available itself (the CUDA backend mirrors them on first use). Index
+ * arrays (tokens, idx, targets) are host memory in the orchestration; the
+ * CUDA backend also accepts backend memory there. Void ops cannot fail
+ * loudly: a device backend records the first error and reports it from the
+ * next op that returns a status (alloc, upload, download, mem_info). */
 #ifndef RQ_BACKEND_H
 #define RQ_BACKEND_H
 

@@ -53,7 +53,7 @@
 #define GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
 /* q2 weights are dequantized in tiles of at most this many weights (128 MiB of bf16) */
 #define Q2_TILE_ELEMS ((size_t)64 << 20)
-#define N_STAGES 2
+#define N_STAGES 4
 
 typedef struct dev_block {
     uintptr_t base;
