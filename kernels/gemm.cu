@@ -41,12 +41,29 @@ struct rqk_gemm {
     plan *plans; /* PLAN_SLOTS, open addressing */
 };
 
+/* cuBLAS status names (cublasLtGetStatusName is missing from older toolkits) */
+static const char *status_name(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE (a shape, leading dimension or alignment)";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED (no kernel for these types/layouts)";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+    }
+}
+
 #define LT_CHECK(call)                                                                                          \
     do {                                                                                                        \
         cublasStatus_t s_ = (call);                                                                             \
         if (s_ != CUBLAS_STATUS_SUCCESS) {                                                                      \
-            snprintf(msg, msg_len, "%s failed: %s (%s) at %s:%d", #call, cublasLtGetStatusName(s_),             \
-                     cublasLtGetStatusString(s_), __FILE__, __LINE__);                                          \
+            snprintf(msg, msg_len, "%s failed: %s (status %d) at %s:%d", #call, status_name(s_), (int)s_,       \
+                     __FILE__, __LINE__);                                                                       \
             goto fail;                                                                                          \
         }                                                                                                       \
     } while (0)

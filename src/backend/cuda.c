@@ -849,11 +849,29 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     *out = NULL;
     int n_dev = 0;
     cudaError_t e = cudaGetDeviceCount(&n_dev);
+    int rt = 0, drv = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv); /* 0 when no driver is installed */
+    if (e == cudaErrorInsufficientDriver && drv > 0) {
+        (void)cudaGetLastError();
+        return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
+                       "--device cuda: the NVIDIA driver (CUDA %d.%d) is older than the CUDA runtime rilq was built "
+                       "with (%d.%d): update the driver or rebuild with that machine's CUDA toolkit",
+                       drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    }
     if (e != cudaSuccess || n_dev < 1) {
         (void)cudaGetLastError();
         return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "--device cuda: no CUDA device found (%s)",
-                       e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+                       drv == 0 ? "no NVIDIA driver is installed" : e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
     }
+    int cc_major = 0, cc_minor = 0;
+    if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
+        cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess && cc_major < 8)
+        return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
+                       "--device cuda: the GPU has compute capability %d.%d; the CUDA backend needs 8.0 or newer "
+                       "(bf16 tensor cores; built for sm_80 and sm_90)",
+                       cc_major, cc_minor);
+    (void)cudaGetLastError();
     rq_backend *be = rq_calloc(1, sizeof *be, err);
     if (!be) return RQ_ERR_NOMEM;
     cuda_ctx *c = rq_calloc(1, sizeof *c, err);
