@@ -315,7 +315,7 @@ static const void *weight_dev(cuda_ctx *c, const void *host, size_t bytes, const
             size_t fr = 0, tot = 0;
             cudaMemGetInfo(&fr, &tot);
             m->dev = NULL;
-            m->host = NULL; /* the slot stays empty */
+            m->bytes = 0; /* an existing entry stays (a retry reallocates); a new slot stays empty */
             FAIL(c, RQ_ERR_NOMEM, "%s: no device memory for a %zu-byte copy of %s (%zu of %zu MiB free)", op, bytes,
                  what, fr >> 20, tot >> 20);
             return NULL;
