@@ -15,8 +15,18 @@ if [ -z "${RILQ_DATA:-}" ]; then
 fi
 
 echo "== build (Release, warnings as errors)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRILQ_WERROR=ON >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRILQ_WERROR=ON -DRILQ_CUDA=OFF >/dev/null
 cmake --build build -j"$jobs"
+# The CUDA backend compiles and links on every run where nvcc is present (its
+# own build directory: the CPU tests above stay free of CUDA); GPU tests run
+# only on a machine with a GPU.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  echo "== CUDA build (Release, library + rilq, no GPU tests)"
+  cuda_args=()
+  if ! command -v nvcc >/dev/null 2>&1; then cuda_args+=(-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc); fi
+  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DRILQ_WERROR=ON -DRILQ_CUDA=ON ${cuda_args[@]+"${cuda_args[@]}"} >/dev/null
+  cmake --build build-cuda -j"$jobs" --target rilq_lib rilq
+fi
 # ctest runs $jobs tests at once, each on one thread: OpenMP threads of two
 # tests sharing two cores would spin-wait on each other
 echo "== tests"

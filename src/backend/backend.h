@@ -2,7 +2,17 @@
  *
  * Model, adapter, loss and optimizer code call these ops on buffers that live
  * on the backend; they never touch a device themselves. Shapes are given in a
- * one-line comment on each op; matrices are row-major. */
+ * one-line comment on each op; matrices are row-major.
+ *
+ * Where memory lives: activations, gradients, adapters and optimizer state
+ * are backend memory (be->alloc); host code reads or writes them only through
+ * upload / download. Frozen model weights (rq_model: rq_linear.w / .q2, norm
+ * weights, the embedding table) stay in host memory: a device backend makes
+ * them available itself (the CUDA backend mirrors them on first use). Index
+ * arrays (tokens, idx, targets) are host memory in the orchestration; the
+ * CUDA backend also accepts backend memory there. Void ops cannot fail
+ * loudly: a device backend records the first error and reports it from the
+ * next op that returns a status (alloc, upload, download, mem_info). */
 #ifndef RQ_BACKEND_H
 #define RQ_BACKEND_H
 
@@ -107,7 +117,10 @@ struct rq_backend {
 
 /* The CPU backend: CBLAS GEMMs, OpenMP loops. n_threads <= 0: OpenMP default. */
 rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err);
-/* By name: "cpu" (or "cuda" when built with it). */
+/* The CUDA backend (src/backend/cuda.c, built when nvcc is found: RILQ_HAVE_CUDA):
+ * the first visible GPU. RQ_ERR_UNSUPPORTED when no device is present. */
+rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err);
+/* By name: "cpu" or "cuda" (RQ_ERR_UNSUPPORTED when the build has no CUDA or no GPU is found). */
 rq_status rq_backend_create(const char *name, int n_threads, rq_backend **out, rq_err *err);
 void rq_backend_destroy(rq_backend *be);
 

@@ -78,7 +78,7 @@ static void cpu_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const float
         for (int i = 0; i < C; i++) ss += xr[i] * xr[i];
         float r = rq_rms_rstd(ss, C, eps);
         if (rstd) rstd[n] = r;
-        for (int i = 0; i < C; i++) o[i] = w[i] * (xr[i] * r);
+        for (int i = 0; i < C; i++) o[i] = rq_rms_apply(w[i], xr[i], r);
     }
 }
 

@@ -68,8 +68,8 @@ static void cpu_rmsnorm_bwd(rq_backend *be, float *dx, const float *dout, const 
         float r = rstd[n];
         float dot = 0.0f;
         for (int i = 0; i < C; i++) dot += g[i] * w[i] * xr[i];
-        float coef = r * r * r * dot / (float)C;
-        for (int i = 0; i < C; i++) d[i] += r * w[i] * g[i] - coef * xr[i];
+        float coef = rq_rms_bwd_coef(r, dot, C);
+        for (int i = 0; i < C; i++) d[i] += rq_rms_bwd_elem(r, w[i], g[i], coef, xr[i]);
     }
 }
 
@@ -134,7 +134,7 @@ static void attention_bwd_loops(float *dq, float *dk, float *dv, const float *do
                         float *dkj = dkb + (size_t)j * kvstride;
                         float dp = 0.0f;
                         for (int i = 0; i < hd; i++) dp += go[i] * vj[i];
-                        float ds = p[j] * (dp - row_dot) * scale;
+                        float ds = rq_attn_dscore(p[j], dp, row_dot, scale);
                         for (int i = 0; i < hd; i++) {
                             dqt[i] += ds * kj[i];
                             dkj[i] += ds * qt[i];
@@ -168,7 +168,7 @@ static void attention_bwd_gemm(float *ds, float *dq, float *dk, float *dv, const
                 float *row = ds + (size_t)t * T;
                 float row_dot = 0.0f;
                 for (int j = 0; j <= t; j++) row_dot += pr[j] * row[j];
-                for (int j = 0; j <= t; j++) row[j] = pr[j] * (row[j] - row_dot) * scale;
+                for (int j = 0; j <= t; j++) row[j] = rq_attn_dscore(pr[j], row[j], row_dot, scale);
                 for (int j = t + 1; j < T; j++) row[j] = 0.0f; /* causal: no gradient above the diagonal */
             }
             /* dQ += dS K;  dK += dS^T Q */
@@ -208,7 +208,7 @@ static void cpu_group_pool_fwd(rq_backend *be, float *out, const float *in, int 
             int i0 = g * gs, i1 = i0 + gs < C ? i0 + gs : C;
             float s = 0.0f;
             for (int i = i0; i < i1; i++) s += x[i];
-            o[g] = s / (float)(i1 - i0);
+            o[g] = rq_group_mean(s, i1 - i0);
         }
     }
 }
@@ -221,7 +221,7 @@ static void cpu_group_pool_bwd(rq_backend *be, float *din, const float *dout, in
         const float *g_out = dout + (size_t)n * G;
         for (int g = 0; g < G; g++) {
             int i0 = g * gs, i1 = i0 + gs < C ? i0 + gs : C;
-            float share = g_out[g] / (float)(i1 - i0);
+            float share = rq_group_mean(g_out[g], i1 - i0);
             for (int i = i0; i < i1; i++) d[i] += share;
         }
     }
@@ -253,7 +253,7 @@ static void cpu_cross_entropy(rq_backend *be, float *loss, float *dlogits, const
         loss[n] = lse - z[target];
         if (dz) {
             float inv = 1.0f / sum;
-            for (int i = 0; i < V; i++) dz[i] = grad_scale * (expf(z[i] - mx) * inv);
+            for (int i = 0; i < V; i++) dz[i] = rq_ce_dlogit(z[i], mx, inv, grad_scale);
             dz[target] -= grad_scale;
         }
     }

@@ -23,6 +23,12 @@ RQ_HD float rq_swiglu(float gate, float up) { return rq_silu(gate) * up; }
 /* 1 / sqrt(mean of squares + eps), from a sum of squares over C elements */
 RQ_HD float rq_rms_rstd(float sum_sq, int C, float eps) { return 1.0f / sqrtf(sum_sq / (float)C + eps); }
 
+/* One RMSNorm output element: w * (x * rstd) */
+RQ_HD float rq_rms_apply(float w, float x, float rstd) { return w * (x * rstd); }
+
+/* Mean of a pooling group from its sum and its member count */
+RQ_HD float rq_group_mean(float sum, int len) { return sum / (float)len; }
+
 /* Rotate one rotate-half pair (x0 = x[i], x1 = x[i + hd/2]) by angle with cos c, sin s. */
 RQ_HD void rq_rope_pair(float *x0, float *x1, float c, float s) {
     float a = *x0, b = *x1;
@@ -44,6 +50,19 @@ RQ_HD void rq_swiglu_bwd(float gate, float up, float dout, float *dgate, float *
     *dgate += dout * up * sig * (1.0f + gate * (1.0f - sig));
     *dup += dout * silu;
 }
+
+/* RMSNorm backward, out_i = w_i x_i r:
+ *   dx_i += r w_i g_i - coef x_i,  coef = r^3 / C * sum_j g_j w_j x_j */
+RQ_HD float rq_rms_bwd_coef(float rstd, float dot, int C) { return rstd * rstd * rstd * dot / (float)C; }
+RQ_HD float rq_rms_bwd_elem(float rstd, float w, float g, float coef, float x) { return rstd * w * g - coef * x; }
+
+/* Softmax backward of one causal attention score, from the probability p, its
+ * gradient dp and the row's sum_k p_k dp_k; scale is the 1/sqrt(hd) of the scores. */
+RQ_HD float rq_attn_dscore(float p, float dp, float row_dot, float scale) { return p * (dp - row_dot) * scale; }
+
+/* Cross-entropy gradient of one logit before the one-hot term:
+ * grad_scale * softmax(z) with the row max mx and inv = 1 / sum exp(z - mx). */
+RQ_HD float rq_ce_dlogit(float z, float mx, float inv, float grad_scale) { return grad_scale * (expf(z - mx) * inv); }
 
 /* One Adam element step, in the order of torch.optim.Adam / AdamW's
  * single-tensor CPU path so results agree to rounding:

@@ -193,7 +193,7 @@ int cmd_calibrate(int argc, char **argv) {
     rq_calib_windows w = {0};
     cJSON *sum = cJSON_CreateObject();
     uint64_t key = 0;
-    double t_start = rq_now_seconds();
+    double t_start = rq_now_seconds(), teacher_seconds = 0;
     if (rq_backend_create(common.device, common.threads, &be, &err) ||
         rq_model_load(fp_path, common.tokenizer, &teacher, &err))
         goto fail;
@@ -248,7 +248,9 @@ int cmd_calibrate(int argc, char **argv) {
         const double mib = 1048576.0, raw = (double)w.n * w.T * teacher->cfg.dim * 4;
         if (!reused) {
             printf("teacher: %d windows -> %s (%.1f MiB of fp32 before compression)\n", w.n, cache_path, raw / mib);
+            double tt = rq_now_seconds();
             if (rq_teacher_cache_write(teacher, be, &w, key, key_text, cache_path, false, &err)) goto fail;
+            teacher_seconds = rq_now_seconds() - tt;
             bool stale = false;
             if (rq_teacher_cache_open(cache_path, key, teacher->cfg.dim, w.T, w.n, &tc, &stale, &err)) goto fail;
         }
@@ -362,6 +364,8 @@ int cmd_calibrate(int argc, char **argv) {
         cJSON_AddNumberToObject(sum, "best_val_loss", isnan(res.best_val) ? -1 : res.best_val);
         cJSON_AddNumberToObject(sum, "best_update", (double)res.best_step);
         cJSON_AddNumberToObject(sum, "train_seconds", res.seconds);
+        cJSON_AddNumberToObject(sum, "validation_seconds", res.val_seconds);
+        cJSON_AddNumberToObject(sum, "teacher_seconds", teacher_seconds);
         cJSON_AddNumberToObject(sum, "tokens_per_s", res.tokens_per_s);
         cJSON_AddStringToObject(sum, "head_error_definition", "||Y - Yq||_F / ||Y||_F over all logits of the first "
                                                               "head_error_windows validation windows");

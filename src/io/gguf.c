@@ -49,6 +49,14 @@ const char *rq_gguf_type_name(uint32_t t) {
     return i ? i->name : NULL;
 }
 
+bool rq_gguf_type_block(uint32_t t, int *block, int *block_bytes) {
+    const ggml_type_info *i = ggml_type(t);
+    if (!i) return false;
+    *block = i->block;
+    *block_bytes = i->block_bytes;
+    return true;
+}
+
 static const int kv_scalar_size[RQ_GGUF_TYPE_COUNT] = {
     [RQ_GGUF_U8] = 1, [RQ_GGUF_I8] = 1, [RQ_GGUF_U16] = 2, [RQ_GGUF_I16] = 2, [RQ_GGUF_U32] = 4, [RQ_GGUF_I32] = 4,
     [RQ_GGUF_F32] = 4, [RQ_GGUF_BOOL] = 1, [RQ_GGUF_U64] = 8, [RQ_GGUF_I64] = 8, [RQ_GGUF_F64] = 8,
@@ -541,6 +549,13 @@ rq_status rq_gguf_get_i32_array(const rq_gguf *g, const char *key, int32_t **out
     return RQ_OK;
 }
 
+uint64_t rq_gguf_kv_value_size(const rq_gguf *g, const rq_gguf_kv *kv) {
+    /* validated when the file was opened: stepping over it again cannot fail */
+    cursor c = {g->view.data, kv->value, g->view.data + g->view.size, g->path, NULL};
+    if (skip_value(&c, kv->type, 0, kv->key) != RQ_OK) return 0;
+    return (uint64_t)(c.p - kv->value);
+}
+
 const rq_gguf_tensor *rq_gguf_find_tensor(const rq_gguf *g, const char *name) {
     for (int64_t i = 0; i < g->n_tensors; i++)
         if (strcmp(g->tensors[i].name, name) == 0) return &g->tensors[i];
@@ -864,14 +879,17 @@ rq_status rq_gguf_tokenizer(const rq_gguf *g, rq_tokenizer **out, rq_err *err) {
         if (s == RQ_OK && cnt != n) s = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %" PRId64 " entries, tokens has %d", g->path, cnt, n);
         if (s != RQ_OK) goto done;
         spec.token_types = types;
-        /* Control and user-defined tokens are matched whole on the raw text. */
+        /* Control, user-defined and unknown tokens are matched whole on the raw
+         * text, as llama.cpp's special-token pass does (and HF, where <unk> is a
+         * special added token; the llama2.c loader does the same). */
         special = rq_calloc((size_t)n, sizeof *special, err);
         if (!special) {
             s = RQ_ERR_NOMEM;
             goto done;
         }
         for (int i = 0; i < n; i++)
-            if (types[i] == RQ_TOKTYPE_CONTROL || types[i] == RQ_TOKTYPE_USER) special[spec.n_special++] = i;
+            if (types[i] == RQ_TOKTYPE_CONTROL || types[i] == RQ_TOKTYPE_USER || types[i] == RQ_TOKTYPE_UNKNOWN)
+                special[spec.n_special++] = i;
         spec.special_ids = special;
     }
     if (spec.kind == RQ_TOK_BYTE_BPE) {

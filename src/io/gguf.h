@@ -49,6 +49,11 @@ rq_status rq_gguf_open(const char *path, rq_gguf *g, rq_err *err);
 void rq_gguf_close(rq_gguf *g);
 
 const char *rq_gguf_type_name(uint32_t ggml_type); /* "Q4_1", or NULL when unknown */
+/* Elements per block and bytes per block of a ggml type; false when unknown. */
+bool rq_gguf_type_block(uint32_t ggml_type, int *block, int *block_bytes);
+
+/* ggml type ids rilq writes */
+enum { RQ_GGML_F32 = 0, RQ_GGML_F16 = 1, RQ_GGML_Q4_1 = 3 };
 
 /* Metadata lookups. A missing key is RQ_ERR_FORMAT naming the key; use
  * rq_gguf_find first for optional keys. Integer getters accept any integer
@@ -74,6 +79,10 @@ void rq_gguf_strings_free(rq_gguf_strings *s);
 /* Numeric arrays (f32: f32/f64 elements; i32: any integer type that fits); malloc'ed. */
 rq_status rq_gguf_get_f32_array(const rq_gguf *g, const char *key, float **out, int64_t *n, rq_err *err);
 rq_status rq_gguf_get_i32_array(const rq_gguf *g, const char *key, int32_t **out, int64_t *n, rq_err *err);
+
+/* Bytes of a KV's encoded value (what kv->value points at), for copying it
+ * verbatim into another file. */
+uint64_t rq_gguf_kv_value_size(const rq_gguf *g, const rq_gguf_kv *kv);
 
 const rq_gguf_tensor *rq_gguf_find_tensor(const rq_gguf *g, const char *name);
 

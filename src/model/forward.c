@@ -36,7 +36,7 @@ struct rq_forward_state {
                              (training: n_layers + 1 buffers; inference: all alias one) */
     layer_acts *la;       /* [n_saved] */
     int n_saved;          /* n_layers in training, else 1 */
-    float *rstd_final, *hidden, *logits, *logits2, *rope_dev, *gather;
+    float *rstd_final, *hidden, *logits, *logits2, *rope_dev, *gather, *row_loss;
     /* backward scratch (training only) */
     float *d_x, *d_xn, *d_q, *d_k, *d_v, *d_att, *d_hb, *d_gate, *d_up, *d_adapter, *d_tmp, *y_tmp;
     /* K/V: [n_cache_layers][B][max_seq][kv_dim] (one allocation) */
@@ -168,6 +168,7 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
     table_add(&t, &s->hidden, N * c->dim);
     table_add(&t, &s->logits, (size_t)NLL_CHUNK * c->vocab_size);
     table_add(&t, &s->gather, (size_t)NLL_CHUNK * c->dim);
+    table_add(&t, &s->row_loss, NLL_CHUNK);
     table_add(&t, &s->rope_dev, 2 * T * half);
     if (o->train) {
         table_add(&t, &s->d_x, N * c->dim);
@@ -443,8 +444,9 @@ rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad
         const float *h = s->hidden + (size_t)r0 * c->dim;
         be->linear(be, s->logits, h, &s->m->lm_head, cnt, false);
         /* dlogits overwrite the logits chunk in place, then flow back through the frozen head */
-        be->cross_entropy(be, row_loss, d_hidden ? s->logits : NULL, s->logits, targets + r0, cnt, V, grad_scale);
+        be->cross_entropy(be, s->row_loss, d_hidden ? s->logits : NULL, s->logits, targets + r0, cnt, V, grad_scale);
         if (d_hidden) be->linear_bwd_input(be, d_hidden + (size_t)r0 * c->dim, s->logits, &s->m->lm_head, cnt);
+        RQ_TRY(be->download(be, row_loss, s->row_loss, sizeof(float) * (size_t)cnt, err));
         for (int i = 0; i < cnt; i++)
             if (targets[r0 + i] >= 0) {
                 total += row_loss[i];

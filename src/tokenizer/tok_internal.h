@@ -28,6 +28,7 @@ struct rq_tokenizer {
     uint8_t *types;     /* RQ_TOKTYPE_* */
     int *merge_rank;    /* SPM without a merges list: rank of a merged token from its score (higher score,
                            lower rank), -1 for tokens that no merge may produce */
+    float *scores;      /* the source's scores (SPM), or NULL: read back by rq_tokenizer_describe */
     rq_str_map vocab;
     rq_pair_map merges;
     bool has_merges;

@@ -284,6 +284,11 @@ static rq_status create(const rq_tokenizer_spec *spec, struct rq_tokenizer *t, r
         t->byte_value[id] = (int16_t)(ty == RQ_TOKTYPE_BYTE ? byte : -1);
     }
     RQ_TRY(build_vocab_map(t, err));
+    if (spec->scores) { /* kept for writers of other formats (describe.c) */
+        t->scores = rq_calloc((size_t)n, sizeof(float), err);
+        if (!t->scores) return RQ_ERR_NOMEM;
+        memcpy(t->scores, spec->scores, (size_t)n * sizeof(float));
+    }
     if (spec->merges && spec->n_merges > 0) {
         RQ_TRY(build_merge_map(t, spec, err));
         t->has_merges = true;
@@ -339,6 +344,7 @@ void rq_tokenizer_free(rq_tokenizer *t) {
     free(t->tok_len);
     free(t->types);
     free(t->merge_rank);
+    free(t->scores);
     free(t->byte_value);
     free(t->vocab.slots);
     free(t->merges.keys);

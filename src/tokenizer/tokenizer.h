@@ -81,6 +81,27 @@ const char *rq_tokenizer_token(const rq_tokenizer *t, int id);
 /* Id of an exact vocab string, or -1. */
 int rq_tokenizer_find(const rq_tokenizer *t, const char *s);
 
+/* The tokenizer as a spec again (the inverse of rq_tokenizer_create), for
+ * writers that store it in another format (GGUF export). Everything in d->spec
+ * points into storage d owns; free with rq_tokenizer_describe_free.
+ *   tokens, token_lens, token_types   as the tokenizer holds them (SPM byte
+ *                      pieces <0xXX> typed RQ_TOKTYPE_BYTE);
+ *   scores             SPM only: the source's scores when it had them; for an
+ *                      SPM built from a merge list, minus the rank of the first
+ *                      merge that produces the token (the same merge order),
+ *                      and -(n_merges + 1) for tokens no merge produces;
+ *   merges             byte-level BPE: "left right" in rank order;
+ *   special_ids        the added tokens matched on raw text. */
+typedef struct rq_tokenizer_desc {
+    rq_tokenizer_spec spec;
+    const char **tokens;
+    int *lens, *types, *special;
+    float *scores;
+    char **merges;
+} rq_tokenizer_desc;
+rq_status rq_tokenizer_describe(const rq_tokenizer *t, rq_tokenizer_desc *d, rq_err *err);
+void rq_tokenizer_describe_free(rq_tokenizer_desc *d);
+
 /* The pre-tokenizer split alone (byte-level BPE's "words"), for tests and
  * tools: *word_ends (malloc'ed, caller frees) receives the end offset of each
  * word; words are consecutive and cover the text. RQ_PRETOK_NONE: one word. */

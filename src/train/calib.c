@@ -303,8 +303,9 @@ rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_cal
     ZSTD_CCtx *cctx = ZSTD_createCCtx();
     size_t zcap = ZSTD_compressBound(raw_bytes);
     uint8_t *zbuf = malloc(zcap), *raw = malloc(raw_bytes);
+    float *h = malloc(raw_bytes); /* the window's hidden states, downloaded from the backend */
     uint64_t *offsets = rq_calloc((size_t)w->n + 1, sizeof(uint64_t), err);
-    rq_status st = (cctx && zbuf && raw && offsets) ? RQ_OK : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    rq_status st = (cctx && zbuf && raw && h && offsets) ? RQ_OK : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
     rq_atomic_file af;
     bool open = false;
     if (st == RQ_OK) {
@@ -333,8 +334,8 @@ rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_cal
     double t0 = rq_now_seconds();
     for (int k = 0; k < w->n && st == RQ_OK; k++) {
         st = rq_forward_run(fs, w->tokens + (size_t)k * T, 1, T, 0, err);
+        if (st == RQ_OK) st = be->download(be, h, rq_forward_hidden(fs), raw_bytes, err);
         if (st != RQ_OK) break;
-        const float *h = rq_forward_hidden(fs);
         /* little-endian fp32 on every host: the file is portable */
         for (size_t i = 0; i < (size_t)T * dim; i++) put_u32(raw + 4 * i, rq_bits_from_f32(h[i]));
         /* one frame per window through the streaming API, flushed at the end */
@@ -382,6 +383,7 @@ rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_cal
     ZSTD_freeCCtx(cctx);
     free(zbuf);
     free(raw);
+    free(h);
     free(offsets);
     rq_forward_free(fs);
     return st;
@@ -520,16 +522,16 @@ rq_status rq_calib_head_error(const rq_model *student, rq_backend *be, rq_adapte
         st = rq_forward_run(fs, w->tokens + (size_t)k * T, 1, T, 0, err);
         if (st == RQ_OK) st = rq_teacher_cache_read(tc, k, ht, err);
         if (st != RQ_OK) break;
-        float *hidden = rq_forward_hidden_mut(fs);
-        memcpy(hs, hidden, sizeof(float) * (size_t)T * dim);
+        float *hidden = rq_forward_hidden_mut(fs); /* backend memory */
+        st = be->download(be, hs, hidden, sizeof(float) * (size_t)T * dim, err);
         for (int r0 = 0; r0 < T && st == RQ_OK; r0 += chunk) {
             int rows = T - r0 < chunk ? T - r0 : chunk;
             /* the head of the student's state applied to student rows, then to teacher rows */
-            memcpy(hidden, hs + (size_t)r0 * dim, sizeof(float) * (size_t)rows * dim);
-            st = rq_forward_logits(fs, NULL, rows, yq, err);
+            st = be->upload(be, hidden, hs + (size_t)r0 * dim, sizeof(float) * (size_t)rows * dim, err);
+            if (st == RQ_OK) st = rq_forward_logits(fs, NULL, rows, yq, err);
             if (st != RQ_OK) break;
-            memcpy(hidden, ht + (size_t)r0 * dim, sizeof(float) * (size_t)rows * dim);
-            st = rq_forward_logits(fs, NULL, rows, y, err);
+            st = be->upload(be, hidden, ht + (size_t)r0 * dim, sizeof(float) * (size_t)rows * dim, err);
+            if (st == RQ_OK) st = rq_forward_logits(fs, NULL, rows, y, err);
             for (size_t i = 0; st == RQ_OK && i < (size_t)rows * V; i++) {
                 double d = (double)y[i] - (double)yq[i];
                 diff2 += d * d;

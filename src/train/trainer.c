@@ -55,9 +55,11 @@ static int64_t order_example(data_order *d, int64_t e) {
 /* ---- loss of one micro-batch ------------------------------------------------------ */
 
 typedef struct batch_bufs {
+    rq_backend *be;
     int *tokens, *targets;
-    float *teacher;  /* [B][T][dim] or NULL */
-    float *d_hidden; /* [B][T][dim] */
+    float *teacher;     /* host [B][T][dim] or NULL: the data source fills it */
+    float *teacher_dev; /* its copy on the backend, uploaded by load_batch */
+    float *d_hidden;    /* backend [B][T][dim] */
     int *one_target; /* [B][T] scratch: one example's targets, others masked */
     int *lens;       /* [B] real positions of each row */
 } batch_bufs;
@@ -94,6 +96,9 @@ static rq_status load_batch(const rq_train_data *data, data_order *order, int64_
         }
     }
     *T_batch = T_max;
+    /* asynchronous on a device backend: the copy overlaps the host work that follows */
+    if (want_teacher)
+        RQ_TRY(bb->be->upload(bb->be, bb->teacher_dev, bb->teacher, sizeof(float) * (size_t)B * T_max * dim, err));
     return RQ_OK;
 }
 
@@ -194,10 +199,10 @@ static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model
             float scale = backward ? (float)(o->mse_weight / ((double)cnt * B * grad_div)) : 0.0f;
             double sq;
             if (o->mse_on_logits) {
-                RQ_TRY(rq_forward_logit_mse_grad(fs, bb->teacher + off, b * T, len, scale,
+                RQ_TRY(rq_forward_logit_mse_grad(fs, bb->teacher_dev + off, b * T, len, scale,
                                                  backward ? bb->d_hidden : NULL, &sq, err));
             } else {
-                sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher + off, cnt, scale);
+                sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher_dev + off, cnt, scale);
             }
             mse_total += sq / (double)cnt;
         }
@@ -225,16 +230,22 @@ static double weighted(const rq_train_opts *o, double ce, double mse) {
     return (o->ce_weight > 0 ? o->ce_weight * ce : 0.0) + (o->mse_weight > 0 ? o->mse_weight * mse : 0.0);
 }
 
-static rq_status bufs_alloc(batch_bufs *bb, int B, int T, int dim, bool teacher, rq_err *err) {
+static rq_status bufs_alloc(batch_bufs *bb, rq_backend *be, int B, int T, int dim, bool teacher, rq_err *err) {
     memset(bb, 0, sizeof *bb);
+    bb->be = be;
     bb->tokens = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->targets = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->one_target = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->lens = rq_calloc((size_t)B, sizeof(int), err);
-    bb->d_hidden = rq_calloc((size_t)B * T * dim, sizeof(float), err);
-    if (teacher) bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
-    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->lens || !bb->d_hidden || (teacher && !bb->teacher))
-        return RQ_ERR_NOMEM;
+    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->lens) return RQ_ERR_NOMEM;
+    bb->d_hidden = be->alloc(be, sizeof(float) * (size_t)B * T * dim, err);
+    if (!bb->d_hidden) return err && err->code ? err->code : RQ_ERR_NOMEM;
+    if (teacher) {
+        bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
+        if (!bb->teacher) return RQ_ERR_NOMEM;
+        bb->teacher_dev = be->alloc(be, sizeof(float) * (size_t)B * T * dim, err);
+        if (!bb->teacher_dev) return err && err->code ? err->code : RQ_ERR_NOMEM;
+    }
     return RQ_OK;
 }
 
@@ -243,8 +254,9 @@ static void bufs_free(batch_bufs *bb) {
     free(bb->targets);
     free(bb->one_target);
     free(bb->lens);
-    free(bb->d_hidden);
+    if (bb->d_hidden) bb->be->free(bb->be, bb->d_hidden);
     free(bb->teacher);
+    if (bb->teacher_dev) bb->be->free(bb->be, bb->teacher_dev);
 }
 
 static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
@@ -388,7 +400,8 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     rq_optim *opt = NULL;
     batch_bufs bb;
     data_order order = {.n = train->n_examples, .shuffle = o->shuffle, .seed = o->seed, .epoch = -1};
-    float *best = NULL;
+    float *best = NULL;        /* host: the best adapters so far */
+    float *params_host = NULL; /* host: checkpoint transfers of ad->params (backend memory) */
     FILE *metrics = NULL;
     char metrics_path[4096] = "", ckpt_path[4096] = "";
     rq_forward_opts fo = {.max_batch = B, .max_seq = T, .train = true, .adapters = ad};
@@ -403,12 +416,14 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     if (st == RQ_OK && o->scope != RQ_SCOPE_MODEL) {
         rq_forward_opts to = {.max_batch = B, .max_seq = T, .train = true};
         st = rq_forward_create(o->teacher, be, &to, &sc.teacher, err);
-        sc.tmp = st == RQ_OK ? rq_calloc((size_t)B * T * dim, sizeof(float), err) : NULL;
-        if (st == RQ_OK && !sc.tmp) st = RQ_ERR_NOMEM;
+        sc.tmp = st == RQ_OK ? be->alloc(be, sizeof(float) * (size_t)B * T * dim, err) : NULL;
+        if (st == RQ_OK && !sc.tmp) st = err && err->code ? err->code : RQ_ERR_NOMEM;
     }
     if (st == RQ_OK) st = rq_optim_create(be, ad->n_params, &o->optim, &opt, err);
-    if (st == RQ_OK) st = bufs_alloc(&bb, B, T, dim, o->mse_weight > 0, err);
+    if (st == RQ_OK) st = bufs_alloc(&bb, be, B, T, dim, o->mse_weight > 0, err);
     else memset(&bb, 0, sizeof bb);
+    params_host = st == RQ_OK ? rq_calloc(ad->n_params ? ad->n_params : 1, sizeof(float), err) : NULL;
+    if (st == RQ_OK && !params_host) st = RQ_ERR_NOMEM;
     order.perm = st == RQ_OK && o->shuffle ? rq_calloc((size_t)train->n_examples, sizeof(int64_t), err) : NULL;
     best = st == RQ_OK ? rq_calloc(ad->n_params, sizeof(float), err) : NULL;
     if (st == RQ_OK && (!best || (o->shuffle && !order.perm))) st = RQ_ERR_NOMEM;
@@ -421,7 +436,8 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
                             !rq_path_join(ckpt_path, sizeof ckpt_path, o->out_dir, "checkpoint.bin")))
             st = RQ_FAIL(err, RQ_ERR_ARG, "output path too long: %s", o->out_dir);
         if (st == RQ_OK && o->resume && rq_file_exists(ckpt_path)) {
-            st = ckpt_load(ckpt_path, &h, ad->params, best, opt, ad->n_params, o->seed, err);
+            st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o->seed, err);
+            if (st == RQ_OK) st = be->upload(be, ad->params, params_host, ad->n_params * sizeof(float), err);
             if (st == RQ_OK) {
                 res->resumed = true;
                 res->resumed_at = h.step;
@@ -439,8 +455,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     double t0 = rq_now_seconds();
     int64_t tokens_done = 0;
     if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
-        double vl, vc, vm;
+        double vl, vc, vm, tv = rq_now_seconds();
         st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
+        res->val_seconds += rq_now_seconds() - tv;
         if (st == RQ_OK) {
             h.first_val = vl;
             if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
@@ -481,15 +498,17 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             rq_progress_update(&prog, h.step, "steps", extra);
         }
         if (validate && h.step % o->eval_every == 0) {
-            double vl, vc, vm;
+            double vl, vc, vm, tv = rq_now_seconds();
             st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
+            res->val_seconds += rq_now_seconds() - tv;
             if (st != RQ_OK) break;
             if (vl < h.best_val) { /* NaN never improves */
                 h.best_val = vl;
                 h.best_step = h.step;
                 h.bad_evals = 0;
                 h.has_best = 1;
-                memcpy(best, ad->params, ad->n_params * sizeof(float));
+                st = be->download(be, best, ad->params, ad->n_params * sizeof(float), err);
+                if (st != RQ_OK) break;
             } else {
                 h.bad_evals++;
             }
@@ -501,26 +520,30 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             if (o->patience > 0 && h.bad_evals >= o->patience) stop = true;
         }
         if (metrics) fflush(metrics);
-        if (o->out_dir && ((o->checkpoint_every > 0 && h.step % o->checkpoint_every == 0) || h.step == o->max_steps || stop))
-            st = ckpt_save(o->out_dir, &h, ad->params, best, opt, err);
+        if (o->out_dir && ((o->checkpoint_every > 0 && h.step % o->checkpoint_every == 0) || h.step == o->max_steps ||
+                          stop)) {
+            st = be->download(be, params_host, ad->params, ad->n_params * sizeof(float), err);
+            if (st == RQ_OK) st = ckpt_save(o->out_dir, &h, params_host, best, opt, err);
+        }
     }
     if (st == RQ_OK && !o->quiet) rq_progress_finish(&prog, h.step, "steps");
     if (st == RQ_OK && h.has_best && o->patience > 0) /* restore the best adapters */
-        memcpy(ad->params, best, ad->n_params * sizeof(float));
+        st = be->upload(be, ad->params, best, ad->n_params * sizeof(float), err);
     res->steps = h.step;
     res->best_val = h.has_best ? h.best_val : NAN;
     res->best_step = h.best_step;
     res->first_val = h.first_val;
     res->stopped_early = stop;
     res->seconds = rq_now_seconds() - t0;
-    res->tokens_per_s = res->seconds > 0 ? tokens_done / res->seconds : 0.0;
+    res->tokens_per_s = res->seconds - res->val_seconds > 0 ? tokens_done / (res->seconds - res->val_seconds) : 0.0;
     if (metrics) fclose(metrics);
     free(best);
+    free(params_host);
     free(order.perm);
     bufs_free(&bb);
     rq_optim_free(opt);
     rq_forward_free(fs);
     rq_forward_free(sc.teacher);
-    free(sc.tmp);
+    if (sc.tmp) be->free(be, sc.tmp);
     return st;
 }

@@ -72,8 +72,9 @@ typedef struct rq_train_result {
     double best_val;      /* best validation loss (NAN when never validated) */
     int64_t best_step;
     double first_val;     /* validation loss before training (NAN when never validated) */
-    double seconds;
-    double tokens_per_s;
+    double seconds;       /* wall time of the loop, validation included */
+    double val_seconds;   /* of which validation passes */
+    double tokens_per_s;  /* training tokens / (seconds - val_seconds) */
     bool stopped_early;
     bool resumed;
     int64_t resumed_at;   /* the step a resume started from */
