@@ -442,6 +442,7 @@ static void plan_and_run(run_ctx *c) {
         arg(&a, "export");
         arg(&a, r->merge.enabled ? merged : art);
         opt(&a, "--format", f);
+        opt(&a, "--name", r->name);
         opt(&a, "--out", out);
         const char *deps[] = {r->merge.enabled ? "merge" : "quantize", NULL};
         run_stage(c, name, sub, cmd_export, &a, deps, prepare_export);
