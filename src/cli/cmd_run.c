@@ -281,15 +281,14 @@ static void add_common(const run_ctx *c, argv_b *a, bool fp_model) {
     if (fp_model && *c->r->model.tokenizer) opt(a, "--tokenizer", c->r->model.tokenizer);
 }
 
-/* The artifact directory appears by an atomic rename when complete; a killed
- * quantize leaves only DIR.tmp-PID directories, removed here. */
-static void prepare_quantize(const run_ctx *c, const char *dir) {
-    (void)c;
+/* Outputs appear by an atomic rename when complete (DIR.tmp-PID directories,
+ * FILE.tmp.* files before it): what a killed stage left of them is removed. */
+static void remove_partials(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, "artifact.tmp-", 13) != 0) continue;
+        if (!strstr(e->d_name, ".tmp")) continue;
         char p[4096];
         join(p, sizeof p, dir, e->d_name);
         rm_tree(p);
@@ -297,9 +296,16 @@ static void prepare_quantize(const run_ctx *c, const char *dir) {
     closedir(d);
 }
 
+/* quantize/artifact, once present, is complete (see cmd_quantize_or_keep). */
+static void prepare_quantize(const run_ctx *c, const char *dir) {
+    (void)c;
+    remove_partials(dir);
+}
+
 static void prepare_fresh(const run_ctx *c, const char *dir, const char *name) {
     (void)c;
     char p[4096];
+    remove_partials(dir);
     join(p, sizeof p, dir, name);
     rm_tree(p);
 }
@@ -354,6 +360,12 @@ static void plan_and_run(run_ctx *c) {
     opt(&a, "--method", r->quantize.method);
     opt_i(&a, "--group-size", r->quantize.group_size);
     if (r->quantize.clip_search) arg(&a, "--clip-search");
+    if (r->quantize.modules.n < 7) {
+        char list[128] = "";
+        for (int k = 0; k < r->quantize.modules.n; k++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "," : "", r->quantize.modules.item[k]);
+        opt(&a, "--modules", list);
+    }
     add_common(c, &a, true);
     opt(&a, "--out", art);
     run_stage(c, "quantize", "quantize", cmd_quantize_or_keep, &a, NULL, prepare_quantize);

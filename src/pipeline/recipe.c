@@ -34,6 +34,8 @@ static const key_spec schema[] = {
     {"quantize.method", K_STR, OFF(quantize.method), "rtn", "rtn|nf2", NOMIN, "rtn or nf2"},
     {"quantize.group_size", K_INT, OFF(quantize.group_size), "64", NULL, 1, "input columns per group"},
     {"quantize.clip_search", K_BOOL, OFF(quantize.clip_search), "false", NULL, NOMIN, "search a shrunk range per group"},
+    {"quantize.modules", K_LIST, OFF(quantize.modules), "q,k,v,o,gate,up,down", "q|k|v|o|gate|up|down", NOMIN,
+     "projections to quantize (the rest stay in full precision)"},
     {"adapter", K_OBJ, 0, NULL, NULL, NOMIN, "the adapters both stages train"},
     {"adapter.type", K_STR, OFF(adapter.type), "qalora", "qalora|lora", NOMIN, "qalora (mergeable) or lora"},
     {"adapter.rank", K_INT, OFF(adapter.rank), "64", NULL, 1, "rank r"},
@@ -424,6 +426,8 @@ static rq_status resolve(cJSON *given, const char *file, rq_recipe *r, rq_err *e
 /* Combinations the schema alone cannot express. */
 static rq_status check_combination(const rq_recipe *r, const char *f, rq_err *err) {
     if (!*r->model.path) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: model.path is empty", f);
+    if (r->quantize.modules.n == 0)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: quantize.modules is empty (list q, k, v, o, gate, up, down)", f);
     if (r->stage2.enabled && !*r->stage2.task)
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: stage2.task is needed when stage2.enabled is true "
                                            "(arc_easy, arc_challenge, piqa, gsm8k)", f);

@@ -40,6 +40,7 @@ typedef struct rq_recipe {
         const char *method;
         int64_t group_size;
         bool clip_search;
+        rq_recipe_list modules; /* projections quantized (the rest stay in full precision) */
     } quantize;
     struct {
         const char *type;
