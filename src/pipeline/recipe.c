@@ -251,9 +251,9 @@ static cJSON *section_of(cJSON *root, const char *key, const char **leaf) {
     return o;
 }
 
-static rq_status apply_override(cJSON *root, const char *ov, rq_err *err) {
+static rq_status apply_override(cJSON *root, const char *ov, const char *file, rq_err *err) {
     const char *eq = strchr(ov, '=');
-    if (!eq || eq == ov) return RQ_FAIL(err, RQ_ERR_ARG, "override '%s': expected key=value (e.g. stage1.lr=3e-4)", ov);
+    if (!eq || eq == ov) return RQ_FAIL(err, RQ_ERR_ARG, "%s: override '%s': expected key=value (e.g. stage1.lr=3e-4)", file, ov);
     char key[256];
     snprintf(key, sizeof key, "%.*s", (int)(eq - ov), ov);
     const key_spec *s = find_spec(key);
@@ -263,11 +263,11 @@ static rq_status apply_override(cJSON *root, const char *ov, rq_err *err) {
         snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - key) : 0, key);
         const key_spec *ss = dot ? find_spec(sec) : NULL;
         known_keys(ss ? sec : NULL, known, sizeof known);
-        return RQ_FAIL(err, RQ_ERR_ARG, "override '%s': unknown key '%s' (known%s%s: %s)", ov, key, ss ? " in " : "",
-                       ss ? sec : "", known);
+        return RQ_FAIL(err, RQ_ERR_ARG, "%s: override '%s': unknown key '%s' (known%s%s: %s)", file, ov, key,
+                       ss ? " in " : "", ss ? sec : "", known);
     }
-    char where[300];
-    snprintf(where, sizeof where, "override '%.200s'", ov);
+    char where[420];
+    snprintf(where, sizeof where, "%.200s: override '%.200s'", file, ov);
     cJSON *item;
     RQ_TRY(parse_value(s, eq + 1, where, &item, err));
     const char *leaf;
@@ -468,7 +468,7 @@ rq_status rq_recipe_parse(const char *text, const char *file, const char *const 
     rq_status st = RQ_OK;
     if (!cJSON_IsObject(given)) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: expected a JSON object at the top", file);
     if (st == RQ_OK) st = check_tree(given, NULL, file, err);
-    for (int i = 0; st == RQ_OK && i < n_overrides; i++) st = apply_override(given, overrides[i], err);
+    for (int i = 0; st == RQ_OK && i < n_overrides; i++) st = apply_override(given, overrides[i], file, err);
     if (st == RQ_OK) {
         out->file = rq_strdup(file, err);
         if (!out->file) st = RQ_ERR_NOMEM;
