@@ -18,8 +18,11 @@ void rq_merge_opts_default(rq_merge_opts *o) {
     o->verify_seed = 1234;
 }
 
-double rq_merge_default_tolerance(int n_projections) {
-    return RQ_MERGE_TOLERANCE_K * 0x1p-11 * sqrt((double)(n_projections > 1 ? n_projections : 1));
+double rq_merge_default_tolerance(double rounding_perturbation, int n_projections) {
+    double measured = RQ_MERGE_TOLERANCE_K_MEASURED * rounding_perturbation;
+    double a_priori = RQ_MERGE_TOLERANCE_K_A_PRIORI * 0x1p-11 * sqrt((double)(n_projections > 1 ? n_projections : 1));
+    double t = measured < a_priori ? measured : a_priori;
+    return t > RQ_MERGE_TOLERANCE_FLOOR ? t : RQ_MERGE_TOLERANCE_FLOOR;
 }
 
 static void module_name(char *buf, size_t cap, int layer, int proj) {
@@ -53,8 +56,7 @@ static bool f64_to_f16_once(double x, uint16_t *out) {
 }
 
 rq_status rq_merge_qalora_offsets(const rq_q2_tensor *t, const rq_adapter *a, const float *A, const float *B,
-                                  const char *name, uint16_t *offsets_out, double *max_rounding, double *sum_steps,
-                                  double *max_steps, rq_err *err) {
+                                  const char *name, uint16_t *offsets_out, rq_merge_stats *stats, rq_err *err) {
     if (!name) name = "tensor";
     if (a->type != RQ_ADAPTER_QALORA)
         return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
@@ -73,7 +75,7 @@ rq_status rq_merge_qalora_offsets(const rq_q2_tensor *t, const rq_adapter *a, co
                        t->n_groups);
     const int G = t->n_groups, r = a->r;
     const double s = (double)a->scaling; /* the float the forward multiplies by */
-    double round_max = 0.0, steps_sum = 0.0, steps_max = 0.0;
+    double round_max = 0.0, steps_sum = 0.0, steps_max = 0.0, round_sq = 0.0;
     for (int o = 0; o < t->out; o++) {
         const float *Bo = B + (size_t)o * r;
         for (int g = 0; g < G; g++) {
@@ -92,7 +94,8 @@ rq_status rq_merge_qalora_offsets(const rq_q2_tensor *t, const rq_adapter *a, co
                                "%s: row %d, group %d: merged offset %g (offset %g + update %g) overflows fp16 (max "
                                "65504)",
                                name, o, g, merged, m, update);
-            double rounding = fabs((double)rq_f16_to_f32(h) - merged) / fmax(fabs(merged), 0x1p-14);
+            double e = (double)rq_f16_to_f32(h) - merged, rounding = fabs(e) / fmax(fabs(merged), 0x1p-14);
+            round_sq += e * e * group_len(t->in, t->group_size, g);
             if (rounding > round_max) round_max = rounding;
             double scale = fabs((double)rq_f16_to_f32(t->scales[idx]));
             double steps = scale > 0 ? fabs(update) / scale : 0.0;
@@ -101,9 +104,13 @@ rq_status rq_merge_qalora_offsets(const rq_q2_tensor *t, const rq_adapter *a, co
             offsets_out[idx] = h;
         }
     }
-    if (max_rounding && round_max > *max_rounding) *max_rounding = round_max;
-    if (sum_steps) *sum_steps += steps_sum;
-    if (max_steps && steps_max > *max_steps) *max_steps = steps_max;
+    if (stats) {
+        if (round_max > stats->max_rounding) stats->max_rounding = round_max;
+        if (steps_max > stats->max_steps) stats->max_steps = steps_max;
+        stats->sum_steps += steps_sum;
+        stats->rounding_sq += round_sq;
+        stats->groups += (long long)t->out * G;
+    }
     return RQ_OK;
 }
 
@@ -281,6 +288,22 @@ static rq_status check_rows(const rq_q2_tensor *t, const uint16_t *offsets, cons
     return s;
 }
 
+/* ||W'||_F^2 of t with the given offsets, in double. */
+static rq_status merged_norm_sq(const rq_q2_tensor *t, const uint16_t *offsets, double *out, rq_err *err) {
+    rq_q2_tensor merged = *t;
+    merged.offsets = (uint16_t *)offsets;
+    float *row = rq_calloc((size_t)t->in, sizeof(float), err);
+    if (!row) return RQ_ERR_NOMEM;
+    double sq = 0.0;
+    for (int o = 0; o < t->out; o++) {
+        rq_q2_dequant_row(&merged, o, row);
+        for (int i = 0; i < t->in; i++) sq += (double)row[i] * row[i];
+    }
+    free(row);
+    *out = sq;
+    return RQ_OK;
+}
+
 static void free_staged(staged *st, size_t n) {
     for (size_t i = 0; st && i < n; i++) {
         free(st[i].offsets);
@@ -294,8 +317,8 @@ static void free_staged(staged *st, size_t n) {
 static rq_status stage_all(const rq_model *m, const rq_adapter_set *s, const float *host, const rq_merge_opts *o,
                            staged *st, rq_merge_report *rep, rq_err *err) {
     const rq_config *c = &m->cfg;
-    double steps_sum = 0.0, requant_err_sum = 0.0;
-    long long groups = 0;
+    double requant_err_sum = 0.0, pert_sq = 0.0;
+    rq_merge_stats ms = {0};
     /* refusals first, so no time is spent before a plain "no" */
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++) {
@@ -339,10 +362,11 @@ static rq_status stage_all(const rq_model *m, const rq_adapter_set *s, const flo
                 const rq_q2_tensor *t = lin->q2;
                 x->offsets = rq_calloc((size_t)t->out * (size_t)t->n_groups, sizeof(uint16_t), err);
                 if (!x->offsets) return RQ_ERR_NOMEM;
-                RQ_TRY(rq_merge_qalora_offsets(t, a, A, B, name, x->offsets, &rep->max_offset_rounding, &steps_sum,
-                                               &rep->max_update_steps, err));
+                double before = ms.rounding_sq, w_sq;
+                RQ_TRY(rq_merge_qalora_offsets(t, a, A, B, name, x->offsets, &ms, err));
                 RQ_TRY(check_rows(t, x->offsets, a, A, B, name, rep, err));
-                groups += (long long)t->out * t->n_groups;
+                RQ_TRY(merged_norm_sq(t, x->offsets, &w_sq, err));
+                if (w_sq > 0) pert_sq += (ms.rounding_sq - before) / w_sq;
                 rep->exact++;
             } else if (x->kind == PLAN_DENSE) {
                 size_t n = (size_t)lin->out * (size_t)lin->in;
@@ -360,7 +384,10 @@ static rq_status stage_all(const rq_model *m, const rq_adapter_set *s, const flo
                 rep->requantized++;
             }
         }
-    rep->mean_update_steps = groups ? steps_sum / (double)groups : 0.0;
+    rep->max_offset_rounding = ms.max_rounding;
+    rep->max_update_steps = ms.max_steps;
+    rep->mean_update_steps = ms.groups ? ms.sum_steps / (double)ms.groups : 0.0;
+    rep->rounding_perturbation = sqrt(pert_sq);
     rep->requant_mean_rel_err = rep->requantized ? requant_err_sum / rep->requantized : 0.0;
     return RQ_OK;
 }
@@ -434,8 +461,7 @@ rq_status rq_merge_model(rq_model *m, rq_adapter_set *s, rq_backend *be, const r
             rep->verify_seqs = n;
             rep->verify_len = T;
             bool check = rep->requantized == 0 || o.check_requantized;
-            int merged = rep->exact + rep->dense + rep->requantized;
-            rep->tolerance = !check ? 0.0 : o.tolerance > 0 ? o.tolerance : rq_merge_default_tolerance(merged);
+            rep->tolerance = !check ? 0.0 : o.tolerance > 0 ? o.tolerance : rq_merge_default_tolerance(rep->rounding_perturbation, rep->exact + rep->dense);
             rep->passed = !check || rep->max_rel_diff <= rep->tolerance;
             if (!rep->passed)
                 r = RQ_FAIL(err, RQ_ERR_INTERNAL,
@@ -501,6 +527,11 @@ rq_status rq_merge_artifact(const char *in_dir, const char *adapter_dir, const c
                        in_dir, RQ_ARTIFACT_QUANT_METHOD);
     char adir[4200];
     RQ_TRY(resolve_adapter_dir(adapter_dir, adir, sizeof adir, err));
+    /* refuse an occupied output before any work (rq_artifact_write checks again) */
+    char probe[4200];
+    if (rq_file_exists(out_dir)) return RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", out_dir);
+    if (rq_path_join(probe, sizeof probe, out_dir, "config.json") && rq_file_exists(probe))
+        return RQ_FAIL(err, RQ_ERR_ARG, "%s: already holds a model (remove it or choose another --out)", out_dir);
     rq_backend *be = NULL;
     rq_model *m = NULL;
     rq_adapter_set *s = NULL;
