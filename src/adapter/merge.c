@@ -288,18 +288,22 @@ static rq_status check_rows(const rq_q2_tensor *t, const uint16_t *offsets, cons
     return s;
 }
 
-/* ||W'||_F^2 of t with the given offsets, in double. */
-static rq_status merged_norm_sq(const rq_q2_tensor *t, const uint16_t *offsets, double *out, rq_err *err) {
+/* ||W'||_F^2 of t with the given offsets, in double; dequantized in tiles of
+ * ~64K weights (rq_q2_dequant_rows threads them). */
+static rq_status merged_norm_sq(const rq_q2_tensor *t, const uint16_t *offsets, int n_threads, double *out,
+                                rq_err *err) {
     rq_q2_tensor merged = *t;
     merged.offsets = (uint16_t *)offsets;
-    float *row = rq_calloc((size_t)t->in, sizeof(float), err);
-    if (!row) return RQ_ERR_NOMEM;
+    int rows = 65536 / t->in > 1 ? 65536 / t->in : 1;
+    float *tile = rq_alloc_aligned((size_t)rows * t->in * sizeof(float), err);
+    if (!tile) return RQ_ERR_NOMEM;
     double sq = 0.0;
-    for (int o = 0; o < t->out; o++) {
-        rq_q2_dequant_row(&merged, o, row);
-        for (int i = 0; i < t->in; i++) sq += (double)row[i] * row[i];
+    for (int r0 = 0; r0 < t->out; r0 += rows) {
+        int r1 = r0 + rows < t->out ? r0 + rows : t->out;
+        rq_q2_dequant_rows(&merged, r0, r1, tile, n_threads);
+        for (size_t i = 0; i < (size_t)(r1 - r0) * t->in; i++) sq += (double)tile[i] * tile[i];
     }
-    free(row);
+    free(tile);
     *out = sq;
     return RQ_OK;
 }
@@ -365,7 +369,7 @@ static rq_status stage_all(const rq_model *m, const rq_adapter_set *s, const flo
                 double before = ms.rounding_sq, w_sq;
                 RQ_TRY(rq_merge_qalora_offsets(t, a, A, B, name, x->offsets, &ms, err));
                 RQ_TRY(check_rows(t, x->offsets, a, A, B, name, rep, err));
-                RQ_TRY(merged_norm_sq(t, x->offsets, &w_sq, err));
+                RQ_TRY(merged_norm_sq(t, x->offsets, o->n_threads, &w_sq, err));
                 if (w_sq > 0) pert_sq += (ms.rounding_sq - before) / w_sq;
                 rep->exact++;
             } else if (x->kind == PLAN_DENSE) {
