@@ -34,12 +34,11 @@ static int group_len(int in, int gs, int g) {
     return in - i0 < gs ? in - i0 : gs;
 }
 
-/* x (double) -> fp16 bits, rounded once to nearest even; false when |x| rounds
- * beyond the fp16 range or x is not finite. Every fp16 value is an integer
+/* Every fp16 value is an integer
  * multiple of its binade's quantum, so rounding x / quantum to an integer (an
  * exact power-of-two scaling) is the correctly rounded result, and the result
  * converts to fp32 and then fp16 without further rounding. */
-static bool f64_to_f16_once(double x, uint16_t *out) {
+bool rq_f64_to_f16_once(double x, uint16_t *out) {
     if (!isfinite(x)) return false;
     double ax = fabs(x);
     if (ax >= 65520.0) return false;
@@ -89,7 +88,7 @@ rq_status rq_merge_qalora_offsets(const rq_q2_tensor *t, const rq_adapter *a, co
             if (!isfinite(update))
                 return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: row %d, group %d: the adapter's update is not finite (%g)", name,
                                o, g, update);
-            if (!f64_to_f16_once(merged, &h))
+            if (!rq_f64_to_f16_once(merged, &h))
                 return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
                                "%s: row %d, group %d: merged offset %g (offset %g + update %g) overflows fp16 (max "
                                "65504)",

@@ -53,19 +53,22 @@
  * eps_t ~ u per projection and eps ~ u sqrt(n) over n projections.
  * Measured (tests/test_merge.c: stories260K and a random model with ragged
  * groups, int2 and nf2, group sizes 32 / 64 / 128, ranks 1 / 8 / 16, updates of
- * ~0.1 quantization step; SmolLM2-135M by hand, 210 projections): relative
- * logit difference / eps is 1.4-6.1, once 14 (stories260K nf2 gs 128 r 16:
- * activations are not of random sign); / (u sqrt(n)) it is <= 3.9 (int2; nf2
- * 0.05-1). The default bound is the smaller of the two estimates with a margin:
- *   tol = max(1e-4, min(32 eps, 16 u sqrt(n)))
- * (>= 2.3x and >= 4x over the worst measured ratios; the 1e-4 floor is the
+ * ~0.1 quantization step, 10 seeds of the random adapters; SmolLM2-135M by
+ * hand, 210 projections): relative logit difference / eps is 1.3-14 (it
+ * varies: activations are not of random sign and the max over positions is
+ * heavy-tailed); / (u sqrt(n)) it is <= 8.0 (int2; nf2 0.05-1.5). The default
+ * bound is the smaller of the two estimates with a margin:
+ *   tol = max(1e-4, min(64 eps, 32 u sqrt(n)))
+ * (>= 4.5x and >= 4x over the worst measured ratios; the 1e-4 floor is the
  * fp32 summation-order noise between the two forwards, measured <= 1.3e-5).
  * The eps term keeps the bound tight for nf2, whose rounding is tiny, so a
  * missing or wrong merge is not hidden under the int2-sized a priori bound;
  * tests/test_merge.c checks the margins still hold (>= 2x). Typical values:
- * stories260K int2 0.03-0.05 bound vs 0.003-0.011 measured; nf2 ~0.005-0.01 vs
- * 2.4e-4-4.6e-3. An error in the formula is far larger: one projection's
- * update applied twice moves the logits by 0.44 in the same test. Requantized
+ * stories260K int2: bound 0.092, measured 0.003-0.017; nf2: bound 0.01-0.02,
+ * measured 2.4e-4-4.6e-3; SmolLM2-135M int2 gs 64: bound 0.23, measured
+ * 0.011-0.017; nf2 gs 128: bound 0.015-0.04, measured 1.2e-5-3.9e-4. An error
+ * in the formula is far larger: one projection's update applied twice moves
+ * the logits by 0.33-0.99 (35-100x the bound) in the same test. Requantized
  * merges are reported, not checked, unless check_requantized. */
 #ifndef RQ_MERGE_H
 #define RQ_MERGE_H
@@ -76,8 +79,8 @@
 /* The default logit bound (derivation above):
  *   max(FLOOR, min(K_MEASURED * rounding_perturbation, K_A_PRIORI * 2^-11 * sqrt(n))),
  * n the projections folded exactly (or updated in fp32). */
-#define RQ_MERGE_TOLERANCE_K_MEASURED 32.0
-#define RQ_MERGE_TOLERANCE_K_A_PRIORI 16.0
+#define RQ_MERGE_TOLERANCE_K_MEASURED 64.0
+#define RQ_MERGE_TOLERANCE_K_A_PRIORI 32.0
 #define RQ_MERGE_TOLERANCE_FLOOR 1e-4
 double rq_merge_default_tolerance(double rounding_perturbation, int n_projections);
 
@@ -124,6 +127,11 @@ typedef struct rq_merge_report {
     bool passed;                 /* max_rel_diff <= tolerance, or no bound applied */
     double seconds;
 } rq_merge_report;
+
+/* x (double) -> fp16 bits, rounded ONCE to nearest even (no intermediate fp32:
+ * 1 + 2^-11 + 2^-40 gives 1 + 2^-10, where fp32 first would tie down to 1);
+ * false when x is not finite or |x| >= 65520 (rounds to infinity). */
+bool rq_f64_to_f16_once(double x, uint16_t *out);
 
 /* ---- one tensor ------------------------------------------------------------------------- */
 
