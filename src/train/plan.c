@@ -129,23 +129,29 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
     p->moments = 2 * p->adapters;
     p->activations = forward_bytes(c, o, o->micro_batch, o->seq_len, true);
 
-    const bool teacher_targets = calib && o->scope == RQ_SCOPE_MODEL && o->mse_weight > 0;
+    const bool teacher_targets = calib && o->mse_weight > 0; /* read from the cache in every scope */
     const bool teacher_beside = calib && o->scope != RQ_SCOPE_MODEL;
     const uint64_t teacher_fp32 = (uint64_t)rq_config_n_params(c) * sizeof(float);
     if (teacher_beside) {
         p->teacher_weights = teacher_fp32;
         p->teacher_activations = forward_bytes(c, NULL, o->micro_batch, o->seq_len, true);
     }
-    /* trainer.c: tokens, targets, one_target, lens, d_hidden, teacher window, best copy,
-       the checkpoint's moment buffer; the forward states' host arrays */
-    p->host = 3 * N * sizeof(int) + B * sizeof(int) + N * dim * sizeof(float) +
-              (teacher_targets ? N * dim * sizeof(float) : 0) + p->adapters + p->moments +
-              forward_host_bytes(c, o->seq_len) +
-              (teacher_beside ? N * dim * sizeof(float) + forward_host_bytes(c, o->seq_len) : 0);
-    if (cuda)
-        /* bf16 copies of a GEMM's input and of the gradient entering a backward GEMM,
-           a bf16 dequantized projection, the cuBLASLt workspace */
-        p->scratch = 2 * N * max_in * 2 + max_w * 2 + PLAN_CUBLASLT_WORKSPACE;
+    /* trainer.c host side: tokens, targets, one_target, lens, the teacher window the data
+       callback fills, the best-adapter copy, the checkpoint's moment buffer; the forward
+       states' host arrays */
+    p->host = 3 * N * sizeof(int) + B * sizeof(int) + (teacher_targets ? N * dim * sizeof(float) : 0) + p->adapters +
+              p->moments + forward_host_bytes(c, o->seq_len) + (teacher_beside ? forward_host_bytes(c, o->seq_len) : 0);
+    /* trainer.c device side: d_hidden, the uploaded teacher targets, the scope hooks' buffer */
+    p->scratch = N * dim * sizeof(float) * (1 + (teacher_targets ? 1 : 0) + (teacher_beside ? 1 : 0));
+    if (cuda) {
+        /* bf16 copies of a GEMM's input and of the gradient entering a backward GEMM, a bf16
+           dequantized projection, the cuBLASLt workspace; attention through batched GEMMs:
+           q, k, v (expanded to every head) and the output gradient head-major, scores
+           and their gradient [B][nh][T][T] */
+        const uint64_t qd = (uint64_t)c->n_heads * c->head_dim;
+        p->scratch += 2 * N * max_in * 2 + max_w * 2 + PLAN_CUBLASLT_WORKSPACE +
+                      (4 * N * qd + 2 * B * (uint64_t)c->n_heads * T * T) * sizeof(float);
+    }
     const uint64_t weights = p->weights_q2 + p->weights_dense;
     p->training = weights + p->adapters + p->grads + p->moments + p->activations + p->scratch + p->teacher_weights +
                   p->teacher_activations + (cuda ? 0 : p->host);
@@ -154,6 +160,7 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
            student is already loaded beside it, on CUDA it is not uploaded yet */
         p->teacher_pass = teacher_fp32 + forward_bytes(c, NULL, 1, o->seq_len, false) +
                           (cuda ? p->scratch : weights + forward_host_bytes(c, o->seq_len));
+        /* (cuda: the training scratch bounds the inference workspace from above) */
     }
     p->total = p->training > p->teacher_pass ? p->training : p->teacher_pass;
     if (cuda) p->host_total = weights + p->host + (teacher_beside || (calib && !o->teacher_cached) ? teacher_fp32 : 0);

@@ -59,11 +59,13 @@ typedef struct rq_plan {
     uint64_t weights_dense;   /* embedding, norms, untied head, fp32 projections */
     uint64_t adapters, grads, moments;
     uint64_t activations;     /* one micro-batch's forward state (rq_forward_bytes) */
-    uint64_t scratch;         /* device scratch: cuda bf16 conversion buffers + cuBLASLt workspace */
+    uint64_t scratch;         /* the trainer's device buffers (d_hidden, teacher targets, scope hook
+                                 buffer) + cuda: bf16 conversion buffers, attention workspace,
+                                 cuBLASLt workspace */
     uint64_t teacher_weights; /* layer / linear scope: the fp32 teacher kept beside the student */
     uint64_t teacher_activations; /* its training state */
-    uint64_t host;            /* host buffers of the trainer: tokens, d_hidden, a teacher window,
-                                 the best-adapter copy, the checkpoint buffer, forward's host arrays */
+    uint64_t host;            /* host buffers of the trainer: tokens, a teacher window, the
+                                 best-adapter copy, the checkpoint buffer, forward's host arrays */
     uint64_t training;        /* the training phase on the device (cpu: host included) */
     uint64_t teacher_pass;    /* calibrate with a teacher pass: teacher + student weights + inference
                                  state (0 when there is none) */

@@ -55,9 +55,11 @@ static int64_t order_example(data_order *d, int64_t e) {
 /* ---- loss of one micro-batch ------------------------------------------------------ */
 
 typedef struct batch_bufs {
+    rq_backend *be;
     int *tokens, *targets;
-    float *teacher;  /* [B][T][dim] or NULL */
-    float *d_hidden; /* [B][T][dim] */
+    float *teacher;  /* [B][T][dim] or NULL: host, filled by the data callback */
+    float *teacher_dev; /* the same on the backend, where the loss reads it */
+    float *d_hidden; /* [B][T][dim] on the backend */
     int *one_target; /* [B][T] scratch: one example's targets, others masked */
     int *lens;       /* [B] real positions of each row */
 } batch_bufs;
@@ -93,6 +95,8 @@ static rq_status load_batch(const rq_train_data *data, data_order *order, int64_
             memset(bb->teacher + ((size_t)b * T_max + lens[b]) * dim, 0, sizeof(float) * (size_t)(T_max - lens[b]) * dim);
         }
     }
+    if (want_teacher)
+        RQ_TRY(bb->be->upload(bb->be, bb->teacher_dev, bb->teacher, sizeof(float) * (size_t)B * T_max * dim, err));
     *T_batch = T_max;
     return RQ_OK;
 }
@@ -194,10 +198,10 @@ static rq_status micro_step(rq_forward_state *fs, rq_backend *be, const rq_model
             float scale = backward ? (float)(o->mse_weight / ((double)cnt * B * grad_div)) : 0.0f;
             double sq;
             if (o->mse_on_logits) {
-                RQ_TRY(rq_forward_logit_mse_grad(fs, bb->teacher + off, b * T, len, scale,
+                RQ_TRY(rq_forward_logit_mse_grad(fs, bb->teacher_dev + off, b * T, len, scale,
                                                  backward ? bb->d_hidden : NULL, &sq, err));
             } else {
-                sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher + off, cnt, scale);
+                sq = be->mse(be, backward ? bb->d_hidden + off : NULL, h + off, bb->teacher_dev + off, cnt, scale);
             }
             mse_total += sq / (double)cnt;
         }
@@ -225,16 +229,26 @@ static double weighted(const rq_train_opts *o, double ce, double mse) {
     return (o->ce_weight > 0 ? o->ce_weight * ce : 0.0) + (o->mse_weight > 0 ? o->mse_weight * mse : 0.0);
 }
 
-static rq_status bufs_alloc(batch_bufs *bb, int B, int T, int dim, bool teacher, rq_err *err) {
+/* Host buffers for the data callback; what the backend ops read or write
+ * (d_hidden, the teacher targets) lives in backend memory. */
+static rq_status bufs_alloc(batch_bufs *bb, rq_backend *be, int B, int T, int dim, bool teacher, rq_err *err) {
     memset(bb, 0, sizeof *bb);
+    bb->be = be;
+    const size_t act = sizeof(float) * (size_t)B * T * dim;
     bb->tokens = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->targets = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->one_target = rq_calloc((size_t)B * T, sizeof(int), err);
     bb->lens = rq_calloc((size_t)B, sizeof(int), err);
-    bb->d_hidden = rq_calloc((size_t)B * T * dim, sizeof(float), err);
-    if (teacher) bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
-    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->lens || !bb->d_hidden || (teacher && !bb->teacher))
-        return RQ_ERR_NOMEM;
+    if (!bb->tokens || !bb->targets || !bb->one_target || !bb->lens) return RQ_ERR_NOMEM;
+    bb->d_hidden = be->alloc(be, act, err);
+    if (!bb->d_hidden) return err && err->code ? err->code : RQ_ERR_NOMEM;
+    be->fill_zero(be, bb->d_hidden, (size_t)B * T * dim);
+    if (teacher) {
+        bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
+        if (!bb->teacher) return RQ_ERR_NOMEM;
+        bb->teacher_dev = be->alloc(be, act, err);
+        if (!bb->teacher_dev) return err && err->code ? err->code : RQ_ERR_NOMEM;
+    }
     return RQ_OK;
 }
 
@@ -243,8 +257,9 @@ static void bufs_free(batch_bufs *bb) {
     free(bb->targets);
     free(bb->one_target);
     free(bb->lens);
-    free(bb->d_hidden);
     free(bb->teacher);
+    if (bb->be && bb->d_hidden) bb->be->free(bb->be, bb->d_hidden);
+    if (bb->be && bb->teacher_dev) bb->be->free(bb->be, bb->teacher_dev);
 }
 
 static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
@@ -386,7 +401,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     const bool validate = o->eval_every > 0 && val && val->n_examples > 0;
     rq_forward_state *fs = NULL;
     rq_optim *opt = NULL;
-    batch_bufs bb;
+    batch_bufs bb = {0};
     data_order order = {.n = train->n_examples, .shuffle = o->shuffle, .seed = o->seed, .epoch = -1};
     float *best = NULL;
     FILE *metrics = NULL;
@@ -403,11 +418,11 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     if (st == RQ_OK && o->scope != RQ_SCOPE_MODEL) {
         rq_forward_opts to = {.max_batch = B, .max_seq = T, .train = true};
         st = rq_forward_create(o->teacher, be, &to, &sc.teacher, err);
-        sc.tmp = st == RQ_OK ? rq_calloc((size_t)B * T * dim, sizeof(float), err) : NULL;
+        sc.tmp = st == RQ_OK ? be->alloc(be, sizeof(float) * (size_t)B * T * dim, err) : NULL; /* backend ops write it */
         if (st == RQ_OK && !sc.tmp) st = RQ_ERR_NOMEM;
     }
     if (st == RQ_OK) st = rq_optim_create(be, ad->n_params, &o->optim, &opt, err);
-    if (st == RQ_OK) st = bufs_alloc(&bb, B, T, dim, o->mse_weight > 0, err);
+    if (st == RQ_OK) st = bufs_alloc(&bb, be, B, T, dim, o->mse_weight > 0, err);
     else memset(&bb, 0, sizeof bb);
     order.perm = st == RQ_OK && o->shuffle ? rq_calloc((size_t)train->n_examples, sizeof(int64_t), err) : NULL;
     best = st == RQ_OK ? rq_calloc(ad->n_params, sizeof(float), err) : NULL;
@@ -521,6 +536,6 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     rq_optim_free(opt);
     rq_forward_free(fs);
     rq_forward_free(sc.teacher);
-    free(sc.tmp);
+    if (sc.tmp) be->free(be, sc.tmp);
     return st;
 }
