@@ -113,7 +113,7 @@ static int inspect_plan(const char *path, const cli_common *common, const plan_a
     print_plan_line("Adam moments (fp32)", p.moments);
     snprintf(what, sizeof what, "activations (%d x %d, kept for backward)", o.micro_batch, o.seq_len);
     print_plan_line(what, p.activations);
-    if (cuda) print_plan_line("scratch (bf16 GEMM inputs, tile, cuBLASLt)", p.scratch);
+    print_plan_line(cuda ? "scratch (trainer, bf16 GEMM, attention)" : "scratch (trainer: d_hidden, targets)", p.scratch);
     if (p.teacher_weights) {
         print_plan_line("teacher weights (fp32, beside the student)", p.teacher_weights);
         print_plan_line("teacher activations", p.teacher_activations);

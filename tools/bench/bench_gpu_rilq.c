@@ -211,11 +211,13 @@ int main(int argc, char **argv) {
            flops_upd / 1e12);
     printf("  achieved %.1f GFLOP/s = MFU %.2f%% of %.0f TFLOP/s (stated peak)\n", achieved / 1e9,
            100 * achieved / (peak * 1e12), peak);
-    printf("  memory plan: peak %.2f GiB on the device (weights %.2f, adapters+grads+moments %.2f, activations %.2f, "
-           "scratch %.2f); %s reports %.2f GiB free of %.2f before the run\n",
-           plan.training / 1073741824.0, (plan.weights_q2 + plan.weights_dense) / 1073741824.0,
-           (plan.adapters + plan.grads + plan.moments) / 1073741824.0, plan.activations / 1073741824.0,
-           plan.scratch / 1073741824.0, device, free_b / 1073741824.0, total_b / 1073741824.0);
+    const double mib = 1048576.0;
+    printf("  memory plan (training): %.1f MiB on the device (weights %.1f, adapters+grads+moments %.1f, activations "
+           "%.1f, scratch %.1f%s); %s reported %.2f GiB free of %.2f before the run\n",
+           plan.training / mib, (plan.weights_q2 + plan.weights_dense) / mib,
+           (plan.adapters + plan.grads + plan.moments) / mib, plan.activations / mib, plan.scratch / mib,
+           po.device == RQ_PLAN_CPU ? ", host buffers included" : "", device, free_b / 1073741824.0,
+           total_b / 1073741824.0);
     if (be->mem_info(be, &free_b, &total_b, &err) == RQ_OK)
         printf("  after the run %s reports %.2f GiB free of %.2f\n", device, free_b / 1073741824.0,
                total_b / 1073741824.0);
