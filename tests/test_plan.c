@@ -1,6 +1,7 @@
 /* The memory plan: hand-computed sizes on a small config, agreement with what
  * the CPU training state actually allocates (weights, adapters, forward
  * state), and the refusal path with a faked mem_info. */
+#include "io/hf.h"
 #include "model/forward.h"
 #include "test.h"
 #include "train/plan.h"
@@ -150,8 +151,38 @@ static void test_cuda(void) {
     CHECK(pg.host_total >= pg.host + pg.weights_q2 + pg.weights_dense);
 }
 
+/* LLaMA-2-7B from its config alone, against the figures of algorithms.md. */
+static void test_llama2_7b(void) {
+    rq_config c;
+    rq_err err = {0};
+    CHECK_OK(rq_hf_read_config("data/llama2-7b-config.json", &c, &err), &err);
+    CHECK_OK(rq_config_validate(&c, "llama2-7b-config.json", &err), &err);
+    rq_plan_opts o;
+    rq_plan_default_opts(&o);
+    o.device = RQ_PLAN_CUDA;
+    rq_plan p;
+    CHECK_OK(rq_plan_compute(&c, &o, &p, &err), &err);
+    /* "Trainable params, LLaMA-2-7B, r=64, gs=64: 88.2 M (vs 159.9 M for plain LoRA)" */
+    CHECKF(p.adapter_params == 88170496, "QA-LoRA r=64: %zu parameters", p.adapter_params);
+    /* 6,476,005,376 projection weights at 2 bits + fp16 scale and offset per 64: 2.5 bits */
+    CHECK(p.weights_q2 == 2023751680ull);
+    /* embedding and head 32000 x 4096 each, 65 norms of 4096 */
+    CHECK(p.weights_dense == 4ull * (2ull * 32000 * 4096 + 65 * 4096));
+    CHECK(p.cache_disk == 320ull * 512 * 4096 * 4);
+    o.adapter = RQ_ADAPTER_LORA;
+    CHECK_OK(rq_plan_compute(&c, &o, &p, &err), &err);
+    CHECKF(p.adapter_params == 159907840, "LoRA r=64: %zu parameters", p.adapter_params);
+    /* 27.36 GFLOP per token: 2 x 2 x 6.476e9 (projections) + 2 x 2 x 131e6 (head) + attention + adapters */
+    rq_plan_flops f;
+    o.adapter = RQ_ADAPTER_QALORA;
+    rq_plan_flops_compute(&c, &o, &f);
+    CHECK_NEAR(f.proj_fwd, 2.0 * 512 * 6476005376.0, 1.0);
+    CHECK_NEAR(f.per_token / 1e9, 27.364, 1e-3);
+}
+
 int main(void) {
     test_hand();
+    test_llama2_7b();
     test_against_allocation(RQ_ADAPTER_QALORA, 32, RQ_ADAPTER_ALL_PROJ, 2, 9);
     test_against_allocation(RQ_ADAPTER_QALORA, 64, RQ_ADAPTER_ALL_PROJ, 1, 37);
     test_against_allocation(RQ_ADAPTER_LORA, 0, (1u << RQ_PROJ_Q) | (1u << RQ_PROJ_V) | (1u << RQ_PROJ_DOWN), 3, 5);
