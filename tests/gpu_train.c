@@ -21,7 +21,7 @@
  *     near-zero gradients by +-lr whatever their size, so entries whose
  *     gradient is below the bf16 noise may move either way: a loose bound that
  *     still catches a wrong sign or scale, which shows up at ~1).
- *  3. Eval: the CPU-trained adapters merged into the student's q2 offsets
+ *  3. Eval: the CPU-trained adapters merged into the q2 offsets of a fresh copy of the student
  *     (adapter.h's rule m[o][g] += s (BA)[o][g] / len(g), fp16), then the
  *     perplexity of 4 windows and the log-likelihoods of 3 continuations
  *     (context masked, as the multiple-choice scorer counts them) on both
@@ -313,7 +313,9 @@ static double compare_eval(const char *what, rq_model *m_cpu, rq_model *m_gpu, c
     return pc;
 }
 
-static void test_eval(rq_model *student, const windows *w, const float *trained, size_t n) {
+/* merged: a fresh copy of the student (new host tensors: a device mirror of the
+   trained student's weights, keyed by host address, must not be reused) */
+static void test_eval(rq_model *student, rq_model *fresh, const windows *w, const float *trained, size_t n) {
     rq_err err = {0};
     rq_adapter_config ac = adapter_config();
     ac.init = RQ_INIT_ZERO;
@@ -339,8 +341,8 @@ static void test_eval(rq_model *student, const windows *w, const float *trained,
                b, lc[b], lg[b]);
     printf("adapters attached: perplexity cpu %.5f gpu %.5f\n", pc, pg);
     /* merged into the q2 offsets: one merged model evaluated on both backends */
-    merge_into(student, ad_c, trained);
-    double merged = compare_eval("merged", student, student, w);
+    merge_into(fresh, ad_c, trained);
+    double merged = compare_eval("merged", fresh, fresh, w);
     /* the merge itself (on the CPU): only the fp16 rounding of the offsets separates the two */
     CHECKF(fabs(merged - pc) <= 1e-3 * pc, "merged perplexity %.6f vs adapters attached %.6f", merged, pc);
     rq_adapter_set_free(ad_c);
@@ -357,15 +359,17 @@ int main(void) {
     CHECK_OK(rq_backend_cpu_create(0, &cpu, &err), &err);
     rq_rng_seed(&rng, 5);
     rq_config c = config();
-    rq_model *teacher = NULL, *student = NULL;
+    rq_model *teacher = NULL, *student = NULL, *fresh = NULL;
     CHECK_OK(rq_model_random(&c, 3, &teacher, &err), &err);
     CHECK_OK(rq_model_random(&c, 3, &student, &err), &err);
-    if (!cpu || !teacher || !student) return rq_test_finish();
+    CHECK_OK(rq_model_random(&c, 3, &fresh, &err), &err);
+    if (!cpu || !teacher || !student || !fresh) return rq_test_finish();
     rq_model_quant_opts qo;
     rq_model_quant_opts_default(&qo);
     qo.quant.method = RQ_QUANT_RTN;
     qo.quant.group_size = 64;
     CHECK_OK(rq_model_quantize(student, &qo, NULL, &err), &err);
+    CHECK_OK(rq_model_quantize(fresh, &qo, NULL, &err), &err); /* the same q2 tensors, for the merge */
 
     windows *w = calloc(1, sizeof *w);
     w->dim = c.dim;
@@ -385,13 +389,14 @@ int main(void) {
     test_one_step(student, w);
     size_t n = 0;
     float *trained = test_twenty_updates(student, w, &n);
-    test_eval(student, w, trained, n);
+    test_eval(student, fresh, w, trained, n);
 
     free(trained);
     free(w->teacher);
     free(w);
     rq_model_free(teacher);
     rq_model_free(student);
+    rq_model_free(fresh);
     rq_backend_destroy(gpu);
     rq_backend_destroy(cpu);
     return rq_test_finish();
