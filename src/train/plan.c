@@ -105,7 +105,7 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
     /* weights: q2 projections as stored, the rest fp32 (one allocation) */
     uint64_t dense_floats = (uint64_t)c->vocab_size * dim * (c->tie_embeddings ? 1 : 2) +
                             (uint64_t)c->n_layers * 2 * dim + dim;
-    uint64_t q2 = 0, max_w = 0, max_in = 0;
+    uint64_t q2 = 0, max_w = 0, max_width = 0;
     size_t n_params = 0;
     int n_ad = 0;
     for (int l = 0; l < c->n_layers; l++)
@@ -115,8 +115,8 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
             if (o->student_q2) q2 += rq_q2_data_bytes(out, in, o->quant_group_size);
             else dense_floats += (uint64_t)out * in;
             if ((uint64_t)out * in > max_w) max_w = (uint64_t)out * in;
-            if ((uint64_t)in > max_in) max_in = (uint64_t)in;
-            if ((uint64_t)out > max_in) max_in = (uint64_t)out;
+            if ((uint64_t)in > max_width) max_width = (uint64_t)in;
+            if ((uint64_t)out > max_width) max_width = (uint64_t)out;
             if (!(o->targets & (1u << pj))) continue;
             n_ad++;
             n_params += (size_t)o->r * adapter_cols(o, in) + (size_t)out * o->r;
@@ -149,18 +149,18 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
            q, k, v (expanded to every head) and the output gradient head-major, scores
            and their gradient [B][nh][T][T] */
         const uint64_t qd = (uint64_t)c->n_heads * c->head_dim;
-        p->scratch += 2 * N * max_in * 2 + max_w * 2 + PLAN_CUBLASLT_WORKSPACE +
+        p->scratch += 2 * N * max_width * 2 + max_w * 2 + PLAN_CUBLASLT_WORKSPACE +
                       (4 * N * qd + 2 * B * (uint64_t)c->n_heads * T * T) * sizeof(float);
     }
     const uint64_t weights = p->weights_q2 + p->weights_dense;
     p->training = weights + p->adapters + p->grads + p->moments + p->activations + p->scratch + p->teacher_weights +
                   p->teacher_activations + (cuda ? 0 : p->host);
     if (calib && !o->teacher_cached) {
-        /* the teacher (fp32) runs over every window, batch 1; on the CPU the
-           student is already loaded beside it, on CUDA it is not uploaded yet */
+        /* the teacher (fp32) runs over every window, batch 1; on the CPU the student is
+           already loaded beside it, on CUDA it is not uploaded yet (and the training
+           scratch bounds the inference workspace from above) */
         p->teacher_pass = teacher_fp32 + forward_bytes(c, NULL, 1, o->seq_len, false) +
                           (cuda ? p->scratch : weights + forward_host_bytes(c, o->seq_len));
-        /* (cuda: the training scratch bounds the inference workspace from above) */
     }
     p->total = p->training > p->teacher_pass ? p->training : p->teacher_pass;
     if (cuda) p->host_total = weights + p->host + (teacher_beside || (calib && !o->teacher_cached) ? teacher_fp32 : 0);

@@ -67,8 +67,8 @@ typedef struct rq_plan {
     uint64_t host;            /* host buffers of the trainer: tokens, a teacher window, the
                                  best-adapter copy, the checkpoint buffer, forward's host arrays */
     uint64_t training;        /* the training phase on the device (cpu: host included) */
-    uint64_t teacher_pass;    /* calibrate with a teacher pass: teacher + student weights + inference
-                                 state (0 when there is none) */
+    uint64_t teacher_pass;    /* calibrate with a teacher pass: fp32 teacher + one inference state
+                                 (+ cpu: the student loaded beside it; cuda: the scratch); 0: none */
     uint64_t total;           /* max(training, teacher_pass): what must fit in be->mem_info's free */
     uint64_t host_total;      /* cuda: host memory the run needs besides (model as loaded + host buffers) */
     /* teacher-target cache (calibrate, model scope with mse_weight > 0) */
