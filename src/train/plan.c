@@ -72,7 +72,7 @@ static uint64_t forward_bytes(const rq_config *c, const rq_plan_opts *o, int B, 
         }
     }
     f += al(N) + al(N * dim) + al((uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) + al((uint64_t)PLAN_LOGIT_ROWS * dim) +
-         al(2 * T * half);
+         al(PLAN_LOGIT_ROWS) + al(2 * T * half); /* ... gather, row_loss, rope */
     if (train)
         f += 2 * al(N * dim) + al(N * qd) + 2 * al(N * kvd) + al(N * qd) + 3 * al(N * H) + al(scratch) + al(N * dim) +
              al((uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) + al(N * dim);
