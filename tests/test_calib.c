@@ -84,8 +84,13 @@ static void test_cache(void) {
         CHECK_OK(rq_write_file_atomic(tpath, bytes, n / 2, &err), &err);
         CHECK(rq_teacher_cache_open(tpath, 0x1234, m->cfg.dim, 16, 4, &tc, &stale, &err) == RQ_ERR_FORMAT && !stale);
         CHECK(strstr(err.msg, "truncated") != NULL && strstr(err.msg, tpath) != NULL);
-        /* a damaged frame: decompression fails with the window named */
-        bytes[64] ^= 0x5a;
+        /* a damaged frame: decompression fails with the window named. The
+         * first frame starts after the header (36 bytes + the key text, whose
+         * length depends on the paths): break its zstd magic number. */
+        size_t key_len = (size_t)(unsigned char)bytes[32] | (size_t)(unsigned char)bytes[33] << 8 |
+                         (size_t)(unsigned char)bytes[34] << 16 | (size_t)(unsigned char)bytes[35] << 24;
+        CHECK(36 + key_len < n);
+        if (36 + key_len < n) bytes[36 + key_len] ^= 0x5a;
         CHECK_OK(rq_write_file_atomic(tpath, bytes, n, &err), &err);
         if (rq_teacher_cache_open(tpath, 0x1234, m->cfg.dim, 16, 4, &tc, &stale, &err) == RQ_OK) {
             CHECK(rq_teacher_cache_read(tc, 0, got, &err) != RQ_OK);

@@ -6,8 +6,10 @@
  * same; then tools/reference/gguf_check.py validates the file with llama.cpp's
  * Python reader (the `gguf` package). HQQ: the codes/scale/zero are unpacked
  * here the way hqq does and compared with the artifact, then
- * tools/reference/hqq_check.py does the same in numpy. Refusals: the nf2
- * codebook, a group size that splits Q4_1 blocks, ragged last groups.
+ * tools/reference/hqq_check.py does the same in numpy. Rows that are not whole
+ * Q4_1 blocks (in_features % 32 != 0: stories260K's down_proj, a dim-80 model)
+ * go to GGUF as exact F32 (same checks, bit for bit). Refusals: the nf2
+ * codebook, a group size that splits Q4_1 blocks, ragged last groups for HQQ.
  *
  * A missing python package skips the python part with a message outside CI
  * and fails it under CI=true. */
@@ -159,8 +161,10 @@ static void check_same_tokenizer(const rq_tokenizer *a, const rq_tokenizer *b, c
 static bool same_floats(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
 
 /* Export art (an artifact loaded from art_dir) to GGUF, read it back with
- * rilq's reader and compare weights, logits and tokenizer. */
-static void gguf_round_trip(const rq_model *art, const char *art_dir, const char *name, const char *tok_jsonl) {
+ * rilq's reader and compare weights, logits and tokenizer. want_fallback: how
+ * many q2 projections must come out as F32 (rows not whole Q4_1 blocks). */
+static void gguf_round_trip(const rq_model *art, const char *art_dir, const char *name, const char *tok_jsonl,
+                            int want_fallback) {
     rq_err err = {0};
     char path[4200];
     snprintf(path, sizeof path, "%s.gguf", rq_test_out(name));
@@ -199,7 +203,12 @@ static void gguf_round_trip(const rq_model *art, const char *art_dir, const char
             free(w);
         }
     }
-    CHECK(compared == rep.q_tensors && compared > 0);
+    CHECKF(compared == rep.q_tensors + rep.f32_fallback && compared > 0, "%s: %d q2 projections, report %d Q4_1 + %d F32",
+           name, compared, rep.q_tensors, rep.f32_fallback);
+    CHECKF(rep.f32_fallback == want_fallback, "%s: %d projections written as F32, expected %d", name, rep.f32_fallback,
+           want_fallback);
+    CHECK(rep.f32_fallback_bytes == 4 * (uint64_t)rep.f32_fallback_weights);
+    CHECK((rep.f32_fallback == 0) == (rep.f32_fallback_first[0] == 0));
 
     /* logits: same weights, different GEMM blocking (q2 row tiles vs one fp32
      * call) reorders fp32 sums: 1e-4 of the largest logit covers that (as in
@@ -214,10 +223,12 @@ static void gguf_round_trip(const rq_model *art, const char *art_dir, const char
         if (fabs(la[i] - lb[i]) > max_diff) max_diff = fabs(la[i] - lb[i]);
     }
     CHECKF(max_diff <= 1e-4 * max_abs + 1e-6, "%s: logits differ by %.3g (max |logit| %.3g)", name, max_diff, max_abs);
-    printf("%s: GGUF %.1f KiB, %d Q4_1 tensors at %.3f bits/weight; reread weights bit-identical; logits max |diff| %.3g "
-           "(max |logit| %.3g); tokenizer: %s\n",
-           name, rep.file_bytes / 1024.0, rep.q_tensors, 8.0 * (double)rep.q_bytes / (double)rep.q_weights, max_diff,
-           max_abs, rep.tokenizer[0] ? rep.tokenizer : "none");
+    printf("%s: GGUF %.1f KiB, %d Q4_1 tensors at %.3f bits/weight, %d q2 projections as exact F32 (%.1f KiB%s%s); "
+           "reread weights bit-identical; logits max |diff| %.3g (max |logit| %.3g); tokenizer: %s\n",
+           name, rep.file_bytes / 1024.0, rep.q_tensors,
+           rep.q_weights ? 8.0 * (double)rep.q_bytes / (double)rep.q_weights : 0.0, rep.f32_fallback,
+           rep.f32_fallback_bytes / 1024.0, rep.f32_fallback ? ", first " : "", rep.f32_fallback_first, max_diff, max_abs,
+           rep.tokenizer[0] ? rep.tokenizer : "none");
     free(la);
     free(lb);
     if (tok_jsonl) check_same_tokenizer(art->tok, g->tok, tok_jsonl, name);
@@ -360,7 +371,7 @@ static void test_random_g64(void) {
     const char *dir = od.p;
     rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, dir);
     if (art) {
-        gguf_round_trip(art, dir, "exp_random_g64", "hf_gpt2_small.jsonl");
+        gguf_round_trip(art, dir, "exp_random_g64", "hf_gpt2_small.jsonl", 0);
         hqq_export(art, dir, "exp_random_g64_hqq");
     }
     rq_model_free(art);
@@ -386,7 +397,7 @@ static void test_random_tied_llama3(void) {
     const char *dir = od.p;
     rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 128, 0, dir);
     if (art) {
-        gguf_round_trip(art, dir, "exp_random_tied", "hf_llama3_small.jsonl");
+        gguf_round_trip(art, dir, "exp_random_tied", "hf_llama3_small.jsonl", 0);
         hqq_export(art, dir, "exp_random_tied_hqq");
     }
     rq_model_free(art);
@@ -405,7 +416,7 @@ static void test_random_spm_json(void) {
     out_path od = fresh("exp_random_spm");
     const char *dir = od.p;
     rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, dir);
-    if (art) gguf_round_trip(art, dir, "exp_random_spm", "hf_spm_tok512.jsonl");
+    if (art) gguf_round_trip(art, dir, "exp_random_spm", "hf_spm_tok512.jsonl", 0);
     rq_model_free(art);
     rq_model_free(m);
 }
@@ -435,18 +446,49 @@ static void test_refusals_random(void) {
     rq_model_free(m);
 }
 
-/* stories260K: ffn 172 makes down_proj's last group ragged (64 + 64 + 44):
- * refused by both formats when quantized; with down_proj left in fp32 the
- * rest exports, with the llama2.c tokenizer.bin as a "llama" vocabulary. */
+/* dim 80 (in_features 80 = 64 + 16 for q, k, v, o, gate, up; 2 layers) with
+ * ffn 160 (down_proj: 64 + 64 + 32, whole Q4_1 blocks): the 12 ragged
+ * projections go to GGUF as exact F32, q and k through the row permutation;
+ * HQQ refuses; group size 48 is still refused by GGUF whatever the rows. */
+static void test_random_ragged(void) {
+    rq_err err = {0};
+    rq_config c = base_config(80, 160, 2, 1, 96, false);
+    rq_model *m = NULL;
+    CHECK_OK(rq_model_random(&c, 17, &m, &err), &err);
+    if (!m) return;
+    out_path od = fresh("exp_ragged");
+    rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, od.p);
+    if (art) {
+        gguf_round_trip(art, od.p, "exp_ragged", NULL, 12);
+        check_hqq_refused(art, "exp_ragged_hqq", "model.layers.0.self_attn.q_proj", "ragged");
+    }
+    rq_model_free(art);
+    rq_model_free(m);
+
+    m = NULL;
+    CHECK_OK(rq_model_random(&c, 18, &m, &err), &err);
+    if (!m) return;
+    art = quantize_to_artifact(m, RQ_QUANT_RTN, 48, 0, fresh("exp_ragged_g48").p);
+    if (art) check_refused(art, "exp_ragged_g48_refused", "model.layers.0.self_attn.q_proj", "group size 48");
+    rq_model_free(art);
+    rq_model_free(m);
+}
+
+/* stories260K: ffn 172 makes down_proj's last group ragged (64 + 64 + 44).
+ * Fully quantized, GGUF writes the 5 down_proj as exact F32 (the end-to-end
+ * pipeline on the tiny model) while HQQ refuses; with down_proj left in fp32
+ * everything is Q4_1 / HQQ. The llama2.c tokenizer.bin becomes a "llama"
+ * vocabulary. */
 static void test_stories(void) {
     const char *bin = rq_test_data("models/stories260K/stories260K.bin");
     rq_err err = {0};
     rq_model *m = NULL;
     CHECK_OK(rq_model_load(bin, NULL, &m, &err), &err);
     if (!m) return;
-    rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, fresh("exp_stories_all").p);
+    out_path oa = fresh("exp_stories_all");
+    rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, oa.p);
     if (art) {
-        check_refused(art, "exp_stories_ragged", "model.layers.0.mlp.down_proj", "172");
+        gguf_round_trip(art, oa.p, "exp_stories_all", "spm_tok512.jsonl", art->cfg.n_layers);
         check_hqq_refused(art, "exp_stories_ragged_hqq", "model.layers.0.mlp.down_proj", "ragged");
     }
     rq_model_free(art);
@@ -461,7 +503,7 @@ static void test_stories(void) {
     const char *dir = od.p;
     art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, mask, dir);
     if (art) {
-        gguf_round_trip(art, dir, "exp_stories", "spm_tok512.jsonl");
+        gguf_round_trip(art, dir, "exp_stories", "spm_tok512.jsonl", 0);
         hqq_export(art, dir, "exp_stories_hqq");
     }
     rq_model_free(art);
@@ -507,7 +549,7 @@ static void test_gguf_source(void) {
     if (!m) return;
     out_path od = fresh("exp_tiny");
     rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 32, 0, od.p);
-    if (art) gguf_round_trip(art, od.p, "exp_tiny", NULL);
+    if (art) gguf_round_trip(art, od.p, "exp_tiny", NULL, 0);
     rq_model_free(art);
     rq_model_free(m);
 }
@@ -522,6 +564,7 @@ int main(void) {
     test_gguf_source();
     test_zero_scale();
     test_refusals_random();
+    test_random_ragged();
     test_stories();
     rq_backend_destroy(be);
     printf("%d passed, %d failed\n", rq_test_passed, rq_test_failed);

@@ -66,6 +66,18 @@ typedef struct cli_bool_opt {
 int cli_parse(const char *cmd, const char *help, int argc, char **argv, cli_common *common, const cli_value_opt *values,
               size_t n_values, const cli_bool_opt *bools, size_t n_bools, const char **positional);
 
+/* The run's memory plan (src/train/plan.h; o holds the run's settings, the
+ * device and the student's q2 group size are filled from be and m) printed in
+ * one line, then refused when it exceeds be->mem_info's free memory less
+ * `resident` (bytes of the plan already allocated there). Returns 0 to go on,
+ * 1 after printing the refusal. disabled: --no-memory-check. */
+struct rq_backend;
+struct rq_plan_opts;
+int cli_memory_check(const char *cmd, struct rq_backend *be, const struct rq_model *m, struct rq_plan_opts *o,
+                     uint64_t resident, bool disabled);
+
+#define CLI_MEMCHECK_HELP "  --no-memory-check     run even when the memory plan exceeds the free memory\n"
+
 #define CLI_COMMON_HELP                                                                     \
     "  --device cpu|cuda     backend (default cpu)\n"                                        \
     "  --threads N           CPU threads (default: all cores)\n"                            \

@@ -6,6 +6,7 @@
 #include "../data/jsonl.h"
 #include "../quant/quantize_model.h"
 #include "../train/calib.h"
+#include "../train/plan.h"
 #include "../train/trainer.h"
 #include "cli.h"
 
@@ -46,7 +47,7 @@ static const char *calibrate_help =
     "  --max-micro-steps N (10000)   --resume   continue from DIR/checkpoint.bin\n"
     "  --head-error-windows N        validation windows for the LM-head error (default 16)\n"
     "  --cache DIR           teacher cache directory (default $RILQ_CACHE or .cache/teacher)\n"
-    "  --data-root DIR       datasets root (default $RILQ_DATA)\n" CLI_COMMON_HELP;
+    "  --data-root DIR       datasets root (default $RILQ_DATA)\n" CLI_MEMCHECK_HELP CLI_COMMON_HELP;
 
 typedef struct calib_data {
     const rq_calib_windows *w;
@@ -87,7 +88,7 @@ int cmd_calibrate(int argc, char **argv) {
     const char *s_docs = "0:1000", *s_windows = "320", *s_seq = "512", *s_val = "64", *s_seed = "42", *s_rank = "64",
                *s_alpha = "16", *s_gs = "64", *s_mw = "0.5", *s_gw = "0.5", *s_lr = "1e-4", *s_accum = "8",
                *s_mb = "1", *s_every = "25", *s_pat = "5", *s_max = "10000", *s_head = "16";
-    bool resume = false;
+    bool resume = false, no_memcheck = false;
     cli_common common = {0};
     const cli_value_opt specs[] = {{"--student", &student_path}, {"--quantize", &quantize}, {"--out", &out},
                         {"--data", &data},           {"--text", &text},         {"--adapter", &adapter},
@@ -99,8 +100,8 @@ int cmd_calibrate(int argc, char **argv) {
                         {"--lr", &s_lr},             {"--accum", &s_accum},     {"--micro-batch", &s_mb},
                         {"--eval-every", &s_every},  {"--patience", &s_pat},    {"--max-micro-steps", &s_max},
                         {"--head-error-windows", &s_head}};
-    const cli_bool_opt flags[] = {{"--resume", &resume}};
-    int pr = cli_parse("calibrate", calibrate_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 1, &fp_path);
+    const cli_bool_opt flags[] = {{"--resume", &resume}, {"--no-memory-check", &no_memcheck}};
+    int pr = cli_parse("calibrate", calibrate_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 2, &fp_path);
     if (pr) return pr < 0 ? 0 : pr;
     if (!fp_path) return cli_usage_error("calibrate", "missing MODEL_FP (the full-precision teacher)");
     if (!out) return cli_usage_error("calibrate", "missing --out DIR");
@@ -234,6 +235,23 @@ int cmd_calibrate(int argc, char **argv) {
             goto fail;
         }
     }
+    {
+        /* refuse a run that cannot fit before the teacher pass and the training state allocate */
+        rq_plan_opts po;
+        rq_plan_default_opts(&po);
+        po.stage = RQ_PLAN_CALIBRATE;
+        po.scope = loss_scope;
+        po.mse_weight = mw, po.ce_weight = gw;
+        po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
+        po.micro_batch = (int)mb, po.seq_len = w.T, po.n_windows = w.n;
+        po.teacher_cached = rq_file_exists(cache_path);
+        const bool on_host = !strcmp(be->name, "cpu");
+        uint64_t resident = on_host ? rq_model_weight_bytes(student) + rq_model_weight_bytes(teacher) : 0;
+        if (cli_memory_check("calibrate", be, student, &po, resident, no_memcheck)) {
+            rc = 1;
+            goto done;
+        }
+    }
     bool reused = false;
     if (rq_file_exists(cache_path)) {
         bool stale = false;
@@ -287,19 +305,9 @@ int cmd_calibrate(int argc, char **argv) {
     o.out_dir = out;
     o.resume = resume;
     {
-        rq_forward_opts fo = {.max_batch = (int)mb, .max_seq = w.T, .train = true, .adapters = ad};
-        rq_forward_state *probe = NULL;
-        if (rq_forward_create(student, be, &fo, &probe, &err)) goto fail;
-        size_t act = rq_forward_bytes(probe);
-        rq_forward_free(probe);
-        double mib = 1048576.0, adb = (double)rq_adapter_set_bytes(ad);
-        double tbuf = (double)mb * w.T * student->cfg.dim * 4;
         printf("student: %s r=%d alpha=%g (scaling %g) on %d projections, %zu parameters, init %s\n",
                rq_adapter_type_name(ac.type), ac.r, ac.alpha, ac.alpha / ac.r, rq_adapter_set_count(ad), ad->n_params,
                svd_init ? "svd" : "gaussian");
-        printf("memory plan: weights %.1f MiB, adapters %.2f MiB, gradients %.2f MiB, moments %.2f MiB, "
-               "activations (B=%ld) %.1f MiB, teacher targets %.2f MiB (streamed; teacher weights freed)\n",
-               student->weights_bytes / mib, adb / mib, adb / mib, 2 * adb / mib, mb, act / mib, tbuf / mib);
         printf("loss: %g * MSE(final hidden) + %g * CE; Adam lr %g, %ld x %ld per update, <= %lld updates, "
                "validate every %ld, patience %ld\n",
                mw, gw, lr, mb, accum, (long long)o.max_steps, every, pat);

@@ -12,12 +12,17 @@ static const char *export_help =
     "         becomes Q4_1 blocks of 32 with the group's fp16 scale and offset and\n"
     "         codes 0..3, which is the model exactly (5 bits per quantized weight);\n"
     "         embedding, norms and head in F32; q/k rows in llama.cpp's order;\n"
-    "         the tokenizer and llama.* hyperparameters in the metadata\n"
+    "         the tokenizer and llama.* hyperparameters in the metadata; a\n"
+    "         projection whose in_features is not a multiple of 32 (a ragged last\n"
+    "         group, e.g. stories260K's down_proj: 172 = 64 + 64 + 44) cannot be\n"
+    "         whole Q4_1 rows and is written as F32 holding its dequantized 2-bit\n"
+    "         weights, bit for bit (still exact, 32 bits per weight there)\n"
     "  hqq    a directory (config.json, model.safetensors, tokenizer) in the layout\n"
     "         of the hqq library (2 bits, axis 1, scale = s, zero = -m/s in fp16)\n"
     "         that transformers + hqq load; 2.5 bits per weight at group size 64\n"
-    "What a format cannot hold (the nf2 codebook, group sizes that split a block,\n"
-    "ragged last groups) is refused with the tensor named.\n\n"
+    "What a format cannot hold (the nf2 codebook; group sizes that are not a\n"
+    "multiple of 32 for gguf; ragged last groups for hqq) is refused with the\n"
+    "tensor named.\n\n"
     "options:\n"
     "  --format gguf|hqq     output format\n"
     "  --out PATH            the .gguf file, or the directory for hqq (must not exist\n"
@@ -79,11 +84,17 @@ int cmd_export(int argc, char **argv) {
     rq_status s = gguf ? rq_export_gguf(m, out, &o, &rep, &err) : rq_export_hqq(m, out, &o, &rep, &err);
     rq_model_free(m);
     if (s != RQ_OK) return cli_fail("export", &err);
-    printf("wrote %s (%s): %.2f MiB, %d quantized tensors (%.3f M weights) at %.3f bits per weight%s, %.3f M "
+    printf("wrote %s (%s): %.2f MiB, %d %s tensors (%.3f M weights) at %.3f bits per weight%s, %.3f M "
            "parameters in all, %.1fs\n",
            out, gguf ? "GGUF, Q4_1 + F32" : "HQQ 2-bit safetensors", rep.file_bytes / 1048576.0, rep.q_tensors,
-           rep.q_weights / 1e6, rep.q_weights ? 8.0 * (double)rep.q_bytes / (double)rep.q_weights : 0.0,
+           gguf ? "Q4_1" : "quantized", rep.q_weights / 1e6, rep.q_weights ? 8.0 * (double)rep.q_bytes / (double)rep.q_weights : 0.0,
            gguf ? " (exact)" : "", rep.total_weights / 1e6, rq_now_seconds() - t0);
+    if (rep.f32_fallback)
+        printf("%d quantized projection%s written as F32 (%.3f M weights, %.2f MiB; first %s, in_features %d): "
+               "in_features not a multiple of 32, and Q4_1 rows are whole blocks of 32; the F32 values are the "
+               "dequantized 2-bit weights bit for bit, so the file is still exact\n",
+               rep.f32_fallback, rep.f32_fallback == 1 ? "" : "s", rep.f32_fallback_weights / 1e6,
+               rep.f32_fallback_bytes / 1048576.0, rep.f32_fallback_first, rep.f32_fallback_in);
     if (rep.tokenizer[0]) printf("tokenizer: %s\n", rep.tokenizer);
     else
         fprintf(stderr, "rilq export: warning: the model has no tokenizer; %s will need one\n",

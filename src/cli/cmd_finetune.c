@@ -4,6 +4,7 @@
 
 #include "../data/jsonl.h"
 #include "../train/finetune.h"
+#include "../train/plan.h"
 #include "../train/trainer.h"
 #include "cli.h"
 
@@ -24,7 +25,7 @@ static const char *finetune_help =
     "  --fold A:B            train on documents A..B-1 of the training file (piqa: of the validation\n"
     "                        set, which is then to be evaluated on the other documents)\n"
     "  --resume              continue from DIR/checkpoint.bin (finished epochs are kept)\n"
-    "  --data-root DIR       datasets root (default $RILQ_DATA)\n" CLI_COMMON_HELP;
+    "  --data-root DIR       datasets root (default $RILQ_DATA)\n" CLI_MEMCHECK_HELP CLI_COMMON_HELP;
 
 static rq_status get_example(void *user, int64_t example, int *tokens, int *targets, float *teacher, int *len,
                              rq_err *err) {
@@ -60,7 +61,7 @@ int cmd_finetune(int argc, char **argv) {
                *data_root = NULL, *fold = NULL;
     const char *s_epochs = "3", *s_lr = "1e-4", *s_batch = "16", *s_mb = "1", *s_src = "384", *s_tgt = "128",
                *s_limit = "0", *s_seed = "42", *s_rank = "64", *s_alpha = "16", *s_gs = "64";
-    bool resume = false;
+    bool resume = false, no_memcheck = false;
     cli_common common = {0};
     const cli_value_opt specs[] = {{"--task", &task},       {"--out", &out},           {"--adapter", &adapter_dir},
                         {"--type", &type},       {"--init", &init},         {"--data-root", &data_root},
@@ -68,8 +69,8 @@ int cmd_finetune(int argc, char **argv) {
                         {"--batch", &s_batch},   {"--micro-batch", &s_mb},  {"--max-source", &s_src},
                         {"--max-target", &s_tgt}, {"--limit", &s_limit},    {"--seed", &s_seed},
                         {"--rank", &s_rank},     {"--alpha", &s_alpha},     {"--group-size", &s_gs}};
-    const cli_bool_opt flags[] = {{"--resume", &resume}};
-    int pr = cli_parse("finetune", finetune_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 1, &path);
+    const cli_bool_opt flags[] = {{"--resume", &resume}, {"--no-memory-check", &no_memcheck}};
+    int pr = cli_parse("finetune", finetune_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 2, &path);
     if (pr) return pr < 0 ? 0 : pr;
     if (!path) return cli_usage_error("finetune", "missing MODEL");
     if (!task) return cli_usage_error("finetune", "missing --task arc_easy|arc_challenge|piqa|gsm8k");
@@ -157,6 +158,20 @@ int cmd_finetune(int argc, char **argv) {
            (long long)set.skipped, set.max_len);
     printf("%ld epochs x %lld updates of %ld examples (%ld x %ld), lr %g; checkpoint every epoch\n", epochs,
            (long long)steps_per_epoch, batch, mb, batch / mb, lr);
+    {
+        rq_plan_opts po;
+        rq_plan_default_opts(&po);
+        po.stage = RQ_PLAN_FINETUNE;
+        po.mse_weight = 0, po.ce_weight = 1;
+        po.adapter = ad->cfg.type, po.r = ad->cfg.r, po.adapter_group_size = ad->cfg.group_size;
+        po.targets = ad->cfg.targets, po.micro_batch = (int)mb, po.seq_len = set.max_len;
+        /* already allocated from the device: the adapters and their gradients (and on the CPU the model) */
+        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
+        if (cli_memory_check("finetune", be, m, &po, resident, no_memcheck)) {
+            rc = 1;
+            goto done;
+        }
+    }
     epoch_saver saver = {.ad = ad, .out = out, .steps_per_epoch = steps_per_epoch};
     rq_train_data train = {get_example, &set, set.n};
     rq_train_result res;

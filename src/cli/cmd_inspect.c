@@ -1,8 +1,10 @@
 /* rilq inspect: what a model is and what it will cost to run. */
 #include <stdlib.h>
 
+#include "../io/hf.h"
 #include "../model/forward.h"
 #include "../quant/q2.h"
+#include "../train/plan.h"
 #include "cli.h"
 
 static const char *inspect_help =
@@ -10,16 +12,159 @@ static const char *inspect_help =
     "Print the architecture, parameter counts, source dtypes and the memory the\n"
     "model needs. MODEL is a Hugging Face directory, a GGUF file or a llama2.c .bin.\n\n"
     "options:\n" CLI_COMMON_HELP
-    "  --ctx N               sequence length for the activation estimate (default min(context, 2048))\n";
+    "  --ctx N               sequence length for the activation estimate (default min(context, 2048))\n\n"
+    "memory plan of a training run (src/train/plan.h), per category in the device's dtypes:\n"
+    "  --plan                print it; MODEL may then also be a bare config.json (or --config PATH), e.g.\n"
+    "                        tests/data/llama2-7b-config.json, so runs of models not at hand can be sized\n"
+    "  --config PATH         the config.json to plan for (instead of MODEL)\n"
+    "  --stage calibrate|finetune|train-lm (calibrate)   --scope model|layer|linear (model)\n"
+    "  --adapter qalora|lora (qalora)  --rank R (64)  --group-size G (64, QA-LoRA pooling)\n"
+    "  --seq-len T (512)  --micro-batch B (1)  --accum K (8, for the FLOPs per update)\n"
+    "  --windows N (320)     calibration windows in the teacher cache\n"
+    "  --q2-group-size G     group size of the student's 2-bit weights (64; 0: an fp32 student)\n"
+    "  --teacher-cached      the teacher cache exists: no teacher pass\n"
+    "  (--device cpu|cuda picks the dtypes: cpu all fp32; cuda q2 weights, bf16 GEMM scratch)\n";
 
 static void print_bytes(const char *what, double bytes) {
     printf("  %-28s %10.2f MiB\n", what, bytes / 1048576.0);
+}
+
+static void print_plan_line(const char *what, uint64_t bytes) {
+    if (bytes >= (1ull << 30)) printf("  %-44s %10.2f GiB\n", what, (double)bytes / 1073741824.0);
+    else printf("  %-44s %10.2f MiB\n", what, (double)bytes / 1048576.0);
+}
+
+typedef struct plan_args {
+    const char *config, *stage, *scope, *adapter, *rank, *gs, *seq, *mb, *accum, *windows, *q2gs;
+    bool cached;
+} plan_args;
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* rilq inspect --plan: the config from a config.json (no weights read) or the loaded model. */
+static int inspect_plan(const char *path, const cli_common *common, const plan_args *a) {
+    rq_err err = {0};
+    rq_config c;
+    char cfg_path[4200];
+    const char *from = a->config;
+    if (!from && path && rq_dir_exists(path) && rq_path_join(cfg_path, sizeof cfg_path, path, "config.json") &&
+        rq_file_exists(cfg_path))
+        from = cfg_path;
+    if (!from && path && ends_with(path, ".json")) from = path;
+    if (from) {
+        if (rq_hf_read_config(from, &c, &err) || rq_config_validate(&c, from, &err)) return cli_fail("inspect", &err);
+    } else {
+        rq_model *m = NULL;
+        if (rq_model_load(path, common->tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
+        c = m->cfg;
+        rq_model_free(m);
+    }
+    rq_plan_opts o;
+    rq_plan_default_opts(&o);
+    long rank, gs, seq, mb, accum, windows, q2gs;
+    if (!cli_parse_int(a->rank, 1, 1 << 16, &rank)) return cli_usage_error("inspect", "--rank expects 1..65536");
+    if (!cli_parse_int(a->gs, 1, 1 << 20, &gs)) return cli_usage_error("inspect", "--group-size expects a positive integer");
+    if (!cli_parse_int(a->seq, 1, 1 << 20, &seq)) return cli_usage_error("inspect", "--seq-len expects a positive integer");
+    if (!cli_parse_int(a->mb, 1, 1 << 16, &mb)) return cli_usage_error("inspect", "--micro-batch expects a positive integer");
+    if (!cli_parse_int(a->accum, 1, 1 << 20, &accum)) return cli_usage_error("inspect", "--accum expects a positive integer");
+    if (!cli_parse_int(a->windows, 1, 1 << 24, &windows)) return cli_usage_error("inspect", "--windows expects a positive integer");
+    if (!cli_parse_int(a->q2gs, 0, 1 << 20, &q2gs)) return cli_usage_error("inspect", "--q2-group-size expects an integer >= 0");
+    o.r = (int)rank, o.adapter_group_size = (int)gs, o.seq_len = (int)seq, o.micro_batch = (int)mb;
+    o.n_windows = (int)windows, o.student_q2 = q2gs > 0, o.quant_group_size = (int)q2gs;
+    o.teacher_cached = a->cached;
+    if (!strcmp(a->stage, "calibrate")) o.stage = RQ_PLAN_CALIBRATE;
+    else if (!strcmp(a->stage, "finetune") || !strcmp(a->stage, "train-lm")) {
+        o.stage = RQ_PLAN_FINETUNE;
+        o.mse_weight = 0, o.ce_weight = 1;
+    } else return cli_usage_error("inspect", "--stage expects calibrate, finetune or train-lm, got '%s'", a->stage);
+    if (!strcmp(a->scope, "model")) o.scope = RQ_SCOPE_MODEL;
+    else if (!strcmp(a->scope, "layer")) o.scope = RQ_SCOPE_LAYER;
+    else if (!strcmp(a->scope, "linear")) o.scope = RQ_SCOPE_LINEAR;
+    else return cli_usage_error("inspect", "--scope expects model, layer or linear, got '%s'", a->scope);
+    if (!strcmp(a->adapter, "qalora")) o.adapter = RQ_ADAPTER_QALORA;
+    else if (!strcmp(a->adapter, "lora")) o.adapter = RQ_ADAPTER_LORA;
+    else return cli_usage_error("inspect", "--adapter expects qalora or lora, got '%s'", a->adapter);
+    const char *dev = common->device ? common->device : "cpu";
+    if (!strcmp(dev, "cuda")) o.device = RQ_PLAN_CUDA;
+    else if (strcmp(dev, "cpu") != 0) return cli_usage_error("inspect", "--device expects cpu or cuda, got '%s'", dev);
+    rq_plan p;
+    if (rq_plan_compute(&c, &o, &p, &err)) return cli_fail("inspect", &err);
+    const bool cuda = o.device == RQ_PLAN_CUDA;
+    printf("model        %s: %d layers, dim %d, ffn %d, %d heads (head dim %d), %d kv heads, vocabulary %d%s\n",
+           from ? from : path, c.n_layers, c.dim, c.hidden_dim, c.n_heads, c.head_dim, c.n_kv_heads, c.vocab_size,
+           c.tie_embeddings ? ", tied head" : "");
+    char pool[48] = "";
+    if (o.adapter == RQ_ADAPTER_QALORA) snprintf(pool, sizeof pool, " (pooling groups of %d)", o.adapter_group_size);
+    printf("run          %s%s%s, %s r=%d%s on %d projections (%zu parameters), micro-batch %d x %d tokens, "
+           "device %s\n",
+           a->stage, o.stage == RQ_PLAN_CALIBRATE ? ", scope " : "", o.stage == RQ_PLAN_CALIBRATE ? a->scope : "",
+           rq_adapter_type_name(o.adapter), o.r, pool, p.n_adapters, p.adapter_params, o.micro_batch, o.seq_len, dev);
+    printf("memory plan (%s):\n", cuda ? "cuda: q2 weights, fp32 tensors/activations/adapters/moments, bf16 GEMM scratch"
+                                         : "cpu: everything fp32, q2 weights dequantized per tile");
+    char what[96];
+    snprintf(what, sizeof what, "weights q2 (2-bit, group %d)", o.quant_group_size);
+    if (o.student_q2) print_plan_line(what, p.weights_q2);
+    print_plan_line(o.student_q2 ? "weights fp32 (embedding, head, norms)" : "weights fp32", p.weights_dense);
+    print_plan_line("adapters (fp32)", p.adapters);
+    print_plan_line("gradients (fp32)", p.grads);
+    print_plan_line("Adam moments (fp32)", p.moments);
+    snprintf(what, sizeof what, "activations (%d x %d, kept for backward)", o.micro_batch, o.seq_len);
+    print_plan_line(what, p.activations);
+    print_plan_line(cuda ? "scratch (trainer, bf16 GEMM, attention)" : "scratch (trainer: d_hidden, targets)", p.scratch);
+    if (p.teacher_weights) {
+        print_plan_line("teacher weights (fp32, beside the student)", p.teacher_weights);
+        print_plan_line("teacher activations", p.teacher_activations);
+    }
+    print_plan_line(cuda ? "host buffers (in host memory)" : "host buffers (trainer, checkpoint)", p.host);
+    print_plan_line(cuda ? "training total on the device" : "training total", p.training);
+    if (p.teacher_pass) print_plan_line("teacher pass (once per calibration set)", p.teacher_pass);
+    print_plan_line("peak: must be free on the device", p.total);
+    if (cuda) print_plan_line("host memory besides (models as loaded)", p.host_total);
+    if (o.stage == RQ_PLAN_CALIBRATE) {
+        snprintf(what, sizeof what, "teacher cache on disk (%d windows, <=)", o.n_windows);
+        print_plan_line(what, p.cache_disk);
+        print_plan_line("teacher targets resident (one micro-batch)", p.cache_resident);
+    }
+    rq_plan_flops f;
+    rq_plan_flops_compute(&c, &o, &f);
+    printf("compute per micro-batch: %.1f GFLOP (%.2f GFLOP/token: projections %.1f%%, head %.1f%%, attention %.1f%%, "
+           "adapters %.1f%%); per update of %ld micro-batches %.2f TFLOP; 2-bit weight traffic %.1f MiB per micro-batch\n",
+           f.total / 1e9, f.per_token / 1e9, 100 * (f.proj_fwd + f.proj_bwd) / f.total,
+           100 * (f.head_fwd + f.head_bwd) / f.total, 100 * (f.attn_fwd + f.attn_bwd) / f.total,
+           100 * (f.adapter_fwd + f.adapter_bwd) / f.total, accum, f.total * (double)accum / 1e12,
+           f.weight_bytes / 1048576.0);
+    /* what the device has now, when it can be asked */
+    rq_backend *be = NULL;
+    rq_err e2 = {0};
+    if (rq_backend_create(dev, 1, &be, &e2) == RQ_OK) {
+        size_t fb = 0, tb = 0;
+        if (be->mem_info(be, &fb, &tb, &e2) == RQ_OK)
+            printf("device %s now: %.2f GiB free of %.2f GiB: the run %s\n", dev, fb / 1073741824.0, tb / 1073741824.0,
+                   p.total <= fb ? "fits" : "does NOT fit (calibrate/finetune/train-lm would refuse it)");
+        rq_backend_destroy(be);
+    } else {
+        printf("device %s: not available here (%s)\n", dev, e2.msg);
+    }
+    return 0;
 }
 
 int cmd_inspect(int argc, char **argv) {
     const char *path = NULL;
     cli_common common = {0};
     long ctx = 0;
+    bool plan = false;
+    plan_args pa = {.stage = "calibrate", .scope = "model", .adapter = "qalora", .rank = "64", .gs = "64",
+                    .seq = "512", .mb = "1", .accum = "8", .windows = "320", .q2gs = "64"};
+    const struct {
+        const char *name;
+        const char **value;
+    } popts[] = {{"--config", &pa.config}, {"--stage", &pa.stage},     {"--scope", &pa.scope},
+                 {"--adapter", &pa.adapter}, {"--rank", &pa.rank},     {"--group-size", &pa.gs},
+                 {"--seq-len", &pa.seq},   {"--micro-batch", &pa.mb},  {"--accum", &pa.accum},
+                 {"--windows", &pa.windows}, {"--q2-group-size", &pa.q2gs}};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_is_help(argv[i])) {
@@ -29,7 +174,19 @@ int cmd_inspect(int argc, char **argv) {
         int r = cli_common_opt("inspect", argc, argv, &i, &common);
         if (r < 0) return 2;
         if (r > 0) continue;
-        if (cli_opt(argc, argv, &i, "--ctx", &v)) {
+        bool matched = false;
+        for (size_t k = 0; k < sizeof popts / sizeof popts[0] && !matched; k++)
+            if (cli_opt(argc, argv, &i, popts[k].name, &v)) {
+                if (!v) return cli_usage_error("inspect", "%s needs a value", popts[k].name);
+                *popts[k].value = v;
+                matched = true;
+            }
+        if (matched) continue;
+        if (cli_flag(argv, i, "--plan")) {
+            plan = true;
+        } else if (cli_flag(argv, i, "--teacher-cached")) {
+            pa.cached = true;
+        } else if (cli_opt(argc, argv, &i, "--ctx", &v)) {
             if (!cli_parse_int(v, 1, 1 << 20, &ctx)) return cli_usage_error("inspect", "--ctx expects a positive integer");
         } else if (argv[i][0] == '-') {
             return cli_usage_error("inspect", "unknown option '%s'", argv[i]);
@@ -39,7 +196,14 @@ int cmd_inspect(int argc, char **argv) {
             return cli_usage_error("inspect", "unexpected argument '%s'", argv[i]);
         }
     }
+    if (plan) {
+        if (!path && !pa.config) return cli_usage_error("inspect", "missing MODEL (or --config PATH)");
+        return inspect_plan(path, &common, &pa);
+    }
+    if (pa.config) return cli_usage_error("inspect", "--config belongs to --plan");
     if (!path) return cli_usage_error("inspect", "missing MODEL");
+    if (ends_with(path, ".json"))
+        return cli_usage_error("inspect", "%s is a config, not a model: add --plan for the memory plan", path);
     rq_err err = {0};
     rq_model *m = NULL;
     if (rq_model_load(path, common.tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);

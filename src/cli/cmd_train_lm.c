@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../train/plan.h"
 #include "../train/trainer.h"
 #include "cli.h"
 
@@ -26,7 +27,7 @@ static const char *train_lm_help =
     "  --schedule constant|linear|cosine (constant)  --warmup N (0)\n"
     "  --eval-every N        validate every N steps (default 10)\n"
     "  --checkpoint-every N  checkpoint every N steps (default 10; always at the end)\n"
-    "  --resume              continue from DIR/checkpoint.bin\n" CLI_COMMON_HELP;
+    "  --resume              continue from DIR/checkpoint.bin\n" CLI_MEMCHECK_HELP CLI_COMMON_HELP;
 
 typedef struct text_windows {
     const int *ids;
@@ -58,8 +59,9 @@ int cmd_train_lm(int argc, char **argv) {
                         {"--lr", &s_lr},            {"--seed", &s_seed},      {"--weight-decay", &s_wd},
                         {"--clip", &s_clip},        {"--warmup", &s_warmup},  {"--eval-every", &s_eval},
                         {"--checkpoint-every", &s_ckpt}};
-    const cli_bool_opt flags[] = {{"--resume", &resume}};
-    int pr = cli_parse("train-lm", train_lm_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 1, &path);
+    bool no_memcheck = false;
+    const cli_bool_opt flags[] = {{"--resume", &resume}, {"--no-memory-check", &no_memcheck}};
+    int pr = cli_parse("train-lm", train_lm_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 2, &path);
     if (pr) return pr < 0 ? 0 : pr;
     if (!path) return cli_usage_error("train-lm", "missing MODEL");
     if (!out) return cli_usage_error("train-lm", "missing --out DIR");
@@ -147,23 +149,22 @@ int cmd_train_lm(int argc, char **argv) {
     text_windows tw = {ids, (int)seq, 0}, vw = {ids, (int)seq, n_windows - nval};
     rq_train_data train = {get_window, &tw, n_windows - nval}, val = {get_window, &vw, nval};
     {
-        /* the memory plan: one allocation per category */
-        rq_forward_opts fo = {.max_batch = (int)batch, .max_seq = (int)seq, .train = true, .adapters = ad};
-        rq_forward_state *probe = NULL;
-        if (rq_forward_create(m, be, &fo, &probe, &err)) {
-            rc = cli_fail("train-lm", &err);
-            goto done;
-        }
-        size_t act = rq_forward_bytes(probe);
-        rq_forward_free(probe);
-        double mib = 1048576.0, adb = (double)rq_adapter_set_bytes(ad);
         printf("train-lm: %s (%s), %s r=%d alpha=%g on %d projections, %zu parameters\n", m->path, m->format,
                rq_adapter_type_name(ac.type), ac.r, ac.alpha, rq_adapter_set_count(ad), ad->n_params);
         printf("data: %s, %d tokens -> %lld training + %ld held-out windows of %ld\n", text_path, n_ids,
                (long long)(n_windows - nval), nval, seq);
-        printf("memory plan: weights %.1f MiB, adapters %.2f MiB, gradients %.2f MiB, moments %.2f MiB, "
-               "activations (B=%ld) %.1f MiB\n",
-               m->weights_bytes / mib, adb / mib, adb / mib, 2 * adb / mib, batch, act / mib);
+        /* the memory plan, one allocation per category; refused before the training state allocates */
+        rq_plan_opts po;
+        rq_plan_default_opts(&po);
+        po.stage = RQ_PLAN_FINETUNE;
+        po.mse_weight = 0, po.ce_weight = 1;
+        po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
+        po.micro_batch = (int)batch, po.seq_len = (int)seq;
+        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
+        if (cli_memory_check("train-lm", be, m, &po, resident, no_memcheck)) {
+            rc = 1;
+            goto done;
+        }
     }
     rq_train_result res;
     if (rq_train(m, be, ad, &train, &val, &o, NULL, NULL, &res, &err)) {

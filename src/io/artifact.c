@@ -480,6 +480,7 @@ static cJSON *config_json(const rq_model *m, const rq_q2_tensor *ref, const char
     else cJSON_AddNullToObject(q, "tokenizer_file");
     cJSON_AddStringToObject(q, "unquantized_dtype", rq_dtype_name(plain_dtype(m)));
     cJSON_AddStringToObject(q, "source_dtypes", m->quant.source_dtypes[0] ? m->quant.source_dtypes : m->dtypes);
+    if (m->quant.merged_adapters[0]) cJSON_AddStringToObject(q, "merged_adapters", m->quant.merged_adapters);
     return root;
 }
 
@@ -709,6 +710,9 @@ static rq_status parse_quant_block(const cJSON *root, const char *what, quant_bl
     qb->info.clip_search = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(q, "clip_search"));
     const cJSON *sd = cJSON_GetObjectItemCaseSensitive(q, "source_dtypes");
     if (cJSON_IsString(sd)) snprintf(qb->info.source_dtypes, sizeof qb->info.source_dtypes, "%s", sd->valuestring);
+    const cJSON *ma = cJSON_GetObjectItemCaseSensitive(q, "merged_adapters"); /* optional: written by rilq merge */
+    if (cJSON_IsString(ma))
+        snprintf(qb->info.merged_adapters, sizeof qb->info.merged_adapters, "%s", ma->valuestring);
     /* file names are read from a hostile file: only the names rilq writes */
     const cJSON *tf = cJSON_GetObjectItemCaseSensitive(q, "tensor_file");
     qb->tensor_file = TENSOR_FILE;

@@ -8,7 +8,9 @@
  *                        "code_packing": "...", "weight": "...",
  *                        "tensor_file": "model.safetensors"|"model.safetensors.zst",
  *                        "tokenizer_file": "tokenizer.json"|"tokenizer.bin"|"tokenizer.gguf"|null,
- *                        "source_dtypes": "..."}
+ *                        "source_dtypes": "...",
+ *                        "merged_adapters": "..." (only when adapters were merged:
+ *                        one line per merge, "; "-separated, src/adapter/merge.h)}
  *   model.safetensors   for each quantized module NAME (HF name without ".weight"):
  *                       NAME.codes U8 [out][ceil(in/4)], NAME.scales F16 [out][n_groups],
  *                       NAME.offsets F16 [out][n_groups]; every other tensor under its

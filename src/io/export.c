@@ -1,5 +1,6 @@
-/* Deployment exports (export.h): GGUF Q4_1 for llama.cpp and HQQ-layout
- * safetensors for transformers + hqq. */
+/* Deployment exports (export.h): GGUF Q4_1 (exact F32 for rows that are not
+ * whole Q4_1 blocks) for llama.cpp and HQQ-layout safetensors for
+ * transformers + hqq. */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -66,11 +67,20 @@ static int gguf_src_row(int r, int heads, int rows) {
 
 typedef struct tensor_src {
     const float *f32;        /* F32 rows, or NULL */
-    const rq_q2_tensor *q2;  /* or a q2 tensor -> Q4_1 */
+    const rq_q2_tensor *q2;  /* or a q2 tensor -> Q4_1 (or F32 via fill_q2_f32) */
     int rows, cols;
     int permute_heads;
     const float *vec;        /* rope_freqs: computed values */
 } tensor_src;
+
+/* cols floats as little-endian bytes. */
+static void put_f32_row(uint8_t *d, const float *src, int cols) {
+    for (int c = 0; c < cols; c++) {
+        uint32_t u = rq_bits_from_f32(src[c]);
+        d[4 * c] = (uint8_t)u, d[4 * c + 1] = (uint8_t)(u >> 8), d[4 * c + 2] = (uint8_t)(u >> 16),
+                  d[4 * c + 3] = (uint8_t)(u >> 24);
+    }
+}
 
 static rq_status fill_f32(void *ctx, uint8_t *dst, uint64_t nbytes, rq_err *err) {
     const tensor_src *t = ctx;
@@ -78,13 +88,25 @@ static rq_status fill_f32(void *ctx, uint8_t *dst, uint64_t nbytes, rq_err *err)
     const float *base = t->f32 ? t->f32 : t->vec;
     for (int r = 0; r < t->rows; r++) {
         const float *src = base + (size_t)gguf_src_row(r, t->permute_heads, t->rows) * (size_t)t->cols;
-        uint8_t *d = dst + (size_t)r * (size_t)t->cols * 4;
-        for (int c = 0; c < t->cols; c++) {
-            uint32_t u = rq_bits_from_f32(src[c]);
-            d[4 * c] = (uint8_t)u, d[4 * c + 1] = (uint8_t)(u >> 8), d[4 * c + 2] = (uint8_t)(u >> 16),
-                      d[4 * c + 3] = (uint8_t)(u >> 24);
-        }
+        put_f32_row(dst + (size_t)r * (size_t)t->cols * 4, src, t->cols);
     }
+    return RQ_OK;
+}
+
+/* A q2 tensor Q4_1 cannot carry (rows not whole blocks of 32) as F32: each row
+ * through rq_q2_dequant_row, the dequantizer every rilq backend matches, so
+ * the stored values are the model's weights bit for bit. */
+static rq_status fill_q2_f32(void *ctx, uint8_t *dst, uint64_t nbytes, rq_err *err) {
+    const tensor_src *t = ctx;
+    const rq_q2_tensor *q = t->q2;
+    if (nbytes != (uint64_t)q->out * (uint64_t)q->in * 4) return RQ_FAIL(err, RQ_ERR_INTERNAL, "F32 (from q2) size mismatch");
+    float *row = rq_calloc((size_t)q->in, sizeof(float), err);
+    if (!row) return RQ_ERR_NOMEM;
+    for (int r = 0; r < q->out; r++) {
+        rq_q2_dequant_row(q, gguf_src_row(r, t->permute_heads, q->out), row);
+        put_f32_row(dst + (size_t)r * (size_t)q->in * 4, row, q->in);
+    }
+    free(row);
     return RQ_OK;
 }
 
@@ -112,7 +134,9 @@ static rq_status fill_q4_1(void *ctx, uint8_t *dst, uint64_t nbytes, rq_err *err
     return RQ_OK;
 }
 
-/* Everything that would stop a q2 tensor from becoming whole Q4_1 blocks. */
+/* What no GGUF tensor type of ours can hold exactly: non-uniform levels, and
+ * groups that would share a Q4_1 block. Rows that are not whole blocks
+ * (in_features % 32 != 0) are not refused: q4_1_rows() sends them to F32. */
 static rq_status check_q4_1(const rq_q2_tensor *t, const char *module, rq_err *err) {
     RQ_TRY(check_codebook(t, module, "GGUF Q4_1", err));
     if (t->group_size % Q4_1_BLOCK != 0)
@@ -120,13 +144,12 @@ static rq_status check_q4_1(const rq_q2_tensor *t, const char *module, rq_err *e
                        "%s: group size %d is not a multiple of 32: a Q4_1 block (32 weights with one scale and offset) "
                        "would span two groups (quantize with --group-size 32, 64, 128, ...)",
                        module, t->group_size);
-    if (t->in % Q4_1_BLOCK != 0)
-        return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
-                       "%s: in_features %d is not a multiple of 32: the last group of each row (%d weights) is ragged "
-                       "and GGUF Q4_1 rows are whole blocks of 32 (leave this projection unquantized with --modules)",
-                       module, t->in, t->in - (t->n_groups - 1) * t->group_size);
     return RQ_OK;
 }
+
+/* Q4_1 rows are whole blocks of 32; a ragged last group (172 = 64 + 64 + 44)
+ * leaves a partial block, so such a tensor is written as exact F32 instead. */
+static bool q4_1_rows(const rq_q2_tensor *t) { return t->in % Q4_1_BLOCK == 0; }
 
 /* The llama3 rope_freqs divisors, as llama.cpp's converter computes them. */
 static void llama3_rope_freqs(const rq_config *c, float *out) {
@@ -252,11 +275,11 @@ static rq_status write_tokenizer_keys(rq_gguf_writer *w, const rq_model *m, rq_e
     return s;
 }
 
-static rq_status write_llama_keys(rq_gguf_writer *w, const rq_model *m, const char *name, bool any_q2, rq_err *err) {
+static rq_status write_llama_keys(rq_gguf_writer *w, const rq_model *m, const char *name, bool any_q4_1, rq_err *err) {
     const rq_config *c = &m->cfg;
     RQ_TRY(rq_gguf_set_str(w, "general.architecture", "llama", err));
     RQ_TRY(rq_gguf_set_str(w, "general.name", name, err));
-    RQ_TRY(rq_gguf_set_u32(w, "general.file_type", any_q2 ? GGML_FTYPE_MOSTLY_Q4_1 : GGML_FTYPE_ALL_F32, err));
+    RQ_TRY(rq_gguf_set_u32(w, "general.file_type", any_q4_1 ? GGML_FTYPE_MOSTLY_Q4_1 : GGML_FTYPE_ALL_F32, err));
     RQ_TRY(rq_gguf_set_u32(w, "general.quantization_version", GGML_QNT_VERSION, err));
     RQ_TRY(rq_gguf_set_u32(w, "llama.context_length", (uint32_t)c->max_seq_len, err));
     RQ_TRY(rq_gguf_set_u32(w, "llama.embedding_length", (uint32_t)c->dim, err));
@@ -293,11 +316,22 @@ static rq_status add_f32(gguf_job *j, const char *name, const float *data, int r
     return rq_gguf_add_tensor(j->w, name, RQ_GGML_F32, rows > 1 ? 2 : 1, ne, fill_f32, t, err);
 }
 
-static rq_status add_linear(gguf_job *j, const char *name, const rq_linear *lin, int permute, rq_err *err) {
+static rq_status add_linear(gguf_job *j, const char *name, const char *module, const rq_linear *lin, int permute,
+                            rq_err *err) {
     if (!lin->q2) return add_f32(j, name, lin->w, lin->out, lin->in, permute, err);
     tensor_src *t = &j->srcs[j->n++];
     *t = (tensor_src){.q2 = lin->q2, .rows = lin->out, .cols = lin->in, .permute_heads = permute};
     int64_t ne[2] = {lin->in, lin->out};
+    if (!q4_1_rows(lin->q2)) {
+        RQ_TRY(rq_gguf_add_tensor(j->w, name, RQ_GGML_F32, 2, ne, fill_q2_f32, t, err));
+        if (j->rep->f32_fallback++ == 0) {
+            snprintf(j->rep->f32_fallback_first, sizeof j->rep->f32_fallback_first, "%s", module);
+            j->rep->f32_fallback_in = lin->in;
+        }
+        j->rep->f32_fallback_weights += (int64_t)lin->out * lin->in;
+        j->rep->f32_fallback_bytes += (uint64_t)lin->out * (uint64_t)lin->in * 4;
+        return RQ_OK;
+    }
     RQ_TRY(rq_gguf_add_tensor(j->w, name, RQ_GGML_Q4_1, 2, ne, fill_q4_1, t, err));
     j->rep->q_tensors++;
     j->rep->q_weights += (int64_t)lin->out * lin->in;
@@ -307,7 +341,7 @@ static rq_status add_linear(gguf_job *j, const char *name, const rq_linear *lin,
 
 static rq_status gguf_build(gguf_job *j, const rq_model *m, const char *name, float *rope_freqs, rq_err *err) {
     const rq_config *c = &m->cfg;
-    bool any_q2 = false;
+    bool any_q4_1 = false; /* general.file_type: MOSTLY_Q4_1 when at least one tensor is */
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++) {
             const rq_q2_tensor *t = rq_layer_proj(&m->layers[l], p)->q2;
@@ -315,11 +349,11 @@ static rq_status gguf_build(gguf_job *j, const rq_model *m, const char *name, fl
             char mod[128];
             module_name(mod, sizeof mod, l, p);
             RQ_TRY(check_q4_1(t, mod, err));
-            any_q2 = true;
+            any_q4_1 |= q4_1_rows(t);
         }
     if ((c->head_dim % 2) != 0)
         return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "head_dim %d is odd: llama.cpp's rotary pairs need an even head size", c->head_dim);
-    RQ_TRY(write_llama_keys(j->w, m, name, any_q2, err));
+    RQ_TRY(write_llama_keys(j->w, m, name, any_q4_1, err));
     if (m->tok && has_gguf_magic(m->tokenizer_path)) {
         RQ_TRY(copy_gguf_tokenizer(j->w, m->tokenizer_path, c->vocab_size, err));
         report_tokenizer(j->rep, "tokenizer.* copied verbatim from the source GGUF");
@@ -342,7 +376,7 @@ static rq_status gguf_build(gguf_job *j, const rq_model *m, const char *name, fl
                                                      "ffn_gate", "ffn_up", "ffn_down"};
     for (int l = 0; l < c->n_layers; l++) {
         const rq_layer *L = &m->layers[l];
-        char nm[64];
+        char nm[64], mod[128];
         snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
         RQ_TRY(add_f32(j, nm, L->attn_norm, 1, c->dim, 0, err));
         snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
@@ -352,7 +386,8 @@ static rq_status gguf_build(gguf_job *j, const rq_model *m, const char *name, fl
             const rq_linear *lin = rq_layer_proj((rq_layer *)L, p);
             int permute = p == RQ_PROJ_Q ? c->n_heads : p == RQ_PROJ_K ? c->n_kv_heads : 0;
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gguf_proj[p]);
-            RQ_TRY(add_linear(j, nm, lin, permute, err));
+            module_name(mod, sizeof mod, l, p);
+            RQ_TRY(add_linear(j, nm, mod, lin, permute, err));
             j->rep->total_weights += (int64_t)lin->out * lin->in;
         }
     }

@@ -61,6 +61,9 @@ typedef struct rq_quant_info {
     char method[16];  /* "rtn", "nf2", "fake-quant" */
     bool clip_search;
     char source_dtypes[128]; /* the dtypes of the checkpoint that was quantized */
+    /* Adapters folded into the weights (src/adapter/merge.c), "; "-separated,
+     * "" when none: quantization_config.merged_adapters of an artifact. */
+    char merged_adapters[1024];
 } rq_quant_info;
 
 struct rq_model {

@@ -398,7 +398,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     const bool validate = o->eval_every > 0 && val && val->n_examples > 0;
     rq_forward_state *fs = NULL;
     rq_optim *opt = NULL;
-    batch_bufs bb;
+    batch_bufs bb = {0};
     data_order order = {.n = train->n_examples, .shuffle = o->shuffle, .seed = o->seed, .epoch = -1};
     float *best = NULL;        /* host: the best adapters so far */
     float *params_host = NULL; /* host: checkpoint transfers of ad->params (backend memory) */

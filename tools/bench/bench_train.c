@@ -6,12 +6,14 @@
  * Model FLOPs of a step (the base is frozen, so no weight gradients):
  *   forward  2 * (projection weights + head) per token + attention 4 * L * Tavg * nh * hd
  *   backward 2 * (projection weights + head) per token (input gradients) + attention 2x forward
- * Adapter FLOPs (r=16) are < 1% and not counted. */
+ * Adapter FLOPs (r=16) are < 1% and not counted. (src/train/plan.c's rq_plan_flops_compute
+ * counts the same terms and the adapters besides.) The memory plan is rq_plan_compute's. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 
+#include "train/plan.h"
 #include "train/trainer.h"
 
 static double sgemm_gflops(int M, int N, int K, int reps) {
@@ -84,13 +86,15 @@ int main(int argc, char **argv) {
     double ref2 = sgemm_gflops(1024, 1024, 1024, 5);
     if (ref2 > ref) ref = ref2;
     /* the memory plan against the peak resident set */
-    rq_forward_opts fo = {.max_batch = 1, .max_seq = T, .train = true, .adapters = ad};
-    rq_forward_state *fs = NULL;
-    rq_forward_create(m, be, &fo, &fs, &err);
-    double act = fs ? (double)rq_forward_bytes(fs) : 0;
-    rq_forward_free(fs);
-    double mib = 1048576.0, adb = (double)rq_adapter_set_bytes(ad);
-    double plan = (double)m->weights_bytes + 4 * adb + act;
+    rq_plan_opts po;
+    rq_plan_default_opts(&po);
+    po.stage = RQ_PLAN_FINETUNE;
+    po.mse_weight = 0, po.ce_weight = 1;
+    po.r = ac.r, po.adapter_group_size = ac.group_size, po.micro_batch = 1, po.seq_len = T;
+    po.student_q2 = false; /* the model is fp32 (GGUF weights are dequantized on load) */
+    rq_plan pl;
+    if (rq_plan_compute(c, &po, &pl, &err)) return fprintf(stderr, "bench_train: %s\n", err.msg), 1;
+    double mib = 1048576.0, adb = (double)pl.adapters, act = (double)pl.activations, plan = (double)pl.training;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("bench_train: %s, QA-LoRA r=16 gs=64 on all 7 projections (%zu parameters), B=1 T=%d, fp32 CPU, %d threads\n",
@@ -100,9 +104,10 @@ int main(int argc, char **argv) {
            T / step_s, flops_tok / 1e9, gflops);
     printf("  sgemm reference (same BLAS, this run): %.1f GFLOP/s; ratio %.1f%% (target >= 40%%)\n", ref,
            100.0 * gflops / ref);
-    printf("  memory plan: weights %.1f MiB + adapters %.1f + grads %.1f + moments %.1f + activations %.1f = %.1f MiB; "
-           "peak RSS %.1f MiB\n",
-           m->weights_bytes / mib, adb / mib, adb / mib, 2 * adb / mib, act / mib, plan / mib, ru.ru_maxrss / 1024.0);
+    printf("  memory plan: weights %.1f MiB + adapters %.1f + grads %.1f + moments %.1f + activations %.1f + host "
+           "buffers %.1f = %.1f MiB; peak RSS %.1f MiB (plan/RSS %.3f)\n",
+           (double)pl.weights_dense / mib, adb / mib, adb / mib, 2 * adb / mib, act / mib, (double)pl.host / mib,
+           plan / mib, ru.ru_maxrss / 1024.0, plan / 1024.0 / (double)ru.ru_maxrss);
     rq_adapter_set_free(ad);
     rq_backend_destroy(be);
     rq_model_free(m);

@@ -8,10 +8,13 @@ Checks
   * metadata: general.architecture, file_type, quantization_version, every llama.* hyperparameter
     against the artifact's config.json; the tokenizer.* keys (tokens/scores/types against the
     artifact's tokenizer file: tokenizer.gguf verbatim, llama2.c tokenizer.bin, or tokenizer.json);
-  * tensors: names, ggml types (Q4_1 for every quantized module, F32 for the rest) and shapes;
-  * values: every Q4_1 tensor dequantized by gguf.quants, rows un-permuted here (llama.cpp's q/k
-    order back to HF's), must equal the artifact's W = s * code + m evaluated in float32, bit for
-    bit; F32 tensors must equal the artifact's plain tensors.
+  * tensors: names, ggml types (Q4_1 for every quantized module whose in_features is a multiple of
+    32; F32 for a quantized module whose rows are not whole Q4_1 blocks, e.g. a ragged last group
+    172 = 64 + 64 + 44; F32 for the rest) and shapes;
+  * values: every Q4_1 tensor dequantized by gguf.quants, and every F32 tensor of a quantized
+    module as stored, rows un-permuted here (llama.cpp's q/k order back to HF's), must equal the
+    artifact's W = s * code + m evaluated in float32, bit for bit; the other F32 tensors must equal
+    the artifact's plain tensors.
 Exit 0 when all pass, 1 on a mismatch, 77 when numpy or gguf cannot be imported.
 """
 import json
@@ -185,7 +188,6 @@ def main():
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     want = {
         "general.architecture": "llama",
-        "general.file_type": 3,
         "general.quantization_version": 2,
         "llama.context_length": cfg["max_position_embeddings"],
         "llama.embedding_length": cfg["hidden_size"],
@@ -221,7 +223,7 @@ def main():
             names[f"model.layers.{i}.{hf}"] = f"blk.{i}.{gg}.weight"
     extra = set(tensors) - set(names.values()) - {"rope_freqs.weight"}
     check(not extra, f"unexpected tensors {sorted(extra)}")
-    n_q = n_f = 0
+    n_q = n_f = n_fallback = 0
     max_diff = 0.0
     for hf, gg in names.items():
         x = tensors.get(gg)
@@ -230,10 +232,17 @@ def main():
             continue
         heads = cfg["num_attention_heads"] if gg.endswith("attn_q.weight") else cfg["num_key_value_heads"] if gg.endswith("attn_k.weight") else 0
         if hf in quantized:
-            check(x.tensor_type == GGMLQuantizationType.Q4_1, f"{gg}: type {x.tensor_type.name}, expected Q4_1")
-            want_w = q2_weight(t, hf, int(x.shape[0]), gs, codebook)
-            got = dequantize(x.data, x.tensor_type).reshape(int(x.shape[1]), int(x.shape[0])).astype(np.float32)
-            n_q += 1
+            in_features = int(x.shape[0])
+            want_type = GGMLQuantizationType.Q4_1 if in_features % 32 == 0 else GGMLQuantizationType.F32
+            check(x.tensor_type == want_type,
+                  f"{gg}: type {x.tensor_type.name}, expected {want_type.name} (in_features {in_features})")
+            want_w = q2_weight(t, hf, in_features, gs, codebook)
+            if x.tensor_type == GGMLQuantizationType.F32:  # exact fallback: the dequantized q2 weights
+                got = np.asarray(x.data, np.float32).reshape(int(x.shape[1]), in_features)
+                n_fallback += 1
+            else:
+                got = dequantize(x.data, x.tensor_type).reshape(int(x.shape[1]), in_features).astype(np.float32)
+                n_q += 1
         else:
             key = hf if hf.endswith(".weight") else hf + ".weight"
             check(x.tensor_type == GGMLQuantizationType.F32, f"{gg}: type {x.tensor_type.name}, expected F32")
@@ -248,8 +257,12 @@ def main():
             d = float(np.max(np.abs(got - want_w))) if got.size else 0.0
             max_diff = max(max_diff, d)
             check(same, f"{gg}: values differ from the artifact (max |diff| {d:.3g})")
-    print(f"gguf_check: {path}: {len(r.tensors)} tensors ({n_q} Q4_1, {n_f} F32 compared), "
-          f"{len(r.fields)} metadata keys; Q4_1 dequant vs artifact W: max |diff| {max_diff:.3g} "
+    # MOSTLY_Q4_1 when any tensor is Q4_1, ALL_F32 otherwise (every quantized module ragged)
+    want_ftype = 3 if n_q else 0
+    check(field_value(r, "general.file_type") == want_ftype,
+          f"general.file_type = {field_value(r, 'general.file_type')!r}, expected {want_ftype}")
+    print(f"gguf_check: {path}: {len(r.tensors)} tensors ({n_q} Q4_1, {n_fallback} F32 from q2, {n_f} F32 compared), "
+          f"{len(r.fields)} metadata keys; Q4_1/F32 vs artifact W: max |diff| {max_diff:.3g} "
           f"(bit-identical: {not any('values differ' in f for f in failures)}); {tok_summary}")
     if failures:
         print(f"gguf_check: {len(failures)} failures", file=sys.stderr)

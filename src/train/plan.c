@@ -1,0 +1,230 @@
+/* The memory plan and FLOP count of a training run (see plan.h). */
+#include "plan.h"
+
+#include "../quant/q2.h"
+
+/* forward.c rounds every buffer of its size table to 16 floats (64 bytes) */
+static uint64_t al(uint64_t floats) { return floats ? (floats + 15) & ~(uint64_t)15 : 0; }
+
+/* forward.c's NLL_CHUNK: rows of logits computed at once */
+enum { PLAN_LOGIT_ROWS = 64 };
+
+/* cuBLASLt workspace the CUDA backend is expected to hold */
+#define PLAN_CUBLASLT_WORKSPACE (32ull << 20)
+
+void rq_plan_default_opts(rq_plan_opts *o) {
+    *o = (rq_plan_opts){.device = RQ_PLAN_CPU,
+                        .stage = RQ_PLAN_CALIBRATE,
+                        .scope = RQ_SCOPE_MODEL,
+                        .mse_weight = 0.5,
+                        .ce_weight = 0.5,
+                        .adapter = RQ_ADAPTER_QALORA,
+                        .r = 64,
+                        .adapter_group_size = 64,
+                        .targets = RQ_ADAPTER_ALL_PROJ,
+                        .micro_batch = 1,
+                        .seq_len = 512,
+                        .n_windows = 320,
+                        .student_q2 = true,
+                        .quant_group_size = 64};
+}
+
+static void proj_shape(const rq_config *c, int p, int *out, int *in) {
+    const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    switch (p) {
+    case RQ_PROJ_Q: *out = qd, *in = c->dim; break;
+    case RQ_PROJ_K:
+    case RQ_PROJ_V: *out = kvd, *in = c->dim; break;
+    case RQ_PROJ_O: *out = c->dim, *in = qd; break;
+    case RQ_PROJ_GATE:
+    case RQ_PROJ_UP: *out = c->hidden_dim, *in = c->dim; break;
+    default: *out = c->dim, *in = c->hidden_dim; break;
+    }
+}
+
+static int adapter_cols(const rq_plan_opts *o, int in) {
+    int gs = o->adapter_group_size > 0 ? o->adapter_group_size : 64;
+    return o->adapter == RQ_ADAPTER_QALORA ? (in + gs - 1) / gs : in;
+}
+
+/* Floats of a forward state's size table (forward.c rq_forward_create) plus
+ * its K/V allocation, in bytes: train = true with adapters per o (o NULL: no
+ * adapters), or an inference state without cache. */
+static uint64_t forward_bytes(const rq_config *c, const rq_plan_opts *o, int B, int T, bool train) {
+    const uint64_t N = (uint64_t)B * T, dim = (uint64_t)c->dim, H = (uint64_t)c->hidden_dim;
+    const uint64_t qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
+    const uint64_t half = (uint64_t)c->head_dim / 2;
+    const int layers = train ? c->n_layers : 1;
+    uint64_t f = (uint64_t)(train ? c->n_layers + 1 : 1) * al(N * dim), scratch = 0;
+    for (int l = 0; l < layers; l++) {
+        f += al(N) + al(N * dim) + al(N * qd) + 2 * al(N * kvd);
+        if (train) f += al((uint64_t)B * c->n_heads * T * T);
+        f += al(N * qd) + al(N * dim) + al(N) + al(N * dim) + 3 * al(N * H);
+        for (int p = 0; o && p < RQ_N_PROJ; p++) {
+            if (!(o->targets & (1u << p))) continue;
+            int out, in;
+            proj_shape(c, p, &out, &in);
+            uint64_t g = (uint64_t)adapter_cols(o, in);
+            f += al(N * o->r);
+            if (o->adapter == RQ_ADAPTER_QALORA) f += al(N * g);
+            uint64_t sc = N * o->r + (o->adapter == RQ_ADAPTER_QALORA ? N * g : 0);
+            if (sc > scratch) scratch = sc;
+        }
+    }
+    f += al(N) + al(N * dim) + al((uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) + al((uint64_t)PLAN_LOGIT_ROWS * dim) +
+         al(PLAN_LOGIT_ROWS) + al(2 * T * half); /* ... gather, row_loss, rope */
+    if (train)
+        f += 2 * al(N * dim) + al(N * qd) + 2 * al(N * kvd) + al(N * qd) + 3 * al(N * H) + al(scratch) + al(N * dim) +
+             al((uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) + al(N * dim);
+    uint64_t bytes = f * sizeof(float);
+    if (!train) bytes += 2 * N * kvd * sizeof(float); /* K/V of one layer (no cache) */
+    return bytes;
+}
+
+/* forward.c's host arrays: inv_freq, rope cos|sin, a chunk of logits */
+static uint64_t forward_host_bytes(const rq_config *c, int T) {
+    const uint64_t half = (uint64_t)c->head_dim / 2;
+    return (half + 2 * (uint64_t)T * half + (uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) * sizeof(float);
+}
+
+rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p, rq_err *err) {
+    *p = (rq_plan){0};
+    if (o->micro_batch <= 0 || o->seq_len <= 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "plan: micro-batch %d and sequence length %d must be positive", o->micro_batch,
+                       o->seq_len);
+    if (o->r <= 0 || !(o->targets & RQ_ADAPTER_ALL_PROJ))
+        return RQ_FAIL(err, RQ_ERR_ARG, "plan: rank %d must be positive and at least one projection targeted", o->r);
+    if (o->student_q2 && o->quant_group_size <= 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "plan: q2 group size %d must be positive", o->quant_group_size);
+    if (c->dim <= 0 || c->n_layers <= 0 || c->hidden_dim <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->head_dim <= 0 || c->vocab_size <= 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "plan: the model config has a non-positive dimension");
+    const bool cuda = o->device == RQ_PLAN_CUDA, calib = o->stage == RQ_PLAN_CALIBRATE;
+    const uint64_t B = (uint64_t)o->micro_batch, T = (uint64_t)o->seq_len, N = B * T, dim = (uint64_t)c->dim;
+
+    /* weights: q2 projections as stored, the rest fp32 (one allocation) */
+    uint64_t dense_floats = (uint64_t)c->vocab_size * dim * (c->tie_embeddings ? 1 : 2) +
+                            (uint64_t)c->n_layers * 2 * dim + dim;
+    uint64_t q2 = 0, max_w = 0, max_width = 0;
+    size_t n_params = 0;
+    int n_ad = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int pj = 0; pj < RQ_N_PROJ; pj++) {
+            int out, in;
+            proj_shape(c, pj, &out, &in);
+            if (o->student_q2) q2 += rq_q2_data_bytes(out, in, o->quant_group_size);
+            else dense_floats += (uint64_t)out * in;
+            if ((uint64_t)out * in > max_w) max_w = (uint64_t)out * in;
+            if ((uint64_t)in > max_width) max_width = (uint64_t)in;
+            if ((uint64_t)out > max_width) max_width = (uint64_t)out;
+            if (!(o->targets & (1u << pj))) continue;
+            n_ad++;
+            n_params += (size_t)o->r * adapter_cols(o, in) + (size_t)out * o->r;
+        }
+    p->weights_q2 = q2;
+    p->weights_dense = dense_floats * sizeof(float);
+    p->adapter_params = n_params;
+    p->n_adapters = n_ad;
+    p->adapters = p->grads = n_params * sizeof(float);
+    p->moments = 2 * p->adapters;
+    p->activations = forward_bytes(c, o, o->micro_batch, o->seq_len, true);
+
+    const bool teacher_targets = calib && o->mse_weight > 0; /* read from the cache in every scope */
+    const bool teacher_beside = calib && o->scope != RQ_SCOPE_MODEL;
+    const uint64_t teacher_fp32 = (uint64_t)rq_config_n_params(c) * sizeof(float);
+    if (teacher_beside) {
+        p->teacher_weights = teacher_fp32;
+        p->teacher_activations = forward_bytes(c, NULL, o->micro_batch, o->seq_len, true);
+    }
+    /* trainer.c host side: tokens, targets, one_target, lens, the teacher window the data
+       callback fills, the best-adapter copy, the checkpoint's moment buffer; the forward
+       states' host arrays */
+    p->host = 3 * N * sizeof(int) + B * sizeof(int) + (teacher_targets ? N * dim * sizeof(float) : 0) + p->adapters +
+              p->moments + forward_host_bytes(c, o->seq_len) + (teacher_beside ? forward_host_bytes(c, o->seq_len) : 0);
+    /* trainer.c device side: d_hidden, the uploaded teacher targets, the scope hooks' buffer */
+    p->scratch = N * dim * sizeof(float) * (1 + (teacher_targets ? 1 : 0) + (teacher_beside ? 1 : 0));
+    if (cuda) {
+        /* bf16 copies of a GEMM's input and of the gradient entering a backward GEMM, a bf16
+           dequantized projection, the cuBLASLt workspace; attention through batched GEMMs:
+           q, k, v (expanded to every head) and the output gradient head-major, scores
+           and their gradient [B][nh][T][T] */
+        const uint64_t qd = (uint64_t)c->n_heads * c->head_dim;
+        p->scratch += 2 * N * max_width * 2 + max_w * 2 + PLAN_CUBLASLT_WORKSPACE +
+                      (4 * N * qd + 2 * B * (uint64_t)c->n_heads * T * T) * sizeof(float);
+    }
+    const uint64_t weights = p->weights_q2 + p->weights_dense;
+    p->training = weights + p->adapters + p->grads + p->moments + p->activations + p->scratch + p->teacher_weights +
+                  p->teacher_activations + (cuda ? 0 : p->host);
+    if (calib && !o->teacher_cached) {
+        /* the teacher (fp32) runs over every window, batch 1; on the CPU the student is
+           already loaded beside it, on CUDA it is not uploaded yet (and the training
+           scratch bounds the inference workspace from above) */
+        p->teacher_pass = teacher_fp32 + forward_bytes(c, NULL, 1, o->seq_len, false) +
+                          (cuda ? p->scratch : weights + forward_host_bytes(c, o->seq_len));
+    }
+    p->total = p->training > p->teacher_pass ? p->training : p->teacher_pass;
+    if (cuda) p->host_total = weights + p->host + (teacher_beside || (calib && !o->teacher_cached) ? teacher_fp32 : 0);
+    if (calib) {
+        p->cache_disk = (uint64_t)o->n_windows * T * dim * sizeof(float);
+        p->cache_resident = teacher_targets ? N * dim * sizeof(float) : 0;
+    }
+    return RQ_OK;
+}
+
+static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+rq_status rq_plan_check_free(const rq_plan *p, const rq_plan_opts *o, uint64_t free_bytes, uint64_t resident,
+                             const char *device, rq_err *err) {
+    uint64_t need = p->total > resident ? p->total - resident : 0;
+    if (need <= free_bytes) return RQ_OK;
+    const bool teacher_peak = p->teacher_pass > p->training;
+    return RQ_FAIL(err, RQ_ERR_NOMEM,
+                   "memory plan: the run needs %.2f GiB on %s (%s; %.2f GiB already allocated) but only %.2f GiB "
+                   "is free. Training: weights %.2f GiB, adapters + gradients + moments %.2f GiB, activations "
+                   "%.2f GiB (micro-batch %d x %d tokens; they grow with B*T, attention with B*T^2), scratch %.2f "
+                   "GiB%s%s. Lower --micro-batch or --seq-len, a smaller --rank, run on a device with more memory, "
+                   "or pass --no-memory-check to try anyway (see rilq inspect MODEL --plan)",
+                   gib(p->total), device, teacher_peak ? "peak in the one-off teacher pass" : "peak in training",
+                   gib(resident), gib(free_bytes), gib(p->weights_q2 + p->weights_dense),
+                   gib(p->adapters + p->grads + p->moments), gib(p->activations), o->micro_batch, o->seq_len, gib(p->scratch),
+                   p->teacher_weights ? ", the teacher beside the student (layer/linear scope) " : "",
+                   p->teacher_weights ? "(its weights and activations count too)" : "");
+}
+
+rq_status rq_plan_check(const rq_plan *p, const rq_plan_opts *o, rq_backend *be, uint64_t resident, rq_err *err) {
+    size_t free_b = 0, total_b = 0;
+    RQ_TRY(be->mem_info(be, &free_b, &total_b, err));
+    return rq_plan_check_free(p, o, free_b, resident, be->name, err);
+}
+
+void rq_plan_flops_compute(const rq_config *c, const rq_plan_opts *o, rq_plan_flops *f) {
+    *f = (rq_plan_flops){0};
+    const double B = o->micro_batch, T = o->seq_len, N = B * T;
+    double proj = 0, q2 = 0, ad_fwd = 0;
+    for (int pj = 0; pj < RQ_N_PROJ; pj++) {
+        int out, in;
+        proj_shape(c, pj, &out, &in);
+        proj += (double)out * in;
+        if (o->student_q2) q2 += (double)rq_q2_data_bytes(out, in, o->quant_group_size);
+        else q2 += 4.0 * out * in;
+        if (o->targets & (1u << pj))
+            /* x~ A^T, u B^T (plus the group means of x for QA-LoRA: one add per input) */
+            ad_fwd += 2.0 * o->r * (adapter_cols(o, in) + out) + (o->adapter == RQ_ADAPTER_QALORA ? in : 0);
+    }
+    const double L = c->n_layers, head = (double)c->vocab_size * c->dim;
+    const bool ce = o->ce_weight > 0;
+    f->proj_fwd = 2.0 * proj * L * N;
+    f->head_fwd = ce ? 2.0 * head * N : 0;
+    /* causal: query t attends to t + 1 keys; QK^T and PV 2 * hd FLOPs per pair each */
+    f->attn_fwd = 4.0 * L * B * c->n_heads * c->head_dim * (T * (T + 1) / 2.0);
+    f->adapter_fwd = ad_fwd * L * N;
+    f->proj_bwd = f->proj_fwd;         /* input gradients only: the base is frozen */
+    f->head_bwd = f->head_fwd;
+    f->attn_bwd = 2.0 * f->attn_fwd;   /* dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q */
+    f->adapter_bwd = 2.0 * f->adapter_fwd; /* dB, dA and the input gradient through both factors */
+    f->total = f->proj_fwd + f->head_fwd + f->attn_fwd + f->adapter_fwd + f->proj_bwd + f->head_bwd + f->attn_bwd +
+               f->adapter_bwd;
+    f->per_token = f->total / N;
+    f->weight_bytes = 2.0 * (q2 * L + (ce ? 4.0 * head : 0));
+    f->teacher_bytes = o->stage == RQ_PLAN_CALIBRATE && o->mse_weight > 0 ? 4.0 * N * c->dim : 0;
+}
