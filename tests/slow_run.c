@@ -198,6 +198,12 @@ int main(void) {
         double pf = result(res, "finetuned", "wikitext2", "ppl"), pm = result(res, "merged", "wikitext2", "ppl");
         CHECKF(fabs(pm - pf) <= 1e-2 * pf, "merged ppl %.6g vs adapters %.6g", pm, pf);
         CHECK_NEAR(result(res, "merged", "arc_easy", "acc"), result(res, "finetuned", "arc_easy", "acc"), 0.05 + 1e-9);
+        /* the merge's own logit check, as results.json records it */
+        const cJSON *mg = cJSON_GetObjectItemCaseSensitive(res, "merge");
+        const cJSON *rel = cJSON_GetObjectItemCaseSensitive(mg, "max_rel_logit_diff");
+        const cJSON *bound = cJSON_GetObjectItemCaseSensitive(mg, "rel_bound");
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(mg, "passed")));
+        CHECK(cJSON_IsNumber(rel) && cJSON_IsNumber(bound) && rel->valuedouble <= bound->valuedouble);
     } else {
         CHECK(!strcmp(stage_status(res, "merge"), "failed"));
         CHECK(!strcmp(stage_status(res, "eval-merged"), "blocked"));

@@ -439,6 +439,7 @@ static void plan_and_run(run_ctx *c) {
         arg(&a, art);
         arg(&a, final_adapter);
         opt(&a, "--out", merged);
+        add_common(c, &a, false);
         const char *deps[] = {"quantize", final_adapter_stage, NULL};
         run_stage(c, "merge", "merge", cmd_merge, &a, deps, prepare_merge);
     }
@@ -514,27 +515,33 @@ static bool has_acc_norm(const char *task) {
     return strcmp(task, "winogrande") != 0 && strcmp(task, "gsm8k") != 0;
 }
 
-/* The merge's check of the merged logits, from the lines of its log that report it. */
+/* The merge's check of the merged logits, read from its log (rilq merge prints
+ * "verification (...): merged vs adapter model: max |diff| A, relative R; ..."
+ * and "bound: relative B: passed"). */
 static cJSON *merge_summary(const char *dir) {
     char path[4096];
-    join(path, sizeof path, dir, "merge/merge.json");
-    cJSON *j = read_json(path);
-    if (j) return j;
     join(path, sizeof path, dir, "merge/log.txt");
     char *text = NULL;
     size_t n = 0;
     rq_err err = {0};
     if (rq_file_read_all(path, &text, &n, &err) != RQ_OK) return NULL;
     cJSON *o = cJSON_CreateObject();
-    cJSON *lines = cJSON_AddArrayToObject(o, "log_lines");
+    cJSON *lines = cJSON_AddArrayToObject(o, "log");
     char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        if (strstr(line, "max") || strstr(line, "logit")) cJSON_AddItemToArray(lines, cJSON_CreateString(line));
-    free(text);
-    if (cJSON_GetArraySize(lines) == 0) {
-        cJSON_Delete(o);
-        return NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON_AddItemToArray(lines, cJSON_CreateString(line));
+        const char *v = strstr(line, "merged vs adapter model: max |diff| ");
+        double x, y;
+        if (v && sscanf(v, "merged vs adapter model: max |diff| %lf, relative %lf", &x, &y) == 2) {
+            cJSON_AddNumberToObject(o, "max_abs_logit_diff", x);
+            cJSON_AddNumberToObject(o, "max_rel_logit_diff", y);
+        }
+        if (!strncmp(line, "bound: relative ", 16) && sscanf(line, "bound: relative %lf", &x) == 1) {
+            cJSON_AddNumberToObject(o, "rel_bound", x);
+            cJSON_AddBoolToObject(o, "passed", strstr(line, "passed") != NULL);
+        }
     }
+    free(text);
     return o;
 }
 
