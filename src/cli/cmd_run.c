@@ -806,9 +806,25 @@ int cmd_run(int argc, char **argv) {
         rq_recipe_free(&r);
         return 0;
     }
+    /* one run per directory at a time: a POSIX record lock, released when the process ends (also by a kill) */
+    char lock_path[4200];
+    int lock_fd = -1;
+    join(lock_path, sizeof lock_path, dir, ".lock");
+    if (rq_mkdir_p(dir, &err) == RQ_OK) {
+        lock_fd = open(lock_path, O_RDWR | O_CREAT, 0644);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        if (lock_fd < 0 || fcntl(lock_fd, F_SETLK, &fl) != 0) {
+            RQ_FAIL(&err, RQ_ERR_IO, "%s: another rilq run is using this directory (or the lock %s cannot be taken)",
+                    dir, lock_path);
+            if (lock_fd >= 0) close(lock_fd);
+            rq_recipe_free(&r);
+            return cli_fail("run", &err);
+        }
+    }
     if (rq_mkdir_p(dir, &err) || check_or_write_recipe(&c, &err) || write_versions(&c, argc, argv, &err)) {
         rc = cli_fail("run", &err);
         rq_recipe_free(&r);
+        if (lock_fd >= 0) close(lock_fd);
         return rc;
     }
     plan_and_run(&c);
@@ -829,5 +845,6 @@ int cmd_run(int argc, char **argv) {
     }
     cJSON_Delete(results);
     rq_recipe_free(&r);
+    if (lock_fd >= 0) close(lock_fd);
     return rc;
 }
