@@ -676,6 +676,36 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
         memcpy(metrics + len, line, (size_t)w + 1);
         len += (size_t)w;
     }
+    /* quantize's weight error and the merge's logit check, from their logs */
+    char extra[1024] = "";
+    {
+        char qlog[4096], *qtext = NULL;
+        size_t qn = 0;
+        rq_err qerr = {0};
+        double mean, max;
+        join(qlog, sizeof qlog, c->dir, "quantize/log.txt");
+        const char *hit = rq_file_read_all(qlog, &qtext, &qn, &qerr) == RQ_OK ? strstr(qtext, "||W - Q(W)||/||W||: mean ")
+                                                                               : NULL;
+        if (hit && sscanf(hit, "||W - Q(W)||/||W||: mean %lf, max %lf", &mean, &max) == 2)
+            snprintf(extra, sizeof extra, "{\"stage\":\"quantize\",\"mean_rel_weight_err\":%.9g,\"max_rel_weight_err\":%.9g}\n",
+                     mean, max);
+        free(qtext);
+        const cJSON *mg = cJSON_GetObjectItemCaseSensitive(results, "merge");
+        const cJSON *ma = cJSON_GetObjectItemCaseSensitive(mg, "max_abs_logit_diff");
+        const cJSON *mr = cJSON_GetObjectItemCaseSensitive(mg, "max_rel_logit_diff");
+        const cJSON *mb = cJSON_GetObjectItemCaseSensitive(mg, "rel_bound");
+        if (cJSON_IsNumber(ma) && cJSON_IsNumber(mr) && cJSON_IsNumber(mb))
+            snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
+                     "{\"stage\":\"merge\",\"max_abs_logit_diff\":%.9g,\"max_rel_logit_diff\":%.9g,\"rel_bound\":%.9g}\n",
+                     ma->valuedouble, mr->valuedouble, mb->valuedouble);
+        size_t w = strlen(extra);
+        char *nb = w ? realloc(metrics, len + w + 1) : NULL;
+        if (nb) {
+            metrics = nb;
+            memcpy(metrics + len, extra, w + 1);
+            len += w;
+        }
+    }
     rq_status s = RQ_OK;
     join(path, sizeof path, c->dir, "metrics.jsonl");
     s = rq_write_file_atomic(path, metrics, len, err);

@@ -522,7 +522,7 @@ char *rq_recipe_schema_help(void) {
         char line[512];
         if (s->kind == K_OBJ) snprintf(line, sizeof line, "%s: %s\n", s->key, s->help);
         else
-            snprintf(line, sizeof line, "  %-24s %-8s %-12s %s\n", s->key,
+            snprintf(line, sizeof line, "  %-24s %-8s %-22s %s\n", s->key,
                      s->kind == K_STR ? "string" : s->kind == K_INT ? "integer" : s->kind == K_NUM ? "number"
                      : s->kind == K_BOOL ? "bool" : "list",
                      s->def ? (*s->def ? s->def : "\"\"") : "(required)", s->help);
