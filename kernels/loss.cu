@@ -41,7 +41,7 @@ __global__ void k_cross_entropy(float *loss, float *dlogits, const float *logits
         if (x > st.m) {
             st.s = (st.m == -INFINITY ? 0.0f : st.s * expf(st.m - x)) + 1.0f;
             st.m = x;
-        } else {
+        } else if (x != -INFINITY) { /* a -inf logit adds 0 (-inf - -inf would be NaN); a NaN still propagates */
             st.s += expf(x - st.m);
         }
     }

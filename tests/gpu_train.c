@@ -35,6 +35,7 @@
 #include "eval/ppl.h"
 #include "quant/q2.h"
 #include "quant/quantize_model.h"
+#include "adapter/merge.h"
 #include "test.h"
 #include "train/trainer.h"
 
@@ -250,25 +251,19 @@ static float *test_twenty_updates(rq_model *student, windows *w, size_t *n) {
 
 /* ---- 3. merge and eval ------------------------------------------------------------------------ */
 
-/* adapter.h's merge rule for QA-LoRA adapters whose groups are the q2 groups */
+/* the library's merge (src/adapter/merge.h) of QA-LoRA adapters whose groups are the q2 groups */
 static void merge_into(rq_model *m, const rq_adapter_set *layout, const float *params) {
+    rq_err err = {0};
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++) {
             const rq_adapter *a = rq_adapter_set_get((rq_adapter_set *)layout, l, p);
             rq_q2_tensor *t = rq_layer_proj(&m->layers[l], p)->q2;
-            if (!a || !t || t->group_size != a->group_size) {
+            if (!a || !t) {
                 CHECK(false);
                 continue;
             }
             const float *A = params + (a->A - layout->params), *B = params + (a->B - layout->params);
-            for (int o = 0; o < a->out; o++)
-                for (int g = 0; g < a->a_cols; g++) {
-                    double ba = 0;
-                    for (int k = 0; k < a->r; k++) ba += (double)B[(size_t)o * a->r + k] * A[(size_t)k * a->a_cols + g];
-                    int len = g == a->a_cols - 1 ? a->in - g * a->group_size : a->group_size;
-                    uint16_t *off = &t->offsets[(size_t)o * t->n_groups + g];
-                    *off = rq_f32_to_f16((float)(rq_f16_to_f32(*off) + a->scaling * ba / len));
-                }
+            CHECK_OK(rq_merge_qalora_offsets(t, a, A, B, rq_proj_names[p], t->offsets, NULL, &err), &err);
         }
 }
 

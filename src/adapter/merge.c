@@ -454,6 +454,7 @@ rq_status rq_merge_model(rq_model *m, rq_adapter_set *s, rq_backend *be, const r
     }
     if (r == RQ_OK) {
         commit_all(m, st);
+        if (be->weights_changed) be->weights_changed(be); /* device mirrors of the old weights are stale */
         if (m->adapters == s) m->adapters = NULL;
     }
     if (r == RQ_OK && n > 0) {

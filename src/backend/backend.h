@@ -112,6 +112,13 @@ struct rq_backend {
     void (*adam_l2)(rq_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, int t);
 
+    /* The frozen host weights (rq_model tensors) were rewritten in place, e.g.
+     * by a merge: a backend that mirrors them on the device drops its mirrors,
+     * so the next op uploads the new values (its per-use fingerprint samples a
+     * few words and can miss a sparse change). NULL where weights are read in
+     * place (CPU). */
+    void (*weights_changed)(rq_backend *be);
+
     void (*destroy)(rq_backend *be);
 };
 

@@ -11,7 +11,8 @@
  * and kept until the backend is destroyed. Each use compares a fingerprint of
  * the host array (its size and 16 sampled words) with the mirror's and
  * re-uploads on a mismatch, so a weight freed and reallocated at the same
- * address, or rewritten (a merge), is noticed in all but contrived cases. The
+ * address is noticed in all but contrived cases; a weight rewritten in place
+ * (a merge: few offsets may change) is announced by be->weights_changed. The
  * embedding table is not mirrored (the op does not know its row count): the
  * wanted rows are gathered on the host and uploaded, unless the table is
  * device memory. Index arrays (tokens, gather rows, targets) and the
@@ -328,6 +329,18 @@ static const void *weight_dev(cuda_ctx *c, const void *host, size_t bytes, const
     /* in stream order: kernels enqueued before still read the old contents */
     if (!CU(c, cudaMemcpyAsync(m->dev, host, bytes, cudaMemcpyHostToDevice, c->comp))) return NULL;
     return m->dev;
+}
+
+/* Drop every mirror (the host weights changed in place): the next use uploads again. */
+static void cuda_weights_changed(rq_backend *be) {
+    cuda_ctx *c = be->ctx;
+    if (!c->n_mirrors) return;
+    /* kernels enqueued earlier may still read the mirrors */
+    if (!CU(c, cudaStreamSynchronize(c->comp))) return;
+    for (size_t i = 0; i < c->cap_mirrors; i++)
+        if (c->mirrors[i].dev) CU(c, cudaFree(c->mirrors[i].dev));
+    memset(c->mirrors, 0, sizeof *c->mirrors * c->cap_mirrors);
+    c->n_mirrors = 0;
 }
 
 typedef struct q2_dev {
@@ -937,6 +950,7 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     be->sum_squares = cuda_sum_squares;
     be->scale = cuda_scale;
     be->fill_zero = cuda_fill_zero;
+    be->weights_changed = cuda_weights_changed;
     *out = be;
     return RQ_OK;
 fail:
