@@ -580,6 +580,16 @@ static cJSON *build_results(const run_ctx *c) {
         cJSON *row = cJSON_CreateObject();
         cJSON_AddStringToObject(row, "id", id);
         cJSON_AddStringToObject(row, "label", row_label(r, id, label, sizeof label));
+        /* what was evaluated: the model and the adapters attached (none for fp, q2, merged) */
+        const char *model_rel = !strcmp(id, "fp") ? NULL : !strcmp(id, "merged") ? "merge/artifact" : "quantize/artifact";
+        const char *adapter_rel = !strcmp(id, "rilq") ? "calibrate/adapter" : !strcmp(id, "finetuned") ? "finetune/adapter"
+                                                                                                      : NULL;
+        if (model_rel) join(path, sizeof path, c->dir, model_rel);
+        cJSON_AddStringToObject(row, "model", model_rel ? path : r->model.path);
+        if (adapter_rel) {
+            join(path, sizeof path, c->dir, adapter_rel);
+            cJSON_AddStringToObject(row, "adapter", path);
+        } else cJSON_AddNullToObject(row, "adapter");
         snprintf(sub, sizeof sub, "eval/%s/results.json", id);
         join(path, sizeof path, c->dir, sub);
         cJSON *ev = read_json(path);
