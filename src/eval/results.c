@@ -94,7 +94,6 @@ rq_status rq_eval_report_init(rq_eval_report *rep, const rq_eval_settings *s, rq
     cJSON_AddStringToObject(r, "model_dtypes", s->model_dtypes ? s->model_dtypes : "");
     if (s->adapter_path) cJSON_AddStringToObject(r, "adapter", s->adapter_path);
     else cJSON_AddNullToObject(r, "adapter");
-    cJSON_AddNullToObject(r, "adapter");
     cJSON_AddStringToObject(r, "bos", rq_bos_mode_name(s->bos));
     if (s->limit) cJSON_AddNumberToObject(r, "limit", (double)s->limit);
     else cJSON_AddNullToObject(r, "limit");
