@@ -230,3 +230,40 @@ rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err) {
     *out = m;
     return RQ_OK;
 }
+
+cJSON *rq_hf_config_json(const rq_config *c, const char *torch_dtype) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
+    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
+    cJSON_AddStringToObject(root, "model_type", "llama");
+    cJSON_AddStringToObject(root, "hidden_act", "silu");
+    cJSON_AddNumberToObject(root, "hidden_size", c->dim);
+    cJSON_AddNumberToObject(root, "intermediate_size", c->hidden_dim);
+    cJSON_AddNumberToObject(root, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(root, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(root, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(root, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(root, "rms_norm_eps", (double)c->norm_eps);
+    cJSON_AddNumberToObject(root, "rope_theta", (double)c->rope_theta);
+    if (c->rope_scaling == RQ_ROPE_SCALING_NONE) cJSON_AddNullToObject(root, "rope_scaling");
+    else {
+        cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", c->rope_scaling == RQ_ROPE_SCALING_LLAMA3 ? "llama3" : "linear");
+        cJSON_AddNumberToObject(rs, "factor", (double)c->rope_factor);
+        if (c->rope_scaling == RQ_ROPE_SCALING_LLAMA3) {
+            cJSON_AddNumberToObject(rs, "low_freq_factor", (double)c->rope_low_freq_factor);
+            cJSON_AddNumberToObject(rs, "high_freq_factor", (double)c->rope_high_freq_factor);
+            cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_orig_max_pos);
+        }
+    }
+    cJSON_AddNumberToObject(root, "max_position_embeddings", c->max_seq_len);
+    cJSON_AddNumberToObject(root, "vocab_size", c->vocab_size);
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tie_embeddings);
+    cJSON_AddBoolToObject(root, "attention_bias", false);
+    cJSON_AddBoolToObject(root, "mlp_bias", false);
+    if (c->bos_id >= 0) cJSON_AddNumberToObject(root, "bos_token_id", c->bos_id);
+    if (c->n_eos == 1) cJSON_AddNumberToObject(root, "eos_token_id", c->eos_ids[0]);
+    else if (c->n_eos > 1) cJSON_AddItemToObject(root, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
+    cJSON_AddStringToObject(root, "torch_dtype", torch_dtype);
+    return root;
+}

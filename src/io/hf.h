@@ -20,4 +20,10 @@ rq_status rq_hf_read_generation_config(const char *path, rq_config *cfg, rq_err 
  * the safetensors weights, tokenizer.json if present (else m->tok is NULL). */
 rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err);
 
+/* A new cJSON object holding c as Hugging Face LlamaConfig keys (what
+ * rq_hf_parse_config reads back to the same config; floats go through double
+ * exactly and cJSON prints enough digits to round-trip), with torch_dtype.
+ * The caller adds its own blocks (quantization_config) and frees it. */
+struct cJSON *rq_hf_config_json(const rq_config *c, const char *torch_dtype);
+
 #endif
