@@ -63,6 +63,16 @@ rq_status rq_mkdir_p(const char *path, rq_err *err);
 /* Join a directory and a name into buf (size n). False when it does not fit. */
 bool rq_path_join(char *buf, size_t n, const char *dir, const char *name);
 
+/* Atomic directory: fill(user, tmp) writes the directory's files (each one of
+ * files[0..n_files)) into tmp = "<dir>.tmp-<pid>", which is fsync'ed and renamed
+ * to dir; dir must not exist, or be an empty directory (else RQ_ERR_ARG naming
+ * it); its parent is created. On failure the temporary files are removed and
+ * dir is untouched, so a killed or failed write never leaves a dir that loads
+ * half written. A trailing '/' on dir is ignored. */
+typedef rq_status (*rq_dir_fill_fn)(void *user, const char *tmp_dir, rq_err *err);
+rq_status rq_write_dir_atomic(const char *dir, const char *const *files, int n_files, rq_dir_fill_fn fill, void *user,
+                              rq_err *err);
+
 /* Atomic write: data goes to "<path>.tmp.<pid>", is fsync'ed, then renamed over
  * path, so a reader sees either the old file or the complete new one. */
 typedef struct rq_atomic_file {

@@ -1,9 +1,11 @@
 /* Files: mapped views, whole-file reads, directories, atomic writes. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -173,4 +175,59 @@ rq_status rq_write_file_atomic(const char *path, const void *data, size_t n, rq_
         return s;
     }
     return rq_atomic_commit(&af, err);
+}
+
+/* fsync of a directory makes a rename in it durable; failures are ignored:
+ * some file systems refuse fsync on directories. */
+static void fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return;
+    (void)fsync(fd);
+    close(fd);
+}
+
+static bool dir_is_empty(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
+static void remove_dir_files(const char *dir, const char *const *files, int n_files) {
+    char p[4200];
+    for (int i = 0; i < n_files; i++)
+        if (rq_path_join(p, sizeof p, dir, files[i])) unlink(p);
+    rmdir(dir);
+}
+
+rq_status rq_write_dir_atomic(const char *dir_in, const char *const *files, int n_files, rq_dir_fill_fn fill, void *user,
+                              rq_err *err) {
+    char dir[4096], tmp[4200], parent[4096];
+    size_t n = strlen(dir_in);
+    while (n > 1 && dir_in[n - 1] == '/') n--; /* "out/" and "out" name one directory */
+    if (n == 0 || n >= sizeof dir) return RQ_FAIL(err, RQ_ERR_ARG, "output directory path empty or too long");
+    memcpy(dir, dir_in, n);
+    dir[n] = 0;
+    if (rq_file_exists(dir)) return RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", dir);
+    if (rq_dir_exists(dir) && !dir_is_empty(dir))
+        return RQ_FAIL(err, RQ_ERR_ARG, "%s: directory exists and is not empty (remove it or choose another --out)", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
+    const char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) snprintf(parent, sizeof parent, "%.*s", (int)(slash - dir), dir);
+    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
+    if (!rq_dir_exists(parent)) RQ_TRY(rq_mkdir_p(parent, err));
+    remove_dir_files(tmp, files, n_files); /* a leftover of an earlier run with our pid */
+    if (mkdir(tmp, 0755) != 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", tmp, strerror(errno));
+    rq_status s = fill(user, tmp, err);
+    if (s == RQ_OK) {
+        fsync_dir(tmp);
+        if (rq_dir_exists(dir)) rmdir(dir); /* empty, checked above */
+        if (rename(tmp, dir) != 0) s = RQ_FAIL(err, RQ_ERR_IO, "cannot rename %s to %s: %s", tmp, dir, strerror(errno));
+        else fsync_dir(parent);
+    }
+    if (s != RQ_OK) remove_dir_files(tmp, files, n_files);
+    return s;
 }

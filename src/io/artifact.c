@@ -71,32 +71,6 @@ static rq_status join(char *buf, size_t cap, const char *dir, const char *name, 
     return RQ_OK;
 }
 
-/* Flush a directory's entries (the renames into it) to disk. Best effort:
- * some file systems refuse fsync on directories. */
-static void fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return;
-    (void)fsync(fd);
-    close(fd);
-}
-
-static void remove_artifact_files(const char *dir) {
-    char p[4200];
-    for (int i = 0; i < N_ARTIFACT_FILES; i++)
-        if (rq_path_join(p, sizeof p, dir, artifact_files[i])) unlink(p);
-    rmdir(dir);
-}
-
-static bool dir_is_empty(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return false;
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)) != NULL) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty;
-}
-
 static rq_status copy_file(const char *src, const char *dst, rq_err *err) {
     rq_file_view v;
     RQ_TRY(rq_file_map(src, &v, err));
@@ -554,34 +528,19 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
     return s;
 }
 
-rq_status rq_artifact_write(const rq_model *m, const char *dir_in, const rq_artifact_opts *opts, rq_err *err) {
-    char dir[4096], tmp[4200], parent[4096];
-    size_t n = strlen(dir_in);
-    while (n > 1 && dir_in[n - 1] == '/') n--; /* "out/" and "out" name one directory */
-    if (n == 0 || n >= sizeof dir) return RQ_FAIL(err, RQ_ERR_ARG, "artifact directory path empty or too long");
-    memcpy(dir, dir_in, n);
-    dir[n] = 0;
-    if (rq_file_exists(dir)) return RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", dir);
-    if (rq_dir_exists(dir) && !dir_is_empty(dir))
-        return RQ_FAIL(err, RQ_ERR_ARG, "%s: directory exists and is not empty (remove it or choose another --out)", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
-    const char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) snprintf(parent, sizeof parent, "%.*s", (int)(slash - dir), dir);
-    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
-    if (!rq_dir_exists(parent)) RQ_TRY(rq_mkdir_p(parent, err));
-    remove_artifact_files(tmp); /* a leftover of an earlier run with our pid */
-    if (mkdir(tmp, 0755) != 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", tmp, strerror(errno));
+typedef struct write_job {
+    const rq_model *m;
+    const rq_artifact_opts *opts;
+} write_job;
 
-    rq_status s = write_files(m, tmp, opts, err);
-    if (s == RQ_OK) {
-        fsync_dir(tmp);
-        if (rq_dir_exists(dir)) rmdir(dir); /* empty, checked above */
-        if (rename(tmp, dir) != 0)
-            s = RQ_FAIL(err, RQ_ERR_IO, "cannot rename %s to %s: %s", tmp, dir, strerror(errno));
-        else fsync_dir(parent);
-    }
-    if (s != RQ_OK) remove_artifact_files(tmp);
-    return s;
+static rq_status fill_artifact(void *user, const char *tmp, rq_err *err) {
+    const write_job *j = user;
+    return write_files(j->m, tmp, j->opts, err);
+}
+
+rq_status rq_artifact_write(const rq_model *m, const char *dir, const rq_artifact_opts *opts, rq_err *err) {
+    write_job j = {m, opts};
+    return rq_write_dir_atomic(dir, artifact_files, N_ARTIFACT_FILES, fill_artifact, &j, err);
 }
 
 uint64_t rq_artifact_disk_bytes(const char *dir) {

@@ -591,29 +591,6 @@ static const char *const hqq_files[] = {"config.json", "model.safetensors", "tok
                                         "tokenizer.gguf"};
 #define N_HQQ_FILES ((int)(sizeof hqq_files / sizeof hqq_files[0]))
 
-static void remove_hqq_files(const char *dir) {
-    char p[4200];
-    for (int i = 0; i < N_HQQ_FILES; i++)
-        if (rq_path_join(p, sizeof p, dir, hqq_files[i])) unlink(p);
-    rmdir(dir);
-}
-
-static bool dir_is_empty(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return false;
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)) != NULL) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty;
-}
-
-static void fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return;
-    (void)fsync(fd);
-    close(fd);
-}
 
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -744,42 +721,27 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
     return s;
 }
 
+typedef struct hqq_job {
+    const rq_model *m;
+    rq_export_report *rep;
+} hqq_job;
+
+static rq_status fill_hqq(void *user, const char *tmp, rq_err *err) {
+    hqq_job *j = user;
+    return hqq_write_files(j->m, tmp, j->rep, err);
+}
+
 rq_status rq_export_hqq(const rq_model *m, const char *dir_in, const rq_export_opts *opts, rq_export_report *rep_out,
                         rq_err *err) {
     (void)opts;
     rq_export_report rep;
     memset(&rep, 0, sizeof rep);
-    char dir[4096], tmp[4200], parent[4096];
-    size_t n = strlen(dir_in);
-    while (n > 1 && dir_in[n - 1] == '/') n--;
-    if (n == 0 || n >= sizeof dir) return RQ_FAIL(err, RQ_ERR_ARG, "output directory path empty or too long");
-    memcpy(dir, dir_in, n);
-    dir[n] = 0;
-    if (rq_file_exists(dir)) return RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", dir);
-    if (rq_dir_exists(dir) && !dir_is_empty(dir))
-        return RQ_FAIL(err, RQ_ERR_ARG, "%s: directory exists and is not empty (remove it or choose another --out)", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
-    const char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) snprintf(parent, sizeof parent, "%.*s", (int)(slash - dir), dir);
-    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
-    if (!rq_dir_exists(parent)) RQ_TRY(rq_mkdir_p(parent, err));
-    remove_hqq_files(tmp);
-    if (mkdir(tmp, 0755) != 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", tmp, strerror(errno));
-    rq_status s = hqq_write_files(m, tmp, &rep, err);
-    if (s == RQ_OK) {
-        fsync_dir(tmp);
-        if (rq_dir_exists(dir)) rmdir(dir);
-        if (rename(tmp, dir) != 0) s = RQ_FAIL(err, RQ_ERR_IO, "cannot rename %s to %s: %s", tmp, dir, strerror(errno));
-        else fsync_dir(parent);
-    }
-    if (s != RQ_OK) {
-        remove_hqq_files(tmp);
-        return s;
-    }
+    hqq_job j = {m, &rep};
+    RQ_TRY(rq_write_dir_atomic(dir_in, hqq_files, N_HQQ_FILES, fill_hqq, &j, err));
     char p[4200];
     struct stat st;
     for (int i = 0; i < N_HQQ_FILES; i++)
-        if (rq_path_join(p, sizeof p, dir, hqq_files[i]) && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
+        if (rq_path_join(p, sizeof p, dir_in, hqq_files[i]) && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
     if (rep_out) *rep_out = rep;
     return RQ_OK;
 }
