@@ -21,7 +21,15 @@ steps=${STEPS:-320}
 pw=${PPL_WINDOWS:-16}
 cal_common="--windows 48 --seq-len 128 --val-windows 16 --c4-docs 0:1000 --accum 8 --eval-every 10 --patience 3 --max-micro-steps $steps --lr 1e-3 --head-error-windows 4 --cache $out/cache $T"
 
-ppl() { # model [adapter] -> "wikitext2 c4"
+ppl() { # model [adapter] -> "wikitext2 c4", remembered in $out/ppl/ so a rerun only adds rows
+  local key
+  key="$(printf '%s %s %s' "$1" "${2:-}" "$pw" | cksum | cut -d' ' -f1)"
+  mkdir -p "$out/ppl"
+  if [ ! -s "$out/ppl/$key" ]; then ppl_run "$@" > "$out/ppl/$key.tmp" && mv "$out/ppl/$key.tmp" "$out/ppl/$key"; fi
+  cat "$out/ppl/$key"
+}
+
+ppl_run() {
   local a=()
   [ -n "${2:-}" ] && a=(--adapter "$2")
   local w c
@@ -37,7 +45,7 @@ calibrate() { # name extra-args...
 }
 
 head_err() { # name -> "before after updates seconds"
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); g=lambda *k: next((d[x] for x in k if x in d), "?"); print(g("head_rel_error_before"), g("head_rel_error_after"), g("updates","steps"), round(g("total_seconds")))' "$out/$1/calibrate.json" 2>/dev/null || echo "? ? ? ?"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); g=lambda *k: next((d[x] for x in k if x in d), "?"); f=lambda x: f"{x:.4f}" if isinstance(x, float) else x; print(f(g("head_error_before")), f(g("head_error_after")), g("updates","steps"), round(g("total_seconds")))' "$out/$1/calibrate.json" 2>/dev/null || echo "? ? ? ?"
 }
 
 row() { # label model adapter [calib-name]
@@ -47,6 +55,15 @@ row() { # label model adapter [calib-name]
   read -r hb ha up secs <<< "$h"
   printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$w" "$c" "$hb" "$ha" "$up" "$secs" | tee -a "$out/table.md"
 }
+
+# CALIB_ONLY="name:adapter:rank ..." runs just those calibrations (to spread them over cores), then exits
+if [ -n "${CALIB_ONLY:-}" ]; then
+  for spec in $CALIB_ONLY; do
+    IFS=: read -r name ad r <<< "$spec"
+    calibrate "$name" --adapter "$ad" --rank "$r"
+  done
+  exit 0
+fi
 
 : > "$out/table.md"
 echo "| SmolLM2-135M, RTN 2-bit g64 | WikiText-2 | C4 held out | head err before | head err after | updates | seconds |" | tee -a "$out/table.md"
