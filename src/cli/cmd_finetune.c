@@ -21,6 +21,9 @@ static const char *finetune_help =
     "  --type qalora|lora (qalora)  --rank R (64)  --alpha A (16)  --group-size G (64)  --init gaussian\n"
     "                        (fresh adapters only)\n"
     "  --epochs N (3)  --lr LR (1e-4)  --batch B (16, through accumulation)  --micro-batch M (1)\n"
+    "  --optim adam|adamw (adam)  --weight-decay W (0; adam: L2 term, adamw: decoupled)\n"
+    "  --schedule constant|linear|cosine (constant)  --warmup-ratio R (0: share of the updates\n"
+    "                        spent ramping the rate up)  --max-grad-norm N (0: no clipping)\n"
     "  --max-source N (384)  --max-target N (128)  --limit N (first N examples)  --seed S (42)\n"
     "  --fold A:B            train on documents A..B-1 of the training file (piqa: of the validation\n"
     "                        set, which is then to be evaluated on the other documents)\n"
@@ -60,7 +63,8 @@ int cmd_finetune(int argc, char **argv) {
     const char *path = NULL, *task = NULL, *out = NULL, *adapter_dir = NULL, *type = "qalora", *init = "gaussian",
                *data_root = NULL, *fold = NULL;
     const char *s_epochs = "3", *s_lr = "1e-4", *s_batch = "16", *s_mb = "1", *s_src = "384", *s_tgt = "128",
-               *s_limit = "0", *s_seed = "42", *s_rank = "64", *s_alpha = "16", *s_gs = "64";
+               *s_limit = "0", *s_seed = "42", *s_rank = "64", *s_alpha = "16", *s_gs = "64", *s_optim = "adam",
+               *s_wd = "0", *s_sched = "constant", *s_warm = "0", *s_clip = "0";
     bool resume = false, no_memcheck = false;
     cli_common common = {0};
     const cli_value_opt specs[] = {{"--task", &task},       {"--out", &out},           {"--adapter", &adapter_dir},
@@ -68,7 +72,9 @@ int cmd_finetune(int argc, char **argv) {
                         {"--fold", &fold},       {"--epochs", &s_epochs},   {"--lr", &s_lr},
                         {"--batch", &s_batch},   {"--micro-batch", &s_mb},  {"--max-source", &s_src},
                         {"--max-target", &s_tgt}, {"--limit", &s_limit},    {"--seed", &s_seed},
-                        {"--rank", &s_rank},     {"--alpha", &s_alpha},     {"--group-size", &s_gs}};
+                        {"--rank", &s_rank},     {"--alpha", &s_alpha},     {"--group-size", &s_gs},
+                        {"--optim", &s_optim},   {"--weight-decay", &s_wd}, {"--schedule", &s_sched},
+                        {"--warmup-ratio", &s_warm}, {"--max-grad-norm", &s_clip}};
     const cli_bool_opt flags[] = {{"--resume", &resume}, {"--no-memory-check", &no_memcheck}};
     int pr = cli_parse("finetune", finetune_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 2, &path);
     if (pr) return pr < 0 ? 0 : pr;
@@ -76,7 +82,17 @@ int cmd_finetune(int argc, char **argv) {
     if (!task) return cli_usage_error("finetune", "missing --task arc_easy|arc_challenge|piqa|gsm8k");
     if (!out) return cli_usage_error("finetune", "missing --out DIR");
     long epochs, batch, mb, src, tgt, limit, seed, rank, gs, fa = 0, fb = 0;
-    double lr, alpha;
+    double lr, alpha, wd, warm, clip;
+    if (!cli_parse_float(s_wd, 0, 10, &wd)) return cli_usage_error("finetune", "--weight-decay expects 0..10");
+    if (!cli_parse_float(s_warm, 0, 1, &warm)) return cli_usage_error("finetune", "--warmup-ratio expects 0..1");
+    if (!cli_parse_float(s_clip, 0, 1e9, &clip)) return cli_usage_error("finetune", "--max-grad-norm expects a number >= 0");
+    rq_optim_kind okind;
+    rq_schedule_kind skind;
+    {
+        rq_err e = {0};
+        if (rq_optim_kind_parse(s_optim, &okind, &e) || rq_schedule_kind_parse(s_sched, &skind, &e))
+            return cli_usage_error("finetune", "%s", e.msg);
+    }
     if (!cli_parse_int(s_epochs, 1, 1 << 20, &epochs)) return cli_usage_error("finetune", "--epochs expects a positive integer");
     if (!cli_parse_float(s_lr, 0, 10, &lr)) return cli_usage_error("finetune", "--lr expects 0..10");
     if (!cli_parse_int(s_batch, 1, 1 << 20, &batch)) return cli_usage_error("finetune", "--batch expects a positive integer");
@@ -147,7 +163,11 @@ int cmd_finetune(int argc, char **argv) {
     o.seed = (uint64_t)seed;
     o.ce_weight = 1.0;
     o.mse_weight = 0.0;
-    o.schedule = (rq_schedule){.kind = RQ_SCHED_CONSTANT, .lr = lr};
+    o.optim = rq_optim_defaults(okind);
+    o.optim.weight_decay = (float)wd;
+    o.optim.max_grad_norm = (float)clip;
+    o.schedule = (rq_schedule){.kind = skind, .lr = lr, .warmup_steps = (int64_t)(warm * (double)o.max_steps + 0.5),
+                               .total_steps = o.max_steps};
     o.checkpoint_every = (int)steps_per_epoch;
     o.out_dir = out;
     o.resume = resume;
@@ -156,8 +176,10 @@ int cmd_finetune(int argc, char **argv) {
     printf("data: %s: %lld examples (%lld sources and %lld targets truncated, %lld skipped), longest %d positions\n",
            set.split, (long long)set.n, (long long)set.truncated_sources, (long long)set.truncated_targets,
            (long long)set.skipped, set.max_len);
-    printf("%ld epochs x %lld updates of %ld examples (%ld x %ld), lr %g; checkpoint every epoch\n", epochs,
-           (long long)steps_per_epoch, batch, mb, batch / mb, lr);
+    printf("%ld epochs x %lld updates of %ld examples (%ld x %ld), %s lr %g (%s, %lld warm-up updates), weight decay %g%s; "
+           "checkpoint every epoch\n",
+           epochs, (long long)steps_per_epoch, batch, mb, batch / mb, rq_optim_kind_name(okind), lr,
+           rq_schedule_kind_name(skind), (long long)o.schedule.warmup_steps, wd, clip > 0 ? ", gradient norm clipped" : "");
     {
         rq_plan_opts po;
         rq_plan_default_opts(&po);
@@ -198,6 +220,11 @@ int cmd_finetune(int argc, char **argv) {
     cJSON_AddNumberToObject(sum, "updates", (double)res.steps);
     cJSON_AddNumberToObject(sum, "batch", (double)batch);
     cJSON_AddNumberToObject(sum, "lr", lr);
+    cJSON_AddStringToObject(sum, "optim", rq_optim_kind_name(okind));
+    cJSON_AddNumberToObject(sum, "weight_decay", wd);
+    cJSON_AddStringToObject(sum, "schedule", rq_schedule_kind_name(skind));
+    cJSON_AddNumberToObject(sum, "warmup_steps", (double)o.schedule.warmup_steps);
+    cJSON_AddNumberToObject(sum, "max_grad_norm", clip);
     cJSON_AddNumberToObject(sum, "max_source", (double)src);
     cJSON_AddNumberToObject(sum, "max_target", (double)tgt);
     cJSON_AddNumberToObject(sum, "last_loss", res.last_loss);

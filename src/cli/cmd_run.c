@@ -418,6 +418,11 @@ static void plan_and_run(run_ctx *c) {
         }
         opt_i(&a, "--epochs", r->stage2.epochs);
         opt_d(&a, "--lr", r->stage2.lr);
+        opt(&a, "--optim", r->stage2.optim);
+        opt_d(&a, "--weight-decay", r->stage2.weight_decay);
+        opt(&a, "--schedule", r->stage2.schedule);
+        opt_d(&a, "--warmup-ratio", r->stage2.warmup_ratio);
+        opt_d(&a, "--max-grad-norm", r->stage2.max_grad_norm);
         opt_i(&a, "--batch", r->stage2.batch);
         opt_i(&a, "--micro-batch", r->stage2.micro_batch);
         opt_i(&a, "--max-source", r->stage2.max_source);

@@ -55,9 +55,9 @@ typedef struct rq_recipe {
     } stage1;
     struct {
         bool enabled;
-        const char *task, *fold;
+        const char *task, *fold, *optim, *schedule;
         int64_t epochs, batch, micro_batch, limit, max_source, max_target, seed;
-        double lr;
+        double lr, weight_decay, warmup_ratio, max_grad_norm;
     } stage2;
     struct {
         bool enabled;
