@@ -20,7 +20,8 @@ cd "$here"
 jobs="$(nproc 2>/dev/null || echo 2)"
 
 ./tools/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+# the CPU build (tools/gpu_test.sh builds the CUDA backend, in build-cuda)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRILQ_CUDA=OFF >/dev/null
 cmake --build build -j"$jobs" --target rilq
 : "${RILQ_DATA:?set RILQ_DATA to the folder holding datasets/ (see README)}"
 recipe=recipes/smollm2-135m-arc-easy.json
