@@ -65,6 +65,12 @@ static void opt(argv_b *a, const char *name, const char *value) {
     arg(a, name);
     arg(a, value);
 }
+/* name "a,b,c": a recipe list as one comma-separated option value */
+static void opt_list(argv_b *a, const char *name, const rq_recipe_list *l) {
+    char list[512] = "";
+    for (int k = 0; k < l->n; k++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "," : "", l->item[k]);
+    opt(a, name, list);
+}
 static void opt_i(argv_b *a, const char *name, int64_t v) {
     arg(a, name);
     argf(a, "%lld", (long long)v);
@@ -360,12 +366,7 @@ static void plan_and_run(run_ctx *c) {
     opt(&a, "--method", r->quantize.method);
     opt_i(&a, "--group-size", r->quantize.group_size);
     if (r->quantize.clip_search) arg(&a, "--clip-search");
-    if (r->quantize.modules.n < 7) {
-        char list[128] = "";
-        for (int k = 0; k < r->quantize.modules.n; k++)
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "," : "", r->quantize.modules.item[k]);
-        opt(&a, "--modules", list);
-    }
+    if (r->quantize.modules.n < 7) opt_list(&a, "--modules", &r->quantize.modules);
     add_common(c, &a, true);
     opt(&a, "--out", art);
     run_stage(c, "quantize", "quantize", cmd_quantize_or_keep, &a, NULL, prepare_quantize);
@@ -489,18 +490,10 @@ static void plan_and_run(run_ctx *c) {
             join(ad, sizeof ad, !strcmp(id, "rilq") ? cal : ft, "adapter");
             opt(&a, "--adapter", ad);
         }
-        if (r->eval.tasks.n) {
-            char list[512] = "";
-            for (int k = 0; k < r->eval.tasks.n; k++)
-                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "," : "", r->eval.tasks.item[k]);
-            opt(&a, "--tasks", list);
-        }
+        if (r->eval.tasks.n) opt_list(&a, "--tasks", &r->eval.tasks);
         if (r->eval.limit > 0) opt_i(&a, "--limit", r->eval.limit);
         if (r->eval.ppl.n) {
-            char list[128] = "";
-            for (int k = 0; k < r->eval.ppl.n; k++)
-                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "," : "", r->eval.ppl.item[k]);
-            opt(&a, "--ppl", list);
+            opt_list(&a, "--ppl", &r->eval.ppl);
             if (r->eval.ppl_windows > 0) opt_i(&a, "--ppl-windows", r->eval.ppl_windows);
         }
         opt(&a, "--gsm8k-format", r->eval.gsm8k_format);

@@ -261,8 +261,8 @@ static void bufs_free(batch_bufs *bb) {
 
 static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
                           const rq_train_opts *o, batch_bufs *bb, scope_ctx *sc, double *loss, double *ce, double *mse,
-                          rq_err *err) {
-    double ce_sum = 0.0, mse_sum = 0.0;
+                          double *seconds, rq_err *err) {
+    double ce_sum = 0.0, mse_sum = 0.0, t0 = rq_now_seconds();
     for (int64_t first = 0; first < data->n_examples; first += o->micro_batch) {
         int B = (int)(data->n_examples - first < o->micro_batch ? data->n_examples - first : o->micro_batch);
         double c, s;
@@ -275,6 +275,7 @@ static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *
     *ce = ce_sum / (double)data->n_examples;
     *mse = mse_sum / (double)data->n_examples;
     *loss = weighted(o, *ce, *mse);
+    *seconds += rq_now_seconds() - t0; /* validation time, kept apart from the training rate */
     return RQ_OK;
 }
 
@@ -455,9 +456,8 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     double t0 = rq_now_seconds();
     int64_t tokens_done = 0;
     if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
-        double vl, vc, vm, tv = rq_now_seconds();
-        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
-        res->val_seconds += rq_now_seconds() - tv;
+        double vl, vc, vm;
+        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, err);
         if (st == RQ_OK) {
             h.first_val = vl;
             if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
@@ -498,9 +498,8 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             rq_progress_update(&prog, h.step, "steps", extra);
         }
         if (validate && h.step % o->eval_every == 0) {
-            double vl, vc, vm, tv = rq_now_seconds();
-            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, err);
-            res->val_seconds += rq_now_seconds() - tv;
+            double vl, vc, vm;
+            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, err);
             if (st != RQ_OK) break;
             if (vl < h.best_val) { /* NaN never improves */
                 h.best_val = vl;
