@@ -1,5 +1,6 @@
-/* Shared pieces of the subcommands: option parsing and error printing. Only
- * the command prints and chooses exit codes; the library never does. */
+/* Shared pieces of the subcommands: option parsing, help and error printing.
+ * Only the command prints and chooses exit codes; the library reports through
+ * rq_log (core.h), whose sink main() installs (cli_log_sink). */
 #ifndef RQ_CLI_H
 #define RQ_CLI_H
 
@@ -7,6 +8,7 @@
 #include <stdio.h>
 
 #include "../core/core.h"
+#include "../core/opts.h"
 
 typedef struct rq_command {
     const char *name;
@@ -30,6 +32,20 @@ int cmd_run(int argc, char **argv);
 int cli_fail(const char *cmd, const rq_err *err);
 /* Print a usage error and return exit code 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The command line of every subcommand: argv parsed with an option table
+ * (src/core/opts.h) into o (holding its defaults), positionals into pos[0..max_pos).
+ * --help prints usage (the text before the options), then the table's options,
+ * then epilog (may be NULL). Returns 0 to go on, -1 after --help (exit 0), 2
+ * after a usage error (printed). */
+int cli_parse_table(const char *cmd, const char *usage, const char *epilog, rq_opt_table t, void *o, int argc,
+                    char **argv, const char **pos, int max_pos, int *n_pos);
+
+/* The sink of rq_log for commands: information on stdout, warnings on stderr,
+ * progress lines on stderr (redrawn in place on a terminal). */
+void cli_log_sink(void *user, rq_log_level level, const char *line);
+
+/* ---- the older hand-written parsing (inspect, generate, ppl, train-lm) ---- */
 
 /* Option matching: "--name value" or "--name=value". When argv[*i] is option
  * name, sets *value (NULL if missing), advances *i past the value, returns true. */
@@ -65,16 +81,6 @@ typedef struct cli_bool_opt {
  * *positional. Returns 0, -1 after help, or 2 after a usage error (printed). */
 int cli_parse(const char *cmd, const char *help, int argc, char **argv, cli_common *common, const cli_value_opt *values,
               size_t n_values, const cli_bool_opt *bools, size_t n_bools, const char **positional);
-
-/* The run's memory plan (src/train/plan.h; o holds the run's settings, the
- * device and the student's q2 group size are filled from be and m) printed in
- * one line, then refused when it exceeds be->mem_info's free memory less
- * `resident` (bytes of the plan already allocated there). Returns 0 to go on,
- * 1 after printing the refusal. disabled: --no-memory-check. */
-struct rq_backend;
-struct rq_plan_opts;
-int cli_memory_check(const char *cmd, struct rq_backend *be, const struct rq_model *m, struct rq_plan_opts *o,
-                     uint64_t resident, bool disabled);
 
 #define CLI_MEMCHECK_HELP "  --no-memory-check     run even when the memory plan exceeds the free memory\n"
 

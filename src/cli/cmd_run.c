@@ -14,6 +14,7 @@
 
 #include "../pipeline/recipe.h"
 #include "../pipeline/report.h"
+#include "../pipeline/stages.h"
 #include "cli.h"
 
 #ifndef RILQ_GIT_DESCRIBE
@@ -24,7 +25,8 @@ static const char *run_help =
     "usage: rilq run RECIPE [key=value ...] [--out RUNDIR] [options]\n\n"
     "Run a recipe (recipes/*.json) end to end: quantize -> calibrate (stage 1) -> finetune\n"
     "(stage 2) -> merge -> export -> eval of every stage's model, each stage calling the\n"
-    "same code as its own command (rilq quantize, calibrate, ...). key=value overrides a\n"
+    "same library call as its own command (rilq quantize, calibrate, ...) with the options\n"
+    "the recipe's section gives (rilq run --keys). key=value overrides a\n"
     "recipe key, checked against its type (stage1.lr=3e-4, stage2.epochs=1,\n"
     "eval.tasks=piqa,arc_easy); ${VAR} and ${VAR:-default} in the recipe's strings are\n"
     "environment variables.\n\n"
@@ -34,59 +36,11 @@ static const char *run_help =
     "tagged \"stage\"), results.json and report.html (curves and the table). Running again\n"
     "skips the finished stages and resumes a killed calibrate or finetune from its\n"
     "checkpoint; a RUNDIR holding a different recipe is refused. A failed stage does not\n"
-    "stop the stages that do not depend on it; the exit code is then 1.\n\n"
-    "options:\n"
-    "  --out RUNDIR          the run directory\n"
-    "  --dry-run             print the resolved recipe and each stage's command; run nothing\n"
-    "  --verbose             stages print to the terminal (default: RUNDIR/STAGE/log.txt)\n"
-    "  --keys                list every recipe key with its type, default and meaning\n" CLI_COMMON_HELP;
+    "stop the stages that do not depend on it; the exit code is then 1. Each stage's\n"
+    "stage.json holds its options, its report and an equivalent command line (also in\n"
+    "command.txt).\n\n";
 
-#define MAX_ARGS 96
 #define MAX_STAGES 24
-
-typedef struct argv_b {
-    char *v[MAX_ARGS + 1];
-    int n;
-} argv_b;
-
-static void arg(argv_b *a, const char *s) {
-    if (a->n < MAX_ARGS) a->v[a->n++] = strdup(s);
-}
-static void argf(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void argf(argv_b *a, const char *fmt, ...) {
-    char buf[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    arg(a, buf);
-}
-static void opt(argv_b *a, const char *name, const char *value) {
-    arg(a, name);
-    arg(a, value);
-}
-/* name "a,b,c": a recipe list as one comma-separated option value */
-static void opt_list(argv_b *a, const char *name, const rq_recipe_list *l) {
-    char list[512] = "";
-    for (int k = 0; k < l->n; k++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "," : "", l->item[k]);
-    opt(a, name, list);
-}
-static void opt_i(argv_b *a, const char *name, int64_t v) {
-    arg(a, name);
-    argf(a, "%lld", (long long)v);
-}
-/* The shortest of %.15g / %.17g that reads back as the same double. */
-static void opt_d(argv_b *a, const char *name, double v) {
-    char buf[64];
-    snprintf(buf, sizeof buf, "%.15g", v);
-    if (strtod(buf, NULL) != v) snprintf(buf, sizeof buf, "%.17g", v);
-    arg(a, name);
-    arg(a, buf);
-}
-static void argv_free(argv_b *a) {
-    for (int i = 0; i < a->n; i++) free(a->v[i]);
-    a->n = 0;
-}
 
 typedef struct stage_rec {
     char name[64];
@@ -97,7 +51,7 @@ typedef struct stage_rec {
 typedef struct run_ctx {
     const rq_recipe *r;
     const char *dir;
-    cli_common common;
+    rq_common_opts common; /* --device, --threads of the run */
     bool dry_run, verbose;
     stage_rec stages[MAX_STAGES];
     int n_stages, n_failed;
@@ -130,28 +84,6 @@ static void rm_tree(const char *path) {
     nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static void shell_quote(FILE *f, const char *s) {
-    if (*s && strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == strlen(s)) {
-        fputs(s, f);
-        return;
-    }
-    fputc('\'', f);
-    for (; *s; s++) {
-        if (*s == '\'') fputs("'\\''", f);
-        else fputc(*s, f);
-    }
-    fputc('\'', f);
-}
-
-static void print_command(FILE *f, const argv_b *a) {
-    fputs("rilq", f);
-    for (int i = 0; i < a->n; i++) {
-        fputc(' ', f);
-        shell_quote(f, a->v[i]);
-    }
-    fputc('\n', f);
-}
-
 static rq_status write_json(const char *path, const cJSON *o, rq_err *err) {
     char *t = cJSON_Print(o);
     if (!t) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
@@ -177,10 +109,82 @@ static cJSON *read_json(const char *path) {
     return o;
 }
 
+/* A stage of the run: its options (with the table that describes them), its
+ * positional arguments (for the equivalent command line), and the call. */
+typedef struct stage_call {
+    const char *cmd; /* the command that does the same: "quantize" */
+    rq_opt_table table;
+    const void *opts;
+    const char *pos[2];
+    int n_pos;
+    rq_status (*run)(const void *opts, cJSON **report, rq_err *err);
+} stage_call;
+
+static rq_status call_quantize(const void *o, cJSON **report, rq_err *err) {
+    rq_stage_quantize_report r;
+    RQ_TRY(rq_stage_quantize(o, true, &r, err)); /* a complete artifact is kept */
+    *report = rq_stage_quantize_report_json(&r);
+    return RQ_OK;
+}
+static rq_status call_calibrate(const void *o, cJSON **report, rq_err *err) {
+    rq_stage_calibrate_report r;
+    RQ_TRY(rq_stage_calibrate(o, &r, err));
+    *report = rq_stage_calibrate_report_json(&r);
+    return RQ_OK;
+}
+static rq_status call_finetune(const void *o, cJSON **report, rq_err *err) {
+    rq_stage_finetune_report r;
+    RQ_TRY(rq_stage_finetune(o, &r, err));
+    *report = rq_stage_finetune_report_json(&r);
+    return RQ_OK;
+}
+static rq_status call_merge(const void *o, cJSON **report, rq_err *err) {
+    rq_stage_merge_report r;
+    RQ_TRY(rq_stage_merge(o, &r, err));
+    *report = rq_stage_merge_report_json(&r);
+    return RQ_OK;
+}
+static rq_status call_export(const void *o, cJSON **report, rq_err *err) {
+    rq_stage_export_report r;
+    RQ_TRY(rq_stage_export(o, &r, err));
+    *report = rq_stage_export_report_json(&r);
+    return RQ_OK;
+}
+static rq_status call_eval(const void *o, cJSON **report, rq_err *err) {
+    rq_stage_eval_report r;
+    rq_status st = rq_stage_eval(o, &r, err);
+    if (st == RQ_OK) {
+        *report = cJSON_CreateObject();
+        cJSON_AddNumberToObject(*report, "seconds", r.seconds);
+    }
+    rq_stage_eval_report_free(&r);
+    return st;
+}
+
+/* The run's sink of rq_log: a stage's lines go to its log.txt (and the terminal
+ * with --verbose); warnings also to stderr; progress lines to the terminal. */
+typedef struct run_log {
+    FILE *log;
+    bool verbose;
+} run_log;
+
+static void run_log_sink(void *user, rq_log_level level, const char *line) {
+    run_log *l = user;
+    if (level == RQ_LOG_PROGRESS || level == RQ_LOG_DONE) {
+        cli_log_sink(NULL, level, line);
+        return;
+    }
+    if (l->log) {
+        fprintf(l->log, "%s\n", line);
+        fflush(l->log);
+    }
+    if (level == RQ_LOG_WARN || l->verbose) cli_log_sink(NULL, level, line);
+}
+
 typedef void (*prepare_fn)(const run_ctx *c, const char *stage_dir);
 
 /* Run one stage unless its stage.json says it finished. deps: stage names, NULL-terminated. */
-static void run_stage(run_ctx *c, const char *name, const char *subdir, int (*fn)(int, char **), argv_b *a,
+static void run_stage(run_ctx *c, const char *name, const char *subdir, const stage_call *call,
                       const char *const *deps, prepare_fn prepare) {
     if (c->n_stages == MAX_STAGES) return;
     stage_rec *rec = &c->stages[c->n_stages++];
@@ -194,15 +198,14 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, int (*fn
             rec->status = "blocked";
             printf("%-16s blocked: %s did not finish\n", name, deps[i]);
             c->n_failed++;
-            argv_free(a);
             return;
         }
     }
+    char *cmdline = rq_opts_command_line(call->cmd, call->table, call->opts, call->pos, call->n_pos);
     if (c->dry_run) {
         rec->status = "planned";
-        printf("%-16s ", name);
-        print_command(stdout, a);
-        argv_free(a);
+        printf("%-16s %s\n", name, cmdline ? cmdline : call->cmd);
+        free(cmdline);
         return;
     }
     if (rq_file_exists(marker)) {
@@ -212,7 +215,7 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, int (*fn
         cJSON_Delete(m);
         rec->status = "skipped";
         printf("%-16s finished earlier (%s), skipped\n", name, marker);
-        argv_free(a);
+        free(cmdline);
         return;
     }
     rq_err err = {0};
@@ -220,52 +223,48 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, int (*fn
         fprintf(stderr, "rilq run: %s: %s\n", name, err.msg);
         rec->status = "failed";
         c->n_failed++;
-        argv_free(a);
+        free(cmdline);
         return;
     }
     if (prepare) prepare(c, dir);
     join(path, sizeof path, dir, "command.txt");
-    FILE *cf = fopen(path, "w");
-    if (cf) {
-        print_command(cf, a);
-        fclose(cf);
+    if (cmdline) {
+        size_t n = strlen(cmdline);
+        cmdline[n] = 0;
+        FILE *cf = fopen(path, "w");
+        if (cf) {
+            fprintf(cf, "%s\n", cmdline);
+            fclose(cf);
+        }
     }
-    printf("%-16s running: ", name);
-    print_command(stdout, a);
+    printf("%-16s running: %s\n", name, cmdline ? cmdline : call->cmd);
     fflush(stdout);
-    /* the stage's own output goes to its log; errors (stderr) stay on the terminal */
-    int saved = -1;
     join(path, sizeof path, dir, "log.txt");
-    if (!c->verbose) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        saved = fd >= 0 ? dup(STDOUT_FILENO) : -1;
-        if (saved >= 0) dup2(fd, STDOUT_FILENO);
-        if (fd >= 0) close(fd);
-    }
+    run_log rl = {fopen(path, "a"), c->verbose};
+    rq_log_set(run_log_sink, &rl);
     double t0 = rq_now_seconds();
-    a->v[a->n] = NULL;
-    int rc = fn(a->n, a->v);
+    cJSON *report = NULL;
+    rq_status st = call->run(call->opts, &report, &err);
     double secs = rq_now_seconds() - t0;
-    fflush(stdout);
-    if (saved >= 0) {
-        dup2(saved, STDOUT_FILENO);
-        close(saved);
-    }
+    if (st != RQ_OK) rq_log(RQ_LOG_INFO, "rilq %s: error: %s", call->cmd, err.msg);
+    rq_log_set(cli_log_sink, NULL);
+    if (rl.log) fclose(rl.log);
     rec->seconds = secs;
-    if (rc != 0) {
+    if (st != RQ_OK) {
+        fprintf(stderr, "rilq run: %s: error: %s\n", name, err.msg[0] ? err.msg : rq_status_name(err.code));
         rec->status = "failed";
         c->n_failed++;
-        printf("%-16s FAILED (exit %d) after %.1fs; its output: %s\n", name, rc, secs, path);
-        argv_free(a);
+        printf("%-16s FAILED after %.1fs; its output: %s\n", name, secs, path);
+        free(cmdline);
         return;
     }
     /* written last: the stage's outputs are complete once this exists */
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "stage", name);
     cJSON_AddNumberToObject(m, "seconds", secs);
-    cJSON *cmd = cJSON_AddArrayToObject(m, "argv");
-    cJSON_AddItemToArray(cmd, cJSON_CreateString("rilq"));
-    for (int i = 0; i < a->n; i++) cJSON_AddItemToArray(cmd, cJSON_CreateString(a->v[i]));
+    cJSON_AddStringToObject(m, "command", cmdline ? cmdline : call->cmd);
+    cJSON_AddItemToObject(m, "options", rq_opts_to_json(call->table, call->opts));
+    cJSON_AddItemToObject(m, "report", report ? report : cJSON_CreateObject());
     cJSON_AddNumberToObject(m, "finished_unix", (double)time(NULL));
     if (write_json(marker, m, &err) != RQ_OK) {
         fprintf(stderr, "rilq run: %s: %s\n", name, err.msg);
@@ -276,16 +275,10 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, int (*fn
         printf("%-16s done in %.1fs\n", name, secs);
     }
     cJSON_Delete(m);
-    argv_free(a);
+    free(cmdline);
 }
 
 /* ---- stages ---------------------------------------------------------------------------------- */
-
-static void add_common(const run_ctx *c, argv_b *a, bool fp_model) {
-    if (c->common.device) opt(a, "--device", c->common.device);
-    if (c->common.threads > 0) opt_i(a, "--threads", c->common.threads);
-    if (fp_model && *c->r->model.tokenizer) opt(a, "--tokenizer", c->r->model.tokenizer);
-}
 
 /* Outputs appear by an atomic rename when complete (DIR.tmp-PID directories,
  * FILE.tmp.* files before it): what a killed stage left of them is removed. */
@@ -302,12 +295,6 @@ static void remove_partials(const char *dir) {
     closedir(d);
 }
 
-/* quantize/artifact, once present, is complete (see cmd_quantize_or_keep). */
-static void prepare_quantize(const run_ctx *c, const char *dir) {
-    (void)c;
-    remove_partials(dir);
-}
-
 static void prepare_fresh(const run_ctx *c, const char *dir, const char *name) {
     (void)c;
     char p[4096];
@@ -315,21 +302,14 @@ static void prepare_fresh(const run_ctx *c, const char *dir, const char *name) {
     join(p, sizeof p, dir, name);
     rm_tree(p);
 }
+static void prepare_quantize(const run_ctx *c, const char *dir) {
+    (void)c;
+    remove_partials(dir); /* quantize/artifact, once present, is complete: it appears by a rename */
+}
 static void prepare_merge(const run_ctx *c, const char *dir) { prepare_fresh(c, dir, "artifact"); }
 static void prepare_export(const run_ctx *c, const char *dir) {
     prepare_fresh(c, dir, "model.gguf");
     prepare_fresh(c, dir, "hqq");
-}
-
-static int cmd_quantize_or_keep(int argc, char **argv) {
-    /* argv[..] ends with "--out DIR": a complete artifact there is kept */
-    const char *out = argc >= 2 ? argv[argc - 1] : NULL;
-    struct stat st;
-    if (out && stat(out, &st) == 0) {
-        printf("%s is complete (written before an interruption); kept\n", out);
-        return 0;
-    }
-    return cmd_quantize(argc, argv);
 }
 
 static const char *row_label(const rq_recipe *r, const char *id, char *buf, size_t n) {
@@ -352,158 +332,110 @@ static bool row_enabled(const rq_recipe *r, const char *id) {
     return true;
 }
 
+/* Each stage's options: the recipe's section, the run's paths, devices and threads. */
+static void set_common(const run_ctx *c, rq_common_opts *o, bool fp_model) {
+    o->device = c->common.device;
+    o->threads = c->common.threads;
+    o->tokenizer = fp_model && *c->r->model.tokenizer ? c->r->model.tokenizer : NULL;
+}
+
 static void plan_and_run(run_ctx *c) {
     const rq_recipe *r = c->r;
-    char art[4096], cal[4096], ft[4096], merged[4096], p[4096];
+    char art[4096], cal[4096], ft[4096], merged[4096], cal_ad[4200], ft_ad[4200];
     join(art, sizeof art, c->dir, "quantize/artifact");
     join(cal, sizeof cal, c->dir, "calibrate");
     join(ft, sizeof ft, c->dir, "finetune");
     join(merged, sizeof merged, c->dir, "merge/artifact");
-    argv_b a = {0};
+    join(cal_ad, sizeof cal_ad, cal, "adapter");
+    join(ft_ad, sizeof ft_ad, ft, "adapter");
 
-    arg(&a, "quantize");
-    arg(&a, r->model.path);
-    opt(&a, "--method", r->quantize.method);
-    opt_i(&a, "--group-size", r->quantize.group_size);
-    if (r->quantize.clip_search) arg(&a, "--clip-search");
-    if (r->quantize.modules.n < 7) opt_list(&a, "--modules", &r->quantize.modules);
-    add_common(c, &a, true);
-    opt(&a, "--out", art);
-    run_stage(c, "quantize", "quantize", cmd_quantize_or_keep, &a, NULL, prepare_quantize);
+    rq_stage_quantize_opts q = r->quantize;
+    q.model = r->model.path;
+    q.out = art;
+    set_common(c, &q.common, true);
+    stage_call qc = {"quantize", rq_stage_quantize_table, &q, {r->model.path}, 1, call_quantize};
+    run_stage(c, "quantize", "quantize", &qc, NULL, prepare_quantize);
 
     if (r->stage1.enabled) {
-        arg(&a, "calibrate");
-        arg(&a, r->model.path);
-        opt(&a, "--student", art);
-        opt(&a, "--out", cal);
-        opt(&a, "--data", r->stage1.data);
-        if (!strcmp(r->stage1.data, "c4")) opt(&a, "--c4-docs", r->stage1.c4_docs);
-        opt_i(&a, "--windows", r->stage1.windows);
-        opt_i(&a, "--seq-len", r->stage1.seq_len);
-        opt_i(&a, "--val-windows", r->stage1.val_windows);
-        opt_i(&a, "--seed", r->stage1.seed);
-        opt(&a, "--adapter", r->adapter.type);
-        opt_i(&a, "--rank", r->adapter.rank);
-        opt_d(&a, "--alpha", r->adapter.alpha);
-        opt_i(&a, "--group-size", r->adapter.group_size);
-        opt_d(&a, "--model-weight", r->stage1.model_weight);
-        opt_d(&a, "--gt-weight", r->stage1.gt_weight);
-        opt(&a, "--scope", r->stage1.scope);
-        opt(&a, "--model-loss", r->stage1.model_loss);
-        opt_d(&a, "--lr", r->stage1.lr);
-        opt_i(&a, "--accum", r->stage1.accum);
-        opt_i(&a, "--micro-batch", r->stage1.micro_batch);
-        opt_i(&a, "--eval-every", r->stage1.eval_every);
-        opt_i(&a, "--patience", r->stage1.patience);
-        opt_i(&a, "--max-micro-steps", r->stage1.max_micro_steps);
-        if (*r->stage1.teacher_cache) opt(&a, "--cache", r->stage1.teacher_cache);
-        arg(&a, "--resume"); /* continues from checkpoint.bin when a killed run left one */
-        add_common(c, &a, true);
+        rq_stage_calibrate_opts o = r->stage1;
+        o.model = r->model.path;
+        o.student = art;
+        o.out = cal;
+        o.resume = true; /* continues from checkpoint.bin when a killed run left one */
+        set_common(c, &o.common, true);
+        stage_call sc = {"calibrate", rq_stage_calibrate_table, &o, {r->model.path}, 1, call_calibrate};
         const char *deps[] = {"quantize", NULL};
-        run_stage(c, "calibrate", "calibrate", cmd_calibrate, &a, deps, NULL);
+        run_stage(c, "calibrate", "calibrate", &sc, deps, NULL);
     }
 
     if (r->stage2.enabled) {
-        arg(&a, "finetune");
-        arg(&a, art);
-        opt(&a, "--task", r->stage2.task);
-        opt(&a, "--out", ft);
-        if (r->stage1.enabled) {
-            join(p, sizeof p, cal, "adapter");
-            opt(&a, "--adapter", p);
-        } else {
-            opt(&a, "--type", r->adapter.type);
-            opt_i(&a, "--rank", r->adapter.rank);
-            opt_d(&a, "--alpha", r->adapter.alpha);
-            opt_i(&a, "--group-size", r->adapter.group_size);
-        }
-        opt_i(&a, "--epochs", r->stage2.epochs);
-        opt_d(&a, "--lr", r->stage2.lr);
-        opt(&a, "--optim", r->stage2.optim);
-        opt_d(&a, "--weight-decay", r->stage2.weight_decay);
-        opt(&a, "--schedule", r->stage2.schedule);
-        opt_d(&a, "--warmup-ratio", r->stage2.warmup_ratio);
-        opt_d(&a, "--max-grad-norm", r->stage2.max_grad_norm);
-        opt_i(&a, "--batch", r->stage2.batch);
-        opt_i(&a, "--micro-batch", r->stage2.micro_batch);
-        opt_i(&a, "--max-source", r->stage2.max_source);
-        opt_i(&a, "--max-target", r->stage2.max_target);
-        opt_i(&a, "--limit", r->stage2.limit);
-        opt_i(&a, "--seed", r->stage2.seed);
-        if (*r->stage2.fold) opt(&a, "--fold", r->stage2.fold);
-        arg(&a, "--resume");
-        add_common(c, &a, false);
+        rq_stage_finetune_opts o = r->stage2;
+        o.model = art;
+        o.out = ft;
+        o.adapter_dir = r->stage1.enabled ? cal_ad : NULL;
+        o.resume = true;
+        set_common(c, &o.common, false);
+        stage_call sc = {"finetune", rq_stage_finetune_table, &o, {art}, 1, call_finetune};
         const char *deps[] = {"quantize", r->stage1.enabled ? "calibrate" : NULL, NULL};
-        run_stage(c, "finetune", "finetune", cmd_finetune, &a, deps, NULL);
+        run_stage(c, "finetune", "finetune", &sc, deps, NULL);
     }
 
     const char *final_adapter_stage = r->stage2.enabled ? "finetune" : "calibrate";
-    char final_adapter[4096];
-    join(final_adapter, sizeof final_adapter, r->stage2.enabled ? ft : cal, "adapter");
+    const char *final_adapter = r->stage2.enabled ? ft_ad : cal_ad;
     if (r->merge.enabled) {
-        arg(&a, "merge");
-        arg(&a, art);
-        arg(&a, final_adapter);
-        opt(&a, "--out", merged);
-        add_common(c, &a, false);
+        rq_stage_merge_opts o = r->merge;
+        o.artifact = art;
+        o.adapter = final_adapter;
+        o.out = merged;
+        set_common(c, &o.common, false);
+        stage_call sc = {"merge", rq_stage_merge_table, &o, {art, final_adapter}, 2, call_merge};
         const char *deps[] = {"quantize", final_adapter_stage, NULL};
-        run_stage(c, "merge", "merge", cmd_merge, &a, deps, prepare_merge);
+        run_stage(c, "merge", "merge", &sc, deps, prepare_merge);
     }
 
     for (int i = 0; i < r->export_.formats.n; i++) {
         const char *f = r->export_.formats.item[i];
-        char name[64], sub[64];
+        char name[64], sub[64], p[4096], out[4200];
         snprintf(name, sizeof name, "export-%s", f);
         snprintf(sub, sizeof sub, "export/%s", f);
         join(p, sizeof p, c->dir, sub);
-        char out[4200];
         join(out, sizeof out, p, !strcmp(f, "gguf") ? "model.gguf" : "hqq");
-        arg(&a, "export");
-        arg(&a, r->merge.enabled ? merged : art);
-        opt(&a, "--format", f);
-        opt(&a, "--name", r->name);
-        opt(&a, "--out", out);
+        rq_stage_export_opts o = r->export_;
+        o.artifact = r->merge.enabled ? merged : art;
+        o.format = f;
+        o.name = r->name;
+        o.out = out;
+        stage_call sc = {"export", rq_stage_export_table, &o, {o.artifact}, 1, call_export};
         const char *deps[] = {r->merge.enabled ? "merge" : "quantize", NULL};
-        run_stage(c, name, sub, cmd_export, &a, deps, prepare_export);
+        run_stage(c, name, sub, &sc, deps, prepare_export);
     }
 
     for (int i = 0; i < r->eval.models.n; i++) {
         const char *id = r->eval.models.item[i];
         if (!row_enabled(r, id)) continue;
-        char name[64], sub[64], out[4200];
+        char name[64], sub[64], p[4096], out[4200];
         snprintf(name, sizeof name, "eval-%s", id);
         snprintf(sub, sizeof sub, "eval/%s", id);
         join(p, sizeof p, c->dir, sub);
         join(out, sizeof out, p, "results.json");
-        arg(&a, "eval");
+        rq_stage_eval_opts o = r->eval;
         const char *dep = NULL;
-        if (!strcmp(id, "fp")) arg(&a, r->model.path);
+        if (!strcmp(id, "fp")) o.model = r->model.path;
         else if (!strcmp(id, "merged")) {
-            arg(&a, merged);
+            o.model = merged;
             dep = "merge";
         } else {
-            arg(&a, art);
+            o.model = art;
             dep = "quantize";
         }
-        char ad[4200];
-        if (!strcmp(id, "rilq") || !strcmp(id, "finetuned")) {
-            join(ad, sizeof ad, !strcmp(id, "rilq") ? cal : ft, "adapter");
-            opt(&a, "--adapter", ad);
-        }
-        if (r->eval.tasks.n) opt_list(&a, "--tasks", &r->eval.tasks);
-        if (r->eval.limit > 0) opt_i(&a, "--limit", r->eval.limit);
-        if (r->eval.ppl.n) {
-            opt_list(&a, "--ppl", &r->eval.ppl);
-            if (r->eval.ppl_windows > 0) opt_i(&a, "--ppl-windows", r->eval.ppl_windows);
-        }
-        opt(&a, "--gsm8k-format", r->eval.gsm8k_format);
-        opt_i(&a, "--shots", r->eval.shots);
-        opt_i(&a, "--max-gen-tokens", r->eval.max_gen_tokens);
-        opt(&a, "--out", out);
-        add_common(c, &a, !strcmp(id, "fp"));
+        if (!strcmp(id, "rilq")) o.adapter = cal_ad;
+        else if (!strcmp(id, "finetuned")) o.adapter = ft_ad;
+        o.out = out;
+        set_common(c, &o.common, !strcmp(id, "fp"));
+        stage_call sc = {"eval", rq_stage_eval_table, &o, {o.model}, 1, call_eval};
         const char *extra = !strcmp(id, "rilq") ? "calibrate" : !strcmp(id, "finetuned") ? "finetune" : NULL;
         const char *deps[] = {dep ? dep : extra, dep ? extra : NULL, NULL};
-        run_stage(c, name, sub, cmd_eval, &a, deps, NULL);
+        run_stage(c, name, sub, &sc, deps, NULL);
     }
 }
 
@@ -513,34 +445,14 @@ static bool has_acc_norm(const char *task) {
     return strcmp(task, "winogrande") != 0 && strcmp(task, "gsm8k") != 0;
 }
 
-/* The merge's check of the merged logits, read from its log (rilq merge prints
- * "verification (...): merged vs adapter model: max |diff| A, relative R; ..."
- * and "bound: relative B: passed"). */
+/* The merge's figures, from its stage.json (written from the stage's report). */
 static cJSON *merge_summary(const char *dir) {
     char path[4096];
-    join(path, sizeof path, dir, "merge/log.txt");
-    char *text = NULL;
-    size_t n = 0;
-    rq_err err = {0};
-    if (rq_file_read_all(path, &text, &n, &err) != RQ_OK) return NULL;
-    cJSON *o = cJSON_CreateObject();
-    cJSON *lines = cJSON_AddArrayToObject(o, "log");
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        cJSON_AddItemToArray(lines, cJSON_CreateString(line));
-        const char *v = strstr(line, "merged vs adapter model: max |diff| ");
-        double x, y;
-        if (v && sscanf(v, "merged vs adapter model: max |diff| %lf, relative %lf", &x, &y) == 2) {
-            cJSON_AddNumberToObject(o, "max_abs_logit_diff", x);
-            cJSON_AddNumberToObject(o, "max_rel_logit_diff", y);
-        }
-        if (!strncmp(line, "bound: relative ", 16) && sscanf(line, "bound: relative %lf", &x) == 1) {
-            cJSON_AddNumberToObject(o, "rel_bound", x);
-            cJSON_AddBoolToObject(o, "passed", strstr(line, "passed") != NULL);
-        }
-    }
-    free(text);
-    return o;
+    join(path, sizeof path, dir, "merge/stage.json");
+    cJSON *m = read_json(path);
+    cJSON *rep = cJSON_DetachItemFromObjectCaseSensitive(m, "report");
+    cJSON_Delete(m);
+    return rep;
 }
 
 static cJSON *build_results(const run_ctx *c) {
@@ -687,17 +599,16 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
     /* quantize's weight error and the merge's logit check, from their logs */
     char extra[1024] = "";
     {
-        char qlog[4096], *qtext = NULL;
-        size_t qn = 0;
-        rq_err qerr = {0};
-        double mean, max;
-        join(qlog, sizeof qlog, c->dir, "quantize/log.txt");
-        const char *hit = rq_file_read_all(qlog, &qtext, &qn, &qerr) == RQ_OK ? strstr(qtext, "||W - Q(W)||/||W||: mean ")
-                                                                               : NULL;
-        if (hit && sscanf(hit, "||W - Q(W)||/||W||: mean %lf, max %lf", &mean, &max) == 2)
+        char qpath[4096];
+        join(qpath, sizeof qpath, c->dir, "quantize/stage.json");
+        cJSON *q = read_json(qpath);
+        const cJSON *qr = cJSON_GetObjectItemCaseSensitive(q, "report");
+        const cJSON *mean = cJSON_GetObjectItemCaseSensitive(qr, "mean_rel_weight_err");
+        const cJSON *max = cJSON_GetObjectItemCaseSensitive(qr, "max_rel_weight_err");
+        if (cJSON_IsNumber(mean) && cJSON_IsNumber(max))
             snprintf(extra, sizeof extra, "{\"stage\":\"quantize\",\"mean_rel_weight_err\":%.9g,\"max_rel_weight_err\":%.9g}\n",
-                     mean, max);
-        free(qtext);
+                     mean->valuedouble, max->valuedouble);
+        cJSON_Delete(q);
         const cJSON *mg = cJSON_GetObjectItemCaseSensitive(results, "merge");
         const cJSON *ma = cJSON_GetObjectItemCaseSensitive(mg, "max_abs_logit_diff");
         const cJSON *mr = cJSON_GetObjectItemCaseSensitive(mg, "max_rel_logit_diff");
@@ -786,46 +697,53 @@ static rq_status write_versions(const run_ctx *c, int argc, char **argv, rq_err 
     return st;
 }
 
+typedef struct run_opts {
+    const char *out;
+    bool dry_run, verbose, keys;
+    rq_common_opts common;
+} run_opts;
+
+#define O run_opts
+static const rq_opt run_table_opts[] = {
+    RQ_OPT_S("--out", NULL, O, out, NULL, NULL, "RUNDIR", "the run directory (default runs/NAME)"),
+    RQ_OPT_B("--dry-run", NULL, O, dry_run, "false", "print the resolved recipe and each stage's command; run nothing"),
+    RQ_OPT_B("--verbose", NULL, O, verbose, "false", "stages print to the terminal (default: RUNDIR/STAGE/log.txt)"),
+    RQ_OPT_B("--keys", NULL, O, keys, "false", "list every recipe key with its type, default and meaning"),
+    RQ_OPT_S("--device", NULL, O, common.device, NULL, "cpu|cuda", NULL, "backend (default cpu)"),
+    RQ_OPT_I("--threads", NULL, O, common.threads, NULL, 1, 1024, "N", "CPU threads (default: all cores)"),
+};
+static const rq_opt_table run_table = RQ_OPT_TABLE(run_table_opts, O);
+#undef O
+
 int cmd_run(int argc, char **argv) {
-    const char *recipe_path = NULL, *out = NULL, *v;
-    const char *overrides[64];
-    int n_over = 0;
+    const char *recipe_path = NULL;
+    const char *pos[65], *overrides[64];
+    int n_pos = 0, n_over = 0;
     run_ctx c = {0};
+    run_opts ro;
+    rq_err err = {0};
     /* line-buffered: the stage lines and the stages' own errors (stderr) interleave in order */
     setvbuf(stdout, NULL, _IOLBF, 0);
-    for (int i = 1; i < argc; i++) {
-        if (cli_is_help(argv[i])) {
-            fputs(run_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("run", argc, argv, &i, &c.common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (cli_opt(argc, argv, &i, "--out", &v)) {
-            if (!v || !*v) return cli_usage_error("run", "--out needs a directory");
-            out = v;
-        } else if (cli_flag(argv, i, "--dry-run")) {
-            c.dry_run = true;
-        } else if (cli_flag(argv, i, "--verbose")) {
-            c.verbose = true;
-        } else if (cli_flag(argv, i, "--keys")) {
-            char *h = rq_recipe_schema_help();
-            if (h) fputs(h, stdout);
-            free(h);
-            return 0;
-        } else if (argv[i][0] == '-') {
-            return cli_usage_error("run", "unknown option '%s'", argv[i]);
-        } else if (!recipe_path) {
-            recipe_path = argv[i];
-        } else if (strchr(argv[i], '=')) {
-            if (n_over == 64) return cli_usage_error("run", "more than 64 overrides");
-            overrides[n_over++] = argv[i];
-        } else {
-            return cli_usage_error("run", "unexpected argument '%s' (overrides are key=value)", argv[i]);
-        }
+    if (rq_opts_defaults(run_table, &ro, &err)) return cli_fail("run", &err);
+    int pr = cli_parse_table("run", run_help, NULL, run_table, &ro, argc, argv, pos, 65, &n_pos);
+    if (pr) return pr < 0 ? 0 : pr;
+    if (ro.keys) {
+        char *h = rq_recipe_schema_help();
+        if (h) fputs(h, stdout);
+        free(h);
+        return 0;
     }
+    for (int i = 0; i < n_pos; i++) {
+        if (!recipe_path) recipe_path = pos[i];
+        else if (!strchr(pos[i], '=')) return cli_usage_error("run", "unexpected argument '%s' (overrides are key=value)", pos[i]);
+        else if (n_over == 64) return cli_usage_error("run", "more than 64 overrides");
+        else overrides[n_over++] = pos[i];
+    }
+    c.common = ro.common;
+    c.dry_run = ro.dry_run;
+    c.verbose = ro.verbose;
+    const char *out = ro.out;
     if (!recipe_path) return cli_usage_error("run", "missing RECIPE (a recipes/*.json file)");
-    rq_err err = {0};
     rq_recipe r;
     if (rq_recipe_load(recipe_path, overrides, n_over, &r, &err) != RQ_OK) return cli_fail("run", &err);
     char dir[4096];

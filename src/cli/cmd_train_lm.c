@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../pipeline/stages.h"
 #include "../train/plan.h"
 #include "../train/trainer.h"
 #include "cli.h"
@@ -161,8 +162,8 @@ int cmd_train_lm(int argc, char **argv) {
         po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
         po.micro_batch = (int)batch, po.seq_len = (int)seq;
         uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
-        if (cli_memory_check("train-lm", be, m, &po, resident, no_memcheck)) {
-            rc = 1;
+        if (rq_stage_memory_check(be, m, &po, resident, no_memcheck, &err)) {
+            rc = cli_fail("train-lm", &err);
             goto done;
         }
     }

@@ -28,6 +28,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     rq_reexec_with_passive_openmp(argv);
+    rq_log_set(cli_log_sink, NULL);
     if (argc < 2) {
         usage(stderr);
         return 2;

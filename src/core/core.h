@@ -140,6 +140,23 @@ void rq_progress_init(rq_progress *p, const char *what, int64_t total);
 void rq_progress_update(rq_progress *p, int64_t done, const char *unit, const char *extra);
 void rq_progress_finish(rq_progress *p, int64_t done, const char *unit);
 
+/* ---- messages ------------------------------------------------------------ */
+
+/* The library reports what it does through one sink that the program installs
+ * (as llama.cpp's llama_log_set): the command prints, `rilq run` writes each
+ * stage's log file, tests capture. Without a sink the library is silent. */
+typedef enum rq_log_level {
+    RQ_LOG_INFO,     /* a line of a stage's output (the command prints it on stdout) */
+    RQ_LOG_WARN,     /* a warning or note (stderr) */
+    RQ_LOG_PROGRESS, /* a progress line that the next one replaces (stderr; in place on a terminal) */
+    RQ_LOG_DONE      /* the last progress line of a loop */
+} rq_log_level;
+typedef void (*rq_log_fn)(void *user, rq_log_level level, const char *line);
+void rq_log_set(rq_log_fn fn, void *user);
+void rq_log(rq_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define rq_info(...) rq_log(RQ_LOG_INFO, __VA_ARGS__)
+#define rq_warn(...) rq_log(RQ_LOG_WARN, __VA_ARGS__)
+
 /* ---- process setup (for programs' main(), never called by the library) ---- */
 
 /* OpenMP threads that spin while they wait are fast on an idle machine and

@@ -16,85 +16,74 @@ typedef struct key_spec {
     size_t off;          /* where the value goes in rq_recipe (leaves only) */
     const char *def;     /* default in override syntax; NULL: required */
     const char *choices; /* "a|b|c" for strings and list items; NULL: any */
-    double min;          /* numbers: the least value allowed */
+    double min, max;     /* numbers: the values allowed */
     const char *help;
 } key_spec;
 
 #define OFF(member) offsetof(rq_recipe, member)
 #define NOMIN (-1e300)
+#define NOMAX 1e300
 
-/* The schema. Sections come before their keys; the resolved tree follows this order. */
-static const key_spec schema[] = {
-    {"name", K_STR, OFF(name), NULL, NULL, NOMIN, "the recipe's name (the default run directory is runs/NAME)"},
-    {"notes", K_STR, OFF(notes), "", NULL, NOMIN, "free text: what the recipe is for, what its budgets assume"},
-    {"model", K_OBJ, 0, NULL, NULL, NOMIN, "the full-precision model"},
-    {"model.path", K_STR, OFF(model.path), NULL, NULL, NOMIN, "HF directory, GGUF file or llama2.c .bin"},
-    {"model.tokenizer", K_STR, OFF(model.tokenizer), "", NULL, NOMIN, "tokenizer file when the model has none beside it"},
-    {"quantize", K_OBJ, 0, NULL, NULL, NOMIN, "the 2-bit quantizer (rilq quantize)"},
-    {"quantize.method", K_STR, OFF(quantize.method), "rtn", "rtn|nf2", NOMIN, "rtn or nf2"},
-    {"quantize.group_size", K_INT, OFF(quantize.group_size), "64", NULL, 1, "input columns per group"},
-    {"quantize.clip_search", K_BOOL, OFF(quantize.clip_search), "false", NULL, NOMIN, "search a shrunk range per group"},
-    {"quantize.modules", K_LIST, OFF(quantize.modules), "q,k,v,o,gate,up,down", "q|k|v|o|gate|up|down", NOMIN,
-     "projections to quantize (the rest stay in full precision)"},
-    {"adapter", K_OBJ, 0, NULL, NULL, NOMIN, "the adapters both stages train"},
-    {"adapter.type", K_STR, OFF(adapter.type), "qalora", "qalora|lora", NOMIN, "qalora (mergeable) or lora"},
-    {"adapter.rank", K_INT, OFF(adapter.rank), "64", NULL, 1, "rank r"},
-    {"adapter.alpha", K_NUM, OFF(adapter.alpha), "16", NULL, 1e-9, "alpha (scaling alpha / r)"},
-    {"adapter.group_size", K_INT, OFF(adapter.group_size), "64", NULL, 1, "QA-LoRA pooling group (= quantize.group_size to merge)"},
-    {"stage1", K_OBJ, 0, NULL, NULL, NOMIN, "RILQ calibration (rilq calibrate)"},
-    {"stage1.enabled", K_BOOL, OFF(stage1.enabled), "true", NULL, NOMIN, "run stage 1"},
-    {"stage1.data", K_STR, OFF(stage1.data), "c4", "c4|wikitext2", NOMIN, "calibration text"},
-    {"stage1.c4_docs", K_STR, OFF(stage1.c4_docs), "0:1000", NULL, NOMIN, "C4 documents A:B that may be drawn"},
-    {"stage1.windows", K_INT, OFF(stage1.windows), "320", NULL, 2, "calibration windows (training + validation)"},
-    {"stage1.val_windows", K_INT, OFF(stage1.val_windows), "64", NULL, 0, "windows held out for validation"},
-    {"stage1.seq_len", K_INT, OFF(stage1.seq_len), "512", NULL, 2, "tokens per window"},
-    {"stage1.seed", K_INT, OFF(stage1.seed), "42", NULL, 0, "sampling and initialization seed"},
-    {"stage1.lr", K_NUM, OFF(stage1.lr), "1e-4", NULL, 0, "Adam learning rate (constant)"},
-    {"stage1.accum", K_INT, OFF(stage1.accum), "8", NULL, 1, "micro-batches per update"},
-    {"stage1.micro_batch", K_INT, OFF(stage1.micro_batch), "1", NULL, 1, "windows per micro-batch"},
-    {"stage1.eval_every", K_INT, OFF(stage1.eval_every), "25", NULL, 0, "validate every N updates"},
-    {"stage1.patience", K_INT, OFF(stage1.patience), "5", NULL, 0, "early stopping patience (validations)"},
-    {"stage1.max_micro_steps", K_INT, OFF(stage1.max_micro_steps), "10000", NULL, 1, "micro-steps at most"},
-    {"stage1.model_weight", K_NUM, OFF(stage1.model_weight), "0.5", NULL, 0, "weight of the Model-Loss (MSE vs teacher)"},
-    {"stage1.gt_weight", K_NUM, OFF(stage1.gt_weight), "0.5", NULL, 0, "weight of the GT-Loss (next-token CE)"},
-    {"stage1.scope", K_STR, OFF(stage1.scope), "model", "model|layer|linear", NOMIN, "where the Model-Loss compares"},
-    {"stage1.model_loss", K_STR, OFF(stage1.model_loss), "hidden", "hidden|logits", NOMIN, "MSE of final hidden states or logits"},
-    {"stage1.teacher_cache", K_STR, OFF(stage1.teacher_cache), "", NULL, NOMIN,
-     "teacher cache directory (\"\": $RILQ_CACHE or .cache/teacher)"},
-    {"stage2", K_OBJ, 0, NULL, NULL, NOMIN, "task fine-tuning (rilq finetune)"},
-    {"stage2.enabled", K_BOOL, OFF(stage2.enabled), "true", NULL, NOMIN, "run stage 2"},
-    {"stage2.task", K_STR, OFF(stage2.task), "", "arc_easy|arc_challenge|piqa|gsm8k", NOMIN, "the task (needed when enabled)"},
-    {"stage2.fold", K_STR, OFF(stage2.fold), "", NULL, NOMIN, "documents A:B to train on (piqa: of the validation set)"},
-    {"stage2.epochs", K_INT, OFF(stage2.epochs), "3", NULL, 1, "epochs"},
-    {"stage2.lr", K_NUM, OFF(stage2.lr), "1e-4", NULL, 0, "peak learning rate"},
-    {"stage2.optim", K_STR, OFF(stage2.optim), "adam", "adam|adamw", NOMIN, "optimizer (adamw: decoupled weight decay)"},
-    {"stage2.weight_decay", K_NUM, OFF(stage2.weight_decay), "0", NULL, 0, "weight decay"},
-    {"stage2.schedule", K_STR, OFF(stage2.schedule), "constant", "constant|linear|cosine", NOMIN, "learning-rate schedule"},
-    {"stage2.warmup_ratio", K_NUM, OFF(stage2.warmup_ratio), "0", NULL, 0, "share of the updates spent warming up"},
-    {"stage2.max_grad_norm", K_NUM, OFF(stage2.max_grad_norm), "0", NULL, 0, "global gradient-norm clip (0: none)"},
-    {"stage2.batch", K_INT, OFF(stage2.batch), "16", NULL, 1, "examples per update"},
-    {"stage2.micro_batch", K_INT, OFF(stage2.micro_batch), "1", NULL, 1, "examples per forward (divides batch)"},
-    {"stage2.limit", K_INT, OFF(stage2.limit), "0", NULL, 0, "first N training examples (0: all)"},
-    {"stage2.max_source", K_INT, OFF(stage2.max_source), "384", NULL, 1, "prompt tokens at most"},
-    {"stage2.max_target", K_INT, OFF(stage2.max_target), "128", NULL, 1, "answer tokens at most"},
-    {"stage2.seed", K_INT, OFF(stage2.seed), "42", NULL, 0, "data order seed"},
-    {"merge", K_OBJ, 0, NULL, NULL, NOMIN, "fold the QA-LoRA adapters into the artifact (rilq merge)"},
-    {"merge.enabled", K_BOOL, OFF(merge.enabled), "true", NULL, NOMIN, "run the merge"},
-    {"export", K_OBJ, 0, NULL, NULL, NOMIN, "deployment files (rilq export)"},
-    {"export.formats", K_LIST, OFF(export_.formats), "", "gguf|hqq", NOMIN, "formats to write (empty: none)"},
-    {"eval", K_OBJ, 0, NULL, NULL, NOMIN, "evaluation of each stage's model (rilq eval)"},
-    {"eval.models", K_LIST, OFF(eval.models), "fp,q2,rilq,finetuned,merged", "fp|q2|rilq|finetuned|merged", NOMIN,
-     "rows of the table (those whose stage is disabled are left out)"},
-    {"eval.tasks", K_LIST, OFF(eval.tasks), "", "piqa|arc_easy|arc_challenge|hellaswag|winogrande|gsm8k", NOMIN,
-     "accuracy tasks"},
-    {"eval.limit", K_INT, OFF(eval.limit), "0", NULL, 0, "first N documents of each task (0: all)"},
-    {"eval.ppl", K_LIST, OFF(eval.ppl), "", "wikitext2|c4", NOMIN, "perplexity datasets"},
-    {"eval.ppl_windows", K_INT, OFF(eval.ppl_windows), "0", NULL, 0, "perplexity windows at most (0: all)"},
-    {"eval.gsm8k_format", K_STR, OFF(eval.gsm8k_format), "fewshot", "fewshot|zeroshot|finetuned", NOMIN, "gsm8k prompt"},
-    {"eval.shots", K_INT, OFF(eval.shots), "5", NULL, 0, "gsm8k few-shot examples"},
-    {"eval.max_gen_tokens", K_INT, OFF(eval.max_gen_tokens), "256", NULL, 1, "gsm8k new tokens at most"},
+/* The schema: the recipe's own keys, then each section's keys from its stage's
+ * option table. Sections come before their keys; the resolved tree follows this order. */
+static const key_spec own_keys[] = {
+    {"name", K_STR, OFF(name), NULL, NULL, NOMIN, NOMAX, "the recipe's name (the default run directory is runs/NAME)"},
+    {"notes", K_STR, OFF(notes), "", NULL, NOMIN, NOMAX, "free text: what the recipe is for, what its budgets assume"},
+    {"model", K_OBJ, 0, NULL, NULL, NOMIN, NOMAX, "the full-precision model"},
+    {"model.path", K_STR, OFF(model.path), NULL, NULL, NOMIN, NOMAX, "HF directory, GGUF file or llama2.c .bin"},
+    {"model.tokenizer", K_STR, OFF(model.tokenizer), "", NULL, NOMIN, NOMAX, "tokenizer file when the model has none beside it"},
 };
-#define N_SCHEMA (sizeof schema / sizeof schema[0])
+
+typedef struct section_spec {
+    const char *name, *help;
+    const rq_opt_table *table;
+    size_t base; /* offsetof(rq_recipe, section) - offsetof(table's struct, section's struct) */
+} section_spec;
+
+static const section_spec sections[] = {
+    {"quantize", "the 2-bit quantizer (rilq quantize)", &rq_stage_quantize_table, OFF(quantize)},
+    {"adapter", "the adapters both stages train", &rq_stage_calibrate_table,
+     OFF(adapter) - offsetof(rq_stage_calibrate_opts, adapter)},
+    {"stage1", "RILQ calibration (rilq calibrate)", &rq_stage_calibrate_table, OFF(stage1)},
+    {"stage2", "task fine-tuning (rilq finetune)", &rq_stage_finetune_table, OFF(stage2)},
+    {"merge", "fold the QA-LoRA adapters into the artifact (rilq merge)", &rq_stage_merge_table, OFF(merge)},
+    {"export", "deployment files (rilq export)", &rq_stage_export_table, OFF(export_)},
+    {"eval", "evaluation of each stage's model (rilq eval)", &rq_stage_eval_table, OFF(eval)},
+};
+
+#define MAX_SCHEMA 160
+static key_spec schema[MAX_SCHEMA];
+static char schema_help[MAX_SCHEMA][320];
+static size_t N_SCHEMA;
+
+static void build_schema(void) {
+    if (N_SCHEMA) return;
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof own_keys / sizeof own_keys[0]; i++) schema[n++] = own_keys[i];
+    for (size_t s = 0; s < sizeof sections / sizeof sections[0]; s++) {
+        const section_spec *sec = &sections[s];
+        schema[n++] = (key_spec){sec->name, K_OBJ, 0, NULL, NULL, NOMIN, NOMAX, sec->help};
+        size_t plen = strlen(sec->name);
+        for (size_t k = 0; k < sec->table->n && n < MAX_SCHEMA; k++) {
+            const rq_opt *e = &sec->table->opt[k];
+            if (!e->key || strncmp(e->key, sec->name, plen) || e->key[plen] != '.') continue;
+            static const key_kind kinds[] = {[RQ_OPT_STR] = K_STR, [RQ_OPT_INT] = K_INT, [RQ_OPT_NUM] = K_NUM,
+                                             [RQ_OPT_BOOL] = K_BOOL, [RQ_OPT_LIST] = K_LIST};
+            const key_kind kind = kinds[e->kind];
+            const char *def = e->recipe_def ? e->recipe_def : e->def;
+            if (!def && (kind == K_STR || kind == K_LIST)) def = "";
+            /* the help on one line: its first line, then the rest joined with spaces */
+            char *h = schema_help[n];
+            snprintf(h, sizeof schema_help[n], "%s", e->help);
+            for (char *c = h; *c; c++)
+                if (*c == '\n') *c = ' ';
+            schema[n++] = (key_spec){e->key, kind, sec->base + e->off, def, e->choices,
+                                     kind == K_INT || kind == K_NUM ? e->min : NOMIN,
+                                     kind == K_INT || kind == K_NUM ? e->max : NOMAX, h};
+        }
+    }
+    N_SCHEMA = n;
+}
 
 static const char *kind_name(key_kind k) {
     switch (k) {
@@ -119,6 +108,7 @@ static const char *json_kind(const cJSON *v) {
 }
 
 static const key_spec *find_spec(const char *path) {
+    build_schema();
     for (size_t i = 0; i < N_SCHEMA; i++)
         if (!strcmp(schema[i].key, path)) return &schema[i];
     return NULL;
@@ -126,6 +116,7 @@ static const key_spec *find_spec(const char *path) {
 
 /* "a, b, c": the keys a section allows (for the unknown-key message). */
 static void known_keys(const char *section, char *buf, size_t n) {
+    build_schema();
     size_t used = 0, plen = section ? strlen(section) : 0;
     buf[0] = 0;
     for (size_t i = 0; i < N_SCHEMA; i++) {
@@ -370,9 +361,18 @@ static bool in_choices(const char *choices, const char *v) {
 
 /* Build the canonical tree (schema order, defaults filled, substituted) and fill r. */
 static rq_status resolve(cJSON *given, const char *file, rq_recipe *r, rq_err *err) {
+    build_schema();
     cJSON *root = cJSON_CreateObject();
     if (!root) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
     r->root = root;
+    /* what the recipe does not set (the stages' command-line-only options) keeps the stage's default */
+    RQ_TRY(rq_stage_quantize_defaults(&r->quantize, err));
+    RQ_TRY(rq_stage_calibrate_defaults(&r->stage1, err));
+    RQ_TRY(rq_stage_finetune_defaults(&r->stage2, err));
+    RQ_TRY(rq_stage_merge_defaults(&r->merge, err));
+    RQ_TRY(rq_stage_export_defaults(&r->export_, err));
+    RQ_TRY(rq_stage_eval_defaults(&r->eval, err));
+    r->adapter = r->stage1.adapter;
     for (size_t i = 0; i < N_SCHEMA; i++) {
         const key_spec *s = &schema[i];
         const char *leaf;
@@ -400,31 +400,42 @@ static rq_status resolve(cJSON *given, const char *file, rq_recipe *r, rq_err *e
                                    s->choices);
                 n++;
             }
-            if (n > RQ_RECIPE_MAX_LIST)
-                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: %d items, at most %d", file, s->key, n, RQ_RECIPE_MAX_LIST);
-            rq_recipe_list *l = (rq_recipe_list *)((char *)r + s->off);
-            l->n = 0;
+            if (n > RQ_LIST_MAX)
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: %d items, at most %d", file, s->key, n, RQ_LIST_MAX);
+            rq_list *l = (rq_list *)(void *)((char *)r + s->off);
+            memset(l, 0, sizeof *l);
             cJSON_ArrayForEach(it, v) {
                 bool dup = false;
                 for (int k = 0; k < l->n; k++) dup |= !strcmp(l->item[k], it->valuestring);
                 if (dup) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '%s' listed twice", file, s->key, it->valuestring);
-                l->item[l->n++] = it->valuestring;
+                if (strlen(it->valuestring) >= RQ_LIST_ITEM)
+                    return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '%s' is longer than %d characters", file, s->key,
+                                   it->valuestring, RQ_LIST_ITEM - 1);
+                snprintf(l->item[l->n++], RQ_LIST_ITEM, "%s", it->valuestring);
             }
         } else if (s->kind == K_STR) {
             if (s->choices && *v->valuestring && !in_choices(s->choices, v->valuestring))
                 return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '%s' is not one of %s", file, s->key, v->valuestring,
                                s->choices);
-            *(const char **)((char *)r + s->off) = v->valuestring;
+            *(const char **)(void *)((char *)r + s->off) = v->valuestring;
         } else if (s->kind == K_BOOL) {
-            *(bool *)((char *)r + s->off) = cJSON_IsTrue(v);
+            *(bool *)(void *)((char *)r + s->off) = cJSON_IsTrue(v);
         } else {
             if (v->valuedouble < s->min)
                 return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: %g is below the least allowed value %g", file, s->key,
                                v->valuedouble, s->min);
-            if (s->kind == K_INT) *(int64_t *)((char *)r + s->off) = (int64_t)v->valuedouble;
-            else *(double *)((char *)r + s->off) = v->valuedouble;
+            if (v->valuedouble > s->max)
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: %g is above the largest allowed value %g", file, s->key,
+                               v->valuedouble, s->max);
+            if (s->kind == K_INT) *(int64_t *)(void *)((char *)r + s->off) = (int64_t)v->valuedouble;
+            else *(double *)(void *)((char *)r + s->off) = v->valuedouble;
         }
     }
+    /* one adapter section for both training stages (each keeps its own init) */
+    r->stage1.adapter.type = r->stage2.adapter.type = r->adapter.type;
+    r->stage1.adapter.rank = r->stage2.adapter.rank = r->adapter.rank;
+    r->stage1.adapter.alpha = r->stage2.adapter.alpha = r->adapter.alpha;
+    r->stage1.adapter.group_size = r->stage2.adapter.group_size = r->adapter.group_size;
     return RQ_OK;
 }
 
@@ -444,14 +455,25 @@ static rq_status check_combination(const rq_recipe *r, const char *f, rq_err *er
     if (r->stage2.enabled && r->stage2.batch % r->stage2.micro_batch != 0)
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: stage2.micro_batch %lld does not divide stage2.batch %lld", f,
                        (long long)r->stage2.micro_batch, (long long)r->stage2.batch);
+    /* the stages' own checks of their options' combinations, before anything runs */
+    if (r->stage1.enabled && rq_stage_calibrate_check(&r->stage1, err) != RQ_OK) {
+        rq_err_prefix(err, "%s: stage1: ", f);
+        return RQ_ERR_FORMAT;
+    }
+    if (r->stage2.enabled && rq_stage_finetune_check(&r->stage2, err) != RQ_OK) {
+        rq_err_prefix(err, "%s: stage2: ", f);
+        return RQ_ERR_FORMAT;
+    }
     if (r->merge.enabled) {
         if (!r->stage1.enabled && !r->stage2.enabled)
             return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge.enabled is true but neither stage trains adapters", f);
         if (strcmp(r->adapter.type, "qalora") != 0)
             return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge needs adapter.type qalora (a LoRA product does not fold "
                                                "into group offsets); set merge.enabled=false", f);
-        if (r->adapter.group_size != r->quantize.group_size)
-            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge needs adapter.group_size (%lld) = quantize.group_size (%lld)", f,
+        /* adapter.group_size 0 (the default) takes the quantizer's */
+        if (r->adapter.group_size && r->adapter.group_size != r->quantize.group_size)
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: merge needs adapter.group_size (%lld) = quantize.group_size (%lld); "
+                           "leave adapter.group_size out to take the quantizer's", f,
                            (long long)r->adapter.group_size, (long long)r->quantize.group_size);
     }
     if (r->eval.tasks.n == 0 && r->eval.ppl.n == 0 && r->eval.models.n > 0)
@@ -518,13 +540,14 @@ char *rq_recipe_to_json(const rq_recipe *r) {
 }
 
 char *rq_recipe_schema_help(void) {
+    build_schema();
     size_t cap = 16384, len = 0;
     char *buf = malloc(cap);
     if (!buf) return NULL;
     buf[0] = 0;
     for (size_t i = 0; i < N_SCHEMA; i++) {
         const key_spec *s = &schema[i];
-        char line[512];
+        char line[1024];
         if (s->kind == K_OBJ) snprintf(line, sizeof line, "%s: %s\n", s->key, s->help);
         else
             snprintf(line, sizeof line, "  %-24s %-8s %-22s %s\n", s->key,

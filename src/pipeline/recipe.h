@@ -21,14 +21,12 @@
 #include <cjson/cJSON.h>
 
 #include "../core/core.h"
+#include "stages.h"
 
-#define RQ_RECIPE_MAX_LIST 8
-
-typedef struct rq_recipe_list {
-    int n;
-    const char *item[RQ_RECIPE_MAX_LIST];
-} rq_recipe_list;
-
+/* The sections that configure a stage are that stage's options struct
+ * (src/pipeline/stages.h), filled from the recipe's keys with the stage's
+ * defaults for the rest; the schema is generated from the stages' option
+ * tables (one line per option there). */
 typedef struct rq_recipe {
     cJSON *root;      /* the resolved tree; every string below points into it */
     char *file;       /* the file it was read from */
@@ -36,40 +34,13 @@ typedef struct rq_recipe {
     struct {
         const char *path, *tokenizer; /* tokenizer: "" when the model carries its own */
     } model;
-    struct {
-        const char *method;
-        int64_t group_size;
-        bool clip_search;
-        rq_recipe_list modules; /* projections quantized (the rest stay in full precision) */
-    } quantize;
-    struct {
-        const char *type;
-        int64_t rank, group_size;
-        double alpha;
-    } adapter;
-    struct {
-        bool enabled;
-        const char *data, *c4_docs, *scope, *model_loss, *teacher_cache;
-        int64_t windows, val_windows, seq_len, seed, accum, micro_batch, eval_every, patience, max_micro_steps;
-        double lr, model_weight, gt_weight;
-    } stage1;
-    struct {
-        bool enabled;
-        const char *task, *fold, *optim, *schedule;
-        int64_t epochs, batch, micro_batch, limit, max_source, max_target, seed;
-        double lr, weight_decay, warmup_ratio, max_grad_norm;
-    } stage2;
-    struct {
-        bool enabled;
-    } merge;
-    struct {
-        rq_recipe_list formats;
-    } export_;
-    struct {
-        rq_recipe_list tasks, ppl, models;
-        int64_t limit, ppl_windows, shots, max_gen_tokens;
-        const char *gsm8k_format;
-    } eval;
+    rq_stage_quantize_opts quantize;
+    rq_adapter_opts adapter;          /* also copied into stage1.adapter and stage2.adapter */
+    rq_stage_calibrate_opts stage1;
+    rq_stage_finetune_opts stage2;
+    rq_stage_merge_opts merge;
+    rq_stage_export_opts export_;
+    rq_stage_eval_opts eval;
 } rq_recipe;
 
 /* Read and validate a recipe file, apply n_overrides "key=value" strings,

@@ -597,8 +597,7 @@ rq_status rq_calib_svd_init(const rq_model *fp, const rq_model *student, rq_adap
             free(A);
             free(B);
         }
-        if (!quiet) fprintf(stderr, "\rsvd init: layer %d/%d", l + 1, c->n_layers);
+        if (!quiet) rq_log(l + 1 == c->n_layers ? RQ_LOG_DONE : RQ_LOG_PROGRESS, "svd init: layer %d/%d", l + 1, c->n_layers);
     }
-    if (!quiet) fputc('\n', stderr);
     return st;
 }

@@ -514,8 +514,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             if (metrics)
                 fprintf(metrics, "{\"step\":%lld,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g,\"best\":%s}\n",
                         (long long)h.step, vl, vc, vm, h.best_step == h.step ? "true" : "false");
-            if (!o->quiet) fprintf(stderr, "%sstep %lld: validation loss %.5f (best %.5f at step %lld)\n",
-                                   prog.tty ? "\r\033[K" : "", (long long)h.step, vl, h.best_val, (long long)h.best_step);
+            if (!o->quiet)
+                rq_info("step %lld: validation loss %.5f (best %.5f at step %lld)", (long long)h.step, vl, h.best_val,
+                        (long long)h.best_step);
             if (o->patience > 0 && h.bad_evals >= o->patience) stop = true;
         }
         if (metrics) fflush(metrics);

@@ -6,5 +6,6 @@
 
 int main(int argc, char **argv) {
     rq_reexec_with_passive_openmp(argv);
+    rq_log_set(cli_log_sink, NULL);
     return cmd_merge(argc, argv);
 }

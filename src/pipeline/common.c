@@ -1,0 +1,132 @@
+/* Pieces the stages share: the memory check, the q2 group size of a model,
+ * options as JSON and as a command line. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdlib.h>
+
+#include "../quant/q2.h"
+#include "../train/plan.h"
+#include "internal.h"
+
+int rq_model_q2_group_size(const rq_model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            const rq_q2_tensor *t = rq_layer_proj(&m->layers[l], p)->q2;
+            if (t) return t->group_size;
+        }
+    return 0;
+}
+
+rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident, bool disabled,
+                                rq_err *err) {
+    o->device = be->name && !strcmp(be->name, "cuda") ? RQ_PLAN_CUDA : RQ_PLAN_CPU;
+    o->quant_group_size = rq_model_q2_group_size(m);
+    o->student_q2 = o->quant_group_size > 0;
+    rq_plan plan;
+    RQ_TRY(rq_plan_compute(&m->cfg, o, &plan, err));
+    const double mib = 1048576.0;
+    char line[1024];
+    int n = snprintf(line, sizeof line,
+                     "memory plan (%s): weights %.1f MiB, adapters %.2f MiB, gradients %.2f MiB, moments %.2f MiB, "
+                     "activations (%d x %d) %.1f MiB, scratch %.1f MiB, host %.1f MiB",
+                     be->name, (plan.weights_q2 + plan.weights_dense) / mib, plan.adapters / mib, plan.grads / mib,
+                     plan.moments / mib, o->micro_batch, o->seq_len, plan.activations / mib, plan.scratch / mib,
+                     plan.host / mib);
+    if (plan.teacher_weights && n > 0 && (size_t)n < sizeof line)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", teacher beside the student %.1f MiB",
+                      (plan.teacher_weights + plan.teacher_activations) / mib);
+    if (plan.teacher_pass && n > 0 && (size_t)n < sizeof line)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", teacher pass %.1f MiB", plan.teacher_pass / mib);
+    if (n > 0 && (size_t)n < sizeof line) snprintf(line + n, sizeof line - (size_t)n, "; peak %.1f MiB", plan.total / mib);
+    rq_info("%s", line);
+    if (disabled) {
+        rq_info("memory check skipped (--no-memory-check)");
+        return RQ_OK;
+    }
+    return rq_plan_check(&plan, o, be, resident, err);
+}
+
+rq_status rq_stage_write_json(const char *dir, const char *name, const cJSON *o, rq_err *err) {
+    char path[4096];
+    if (!rq_path_join(path, sizeof path, dir, name)) return RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
+    char *text = cJSON_Print(o);
+    if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    size_t n = strlen(text);
+    char *t2 = realloc(text, n + 2);
+    if (!t2) {
+        cJSON_free(text);
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    }
+    t2[n] = '\n';
+    rq_status st = rq_write_file_atomic(path, t2, n + 1, err);
+    free(t2);
+    return st;
+}
+
+void rq_json_add_finite(cJSON *o, const char *key, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
+    else cJSON_AddNullToObject(o, key);
+}
+
+cJSON *rq_opts_to_json(rq_opt_table t, const void *o) {
+    cJSON *j = cJSON_CreateObject();
+    for (size_t i = 0; j && i < t.n; i++) {
+        const rq_opt *e = &t.opt[i];
+        const char *name = e->flag ? e->flag + 2 : e->key;
+        if (!cJSON_GetObjectItemCaseSensitive(j, name)) cJSON_AddItemToObject(j, name, rq_opt_to_json(e, o));
+    }
+    return j;
+}
+
+static void shell_quote(FILE *f, const char *s) {
+    if (*s && strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == strlen(s)) {
+        fputs(s, f);
+        return;
+    }
+    fputc('\'', f);
+    for (; *s; s++) {
+        if (*s == '\'') fputs("'\\''", f);
+        else fputc(*s, f);
+    }
+    fputc('\'', f);
+}
+
+char *rq_opts_command_line(const char *cmd, rq_opt_table t, const void *o, const char *const *pos, int n_pos) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    fprintf(f, "rilq %s", cmd);
+    for (int i = 0; i < n_pos; i++) {
+        fputc(' ', f);
+        shell_quote(f, pos[i]);
+    }
+    /* the defaults, to leave out what equals them */
+    void *d = calloc(1, t.size);
+    rq_err err = {0};
+    if (d && rq_opts_defaults(t, d, &err) != RQ_OK) {
+        free(d);
+        d = NULL;
+    }
+    for (size_t i = 0; i < t.n; i++) {
+        const rq_opt *e = &t.opt[i];
+        if (!e->flag) continue;
+        char v[1024], dv[1024];
+        rq_opt_format(e, o, v, sizeof v);
+        if (d) {
+            rq_opt_format(e, d, dv, sizeof dv);
+            if (!strcmp(v, dv)) continue;
+        }
+        if (e->kind == RQ_OPT_STR && !*(const char *const *)(const void *)((const char *)o + e->off)) continue;
+        fprintf(f, " %s", e->flag);
+        if (e->kind == RQ_OPT_BOOL) {
+            if (strcmp(v, "true") != 0) fprintf(f, "=false");
+            continue;
+        }
+        fputc(' ', f);
+        shell_quote(f, v);
+    }
+    free(d);
+    fclose(f);
+    return buf;
+}
