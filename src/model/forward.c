@@ -258,6 +258,59 @@ static void proj_forward(rq_forward_state *s, int l, int p, float *out, const fl
     rq_adapter_forward(s->be, ad, out, xt, a->u[p], N);
 }
 
+/* One decoder layer on the residual stream res[l] -> res[l + 1] (the same buffer in
+ * inference). hk (may be NULL) sees the input of q (shared by k and v), o, gate
+ * (shared by up) and down. */
+static void run_layer(rq_forward_state *s, int l, int B, int T, int pos0, const float *cos_t, const float *sin_t,
+                      const rq_forward_hooks *hk) {
+    const rq_model *m = s->m;
+    const rq_config *c = &m->cfg;
+    rq_backend *be = s->be;
+    const int N = B * T, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    const int kv_dim = nkv * hd, Tmax = s->o.max_seq;
+    const bool see = hk && hk->proj_in;
+    const rq_layer *L = &m->layers[l];
+    layer_acts *a = &s->la[s->o.train ? l : 0];
+    const float *x_in = s->res[l];
+    float *x_out = s->res[l + 1];
+    float *k_cache, *v_cache;
+    int kv_len = Tmax;
+    if (s->o.train) { /* keys and values of the window are the cache, [B][T][kv_dim] */
+        kv_len = T;
+        k_cache = a->k;
+        v_cache = a->v;
+    } else {
+        const size_t layer_kv = (size_t)(s->o.kv_cache ? l : 0) * s->o.max_batch * Tmax * kv_dim;
+        k_cache = s->kv + layer_kv;
+        v_cache = s->kv + (size_t)s->n_cache_layers * s->o.max_batch * Tmax * kv_dim + layer_kv;
+    }
+    /* attention block: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) */
+    be->rmsnorm_fwd(be, a->xn1, a->rstd1, x_in, L->attn_norm, N, c->dim, c->norm_eps);
+    if (see) hk->proj_in(hk->user, l, RQ_PROJ_Q, a->xn1, N, c->dim);
+    proj_forward(s, l, RQ_PROJ_Q, a->q, a->xn1, N, false, a);
+    proj_forward(s, l, RQ_PROJ_K, a->k, a->xn1, N, false, a);
+    proj_forward(s, l, RQ_PROJ_V, a->v, a->xn1, N, false, a);
+    be->rope_fwd(be, a->q, cos_t, sin_t, B, T, nh, hd);
+    be->rope_fwd(be, a->k, cos_t, sin_t, B, T, nkv, hd);
+    if (!s->o.train) {
+        be->cache_store(be, k_cache, a->k, B, T, pos0, Tmax, kv_dim);
+        be->cache_store(be, v_cache, a->v, B, T, pos0, Tmax, kv_dim);
+    }
+    be->attention_fwd(be, a->att_out, a->att, a->q, k_cache, v_cache, B, T, pos0, kv_len, nh, nkv, hd);
+    if (a->x_mid != x_in) be->copy(be, a->x_mid, x_in, (size_t)N * c->dim * sizeof(float));
+    if (see) hk->proj_in(hk->user, l, RQ_PROJ_O, a->att_out, N, nh * hd);
+    proj_forward(s, l, RQ_PROJ_O, a->x_mid, a->att_out, N, true, a);
+    /* MLP block: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
+    be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, L->ffn_norm, N, c->dim, c->norm_eps);
+    if (see) hk->proj_in(hk->user, l, RQ_PROJ_GATE, a->xn2, N, c->dim);
+    proj_forward(s, l, RQ_PROJ_GATE, a->gate, a->xn2, N, false, a);
+    proj_forward(s, l, RQ_PROJ_UP, a->up, a->xn2, N, false, a);
+    be->swiglu_fwd(be, a->hb, a->gate, a->up, N, c->hidden_dim);
+    if (x_out != a->x_mid) be->copy(be, x_out, a->x_mid, (size_t)N * c->dim * sizeof(float));
+    if (see) hk->proj_in(hk->user, l, RQ_PROJ_DOWN, a->hb, N, c->hidden_dim);
+    proj_forward(s, l, RQ_PROJ_DOWN, x_out, a->hb, N, true, a);
+}
+
 rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err) {
     const rq_model *m = s->m;
     const rq_config *c = &m->cfg;
@@ -278,52 +331,57 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
                            tokens[i], i, c->vocab_size - 1);
     if (s->o.train && pos0 != 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs whole sequences from position 0");
-    const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    const int kv_dim = nkv * hd, Tmax = s->o.max_seq;
-    const int half = hd / 2;
+    const int half = c->head_dim / 2;
     RQ_TRY(upload_rope(s, T, pos0, err));
     const float *cos_t = s->rope_dev, *sin_t = s->rope_dev + (size_t)T * half;
 
     be->embedding(be, s->res[0], tokens, m->tok_embed, N, c->dim);
-    for (int l = 0; l < c->n_layers; l++) {
-        const rq_layer *L = &m->layers[l];
-        layer_acts *a = &s->la[s->o.train ? l : 0];
-        const float *x_in = s->res[l];
-        float *x_out = s->res[l + 1];
-        float *k_cache, *v_cache;
-        int kv_len = Tmax;
-        if (s->o.train) { /* keys and values of the window are the cache, [B][T][kv_dim] */
-            kv_len = T;
-            k_cache = a->k;
-            v_cache = a->v;
-        } else {
-            const size_t layer_kv = (size_t)(s->o.kv_cache ? l : 0) * s->o.max_batch * Tmax * kv_dim;
-            k_cache = s->kv + layer_kv;
-            v_cache = s->kv + (size_t)s->n_cache_layers * s->o.max_batch * Tmax * kv_dim + layer_kv;
-        }
-        /* attention block: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) */
-        be->rmsnorm_fwd(be, a->xn1, a->rstd1, x_in, L->attn_norm, N, c->dim, c->norm_eps);
-        proj_forward(s, l, RQ_PROJ_Q, a->q, a->xn1, N, false, a);
-        proj_forward(s, l, RQ_PROJ_K, a->k, a->xn1, N, false, a);
-        proj_forward(s, l, RQ_PROJ_V, a->v, a->xn1, N, false, a);
-        be->rope_fwd(be, a->q, cos_t, sin_t, B, T, nh, hd);
-        be->rope_fwd(be, a->k, cos_t, sin_t, B, T, nkv, hd);
-        if (!s->o.train) {
-            be->cache_store(be, k_cache, a->k, B, T, pos0, Tmax, kv_dim);
-            be->cache_store(be, v_cache, a->v, B, T, pos0, Tmax, kv_dim);
-        }
-        be->attention_fwd(be, a->att_out, a->att, a->q, k_cache, v_cache, B, T, pos0, kv_len, nh, nkv, hd);
-        if (a->x_mid != x_in) be->copy(be, a->x_mid, x_in, (size_t)N * c->dim * sizeof(float));
-        proj_forward(s, l, RQ_PROJ_O, a->x_mid, a->att_out, N, true, a);
-        /* MLP block: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
-        be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->x_mid, L->ffn_norm, N, c->dim, c->norm_eps);
-        proj_forward(s, l, RQ_PROJ_GATE, a->gate, a->xn2, N, false, a);
-        proj_forward(s, l, RQ_PROJ_UP, a->up, a->xn2, N, false, a);
-        be->swiglu_fwd(be, a->hb, a->gate, a->up, N, c->hidden_dim);
-        if (x_out != a->x_mid) be->copy(be, x_out, a->x_mid, (size_t)N * c->dim * sizeof(float));
-        proj_forward(s, l, RQ_PROJ_DOWN, x_out, a->hb, N, true, a);
-    }
+    for (int l = 0; l < c->n_layers; l++) run_layer(s, l, B, T, pos0, cos_t, sin_t, NULL);
     be->rmsnorm_fwd(be, s->hidden, s->rstd_final, s->res[c->n_layers], m->final_norm, N, c->dim, c->norm_eps);
+    s->last_B = B;
+    s->last_T = T;
+    return RQ_OK;
+}
+
+/* ---- a layer at a time ---- */
+
+static rq_status check_stream(const rq_forward_state *s, int B, int T, rq_err *err) {
+    if (s->o.train || s->o.kv_cache)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: layer-at-a-time runs need an inference state without a KV cache");
+    if (B <= 0 || T <= 0 || B > s->o.max_batch || T > s->o.max_seq)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: batch %d x %d tokens does not fit the state (%d x %d)", B, T,
+                       s->o.max_batch, s->o.max_seq);
+    return RQ_OK;
+}
+
+float *rq_forward_stream(rq_forward_state *s) { return s->res[0]; }
+
+rq_status rq_forward_embed(rq_forward_state *s, const int *tokens, int B, int T, rq_err *err) {
+    RQ_TRY(check_stream(s, B, T, err));
+    const rq_config *c = &s->m->cfg;
+    for (int i = 0; i < B * T; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return RQ_FAIL(err, RQ_ERR_ARG, "forward: token id %d at index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, c->vocab_size - 1);
+    s->be->embedding(s->be, s->res[0], tokens, s->m->tok_embed, B * T, c->dim);
+    return RQ_OK;
+}
+
+rq_status rq_forward_layers(rq_forward_state *s, int l0, int l1, int B, int T, const rq_forward_hooks *hk,
+                            rq_err *err) {
+    RQ_TRY(check_stream(s, B, T, err));
+    if (l0 < 0 || l1 > s->m->cfg.n_layers || l0 > l1)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: layers %d..%d outside 0..%d", l0, l1, s->m->cfg.n_layers);
+    const int half = s->m->cfg.head_dim / 2;
+    RQ_TRY(upload_rope(s, T, 0, err));
+    for (int l = l0; l < l1; l++) run_layer(s, l, B, T, 0, s->rope_dev, s->rope_dev + (size_t)T * half, hk);
+    return RQ_OK;
+}
+
+rq_status rq_forward_final_norm(rq_forward_state *s, int B, int T, rq_err *err) {
+    RQ_TRY(check_stream(s, B, T, err));
+    const rq_config *c = &s->m->cfg;
+    s->be->rmsnorm_fwd(s->be, s->hidden, s->rstd_final, s->res[0], s->m->final_norm, B * T, c->dim, c->norm_eps);
     s->last_B = B;
     s->last_T = T;
     return RQ_OK;

@@ -30,6 +30,24 @@ void rq_forward_free(rq_forward_state *s);
  * Leaves the final hidden states (after the final norm) in the state. */
 rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err);
 
+/* ---- a layer at a time (GPTQ and block-wise calibration, a layer-streamed teacher) ----
+ * An inference state without a KV cache runs whole sequences (positions 0..T-1)
+ * one layer at a time on its residual stream, [B][T][dim] on the backend: fill it
+ * (rq_forward_embed, or upload into rq_forward_stream), run layers [l0, l1), read it
+ * or apply the final norm (then rq_forward_hidden, _logits and _nll read the result).
+ * The numbers equal rq_forward_run's. */
+typedef struct rq_forward_hooks {
+    void *user;
+    /* x [N][in] on the backend: the input of projection proj of layer `layer`; called for
+     * q (k and v read the same), o, gate (up reads the same) and down */
+    void (*proj_in)(void *user, int layer, int proj, const float *x, int N, int in);
+} rq_forward_hooks;
+float *rq_forward_stream(rq_forward_state *s);
+rq_status rq_forward_embed(rq_forward_state *s, const int *tokens, int B, int T, rq_err *err);
+rq_status rq_forward_layers(rq_forward_state *s, int l0, int l1, int B, int T, const rq_forward_hooks *hk,
+                            rq_err *err);
+rq_status rq_forward_final_norm(rq_forward_state *s, int B, int T, rq_err *err);
+
 /* Share a prefix: copy sequence 0's cached keys/values at positions [0, len)
  * into sequences 1..B-1, so B continuations of one context can run as a batch
  * at pos0 = len without recomputing the context. Needs a KV cache. */

@@ -37,19 +37,10 @@ static int resolve_threads(int n) { return n > 0 ? n : omp_get_max_threads(); }
 
 /* ---- one group's grid -------------------------------------------------------------- */
 
-typedef struct group_params {
-    uint16_t s, m; /* fp16 bits, as stored */
-} group_params;
+typedef rq_quant_params group_params;
+typedef rq_quant_grid group_grid;
 
-/* The dequantized levels of a group and the midpoints between neighbours.
- * Levels ascend because codebooks ascend and s >= 0. */
-typedef struct group_grid {
-    float lut[4];
-    float mid[3];
-    bool flat; /* s == 0: every code gives m */
-} group_grid;
-
-static group_grid make_grid(const float cb[4], group_params p) {
+rq_quant_grid rq_quant_grid_make(const float cb[4], rq_quant_params p) {
     group_grid g;
     float s = rq_f16_to_f32(p.s), m = rq_f16_to_f32(p.m);
     for (int k = 0; k < 4; k++) g.lut[k] = s * cb[k] + m; /* exactly what rq_q2_dequant_row computes */
@@ -58,22 +49,16 @@ static group_grid make_grid(const float cb[4], group_params p) {
     return g;
 }
 
+static group_grid make_grid(const float cb[4], group_params p) { return rq_quant_grid_make(cb, p); }
+
 static bool grid_finite(const group_grid *g) {
     for (int k = 0; k < 4; k++)
         if (!isfinite(g->lut[k])) return false;
     return true;
 }
 
-/* Nearest level, ties to the lower code. */
-static inline int grid_code(const group_grid *g, float x) {
-    return (x > g->mid[0]) + (x > g->mid[1]) + (x > g->mid[2]);
-}
-
-static inline float grid_value(const group_grid *g, float x) {
-    float q = x > g->mid[0] ? g->lut[1] : g->lut[0];
-    q = x > g->mid[1] ? g->lut[2] : q;
-    return x > g->mid[2] ? g->lut[3] : q;
-}
+#define grid_code rq_quant_grid_code
+#define grid_value rq_quant_grid_value
 
 /* sum (w - dequant)^2 in double: the score of every clipping candidate. */
 static double group_sq_error(const float *w, int n, const group_grid *g) {
@@ -130,7 +115,7 @@ static bool refit_params(const float *w, int n, const float cb[4], const group_g
 }
 
 /* The (s, m) of one group under opts. */
-static group_params choose_group_params(const float *w, int n, const float cb[4], const rq_quant_opts *opts) {
+rq_quant_params rq_quant_group_params(const float *w, int n, const float cb[4], const rq_quant_opts *opts) {
     const bool nf2 = opts->method == RQ_QUANT_NF2;
     float lo = w[0], hi = w[0];
     double sum = 0.0;
@@ -242,7 +227,7 @@ rq_status rq_quantize_into(rq_q2_tensor *t, const float *w, const rq_quant_opts 
                 record_failure(&fail, &f);
                 break;
             }
-            group_params p = choose_group_params(wg, n, t->codebook, opts);
+            group_params p = rq_quant_group_params(wg, n, t->codebook, opts);
             group_grid grid = make_grid(t->codebook, p);
             t->scales[(size_t)row * t->n_groups + g] = p.s;
             t->offsets[(size_t)row * t->n_groups + g] = p.m;

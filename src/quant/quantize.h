@@ -54,6 +54,32 @@ rq_status rq_quantize(const float *w, int out, int in, const rq_quant_opts *opts
 rq_status rq_quantize_into(rq_q2_tensor *t, const float *w, const rq_quant_opts *opts, const char *name,
                            rq_err *err);
 
+/* ---- one group (for quantizers built on these choices: GPTQ) ---------------------- */
+
+typedef struct rq_quant_params {
+    uint16_t s, m; /* fp16 bits, as stored */
+} rq_quant_params;
+/* The dequantized levels of a group and the midpoints between neighbours
+ * (levels ascend: codebooks ascend and s >= 0). */
+typedef struct rq_quant_grid {
+    float lut[4];
+    float mid[3];
+    bool flat; /* s == 0: every code gives m */
+} rq_quant_grid;
+rq_quant_grid rq_quant_grid_make(const float cb[4], rq_quant_params p);
+/* Nearest level, ties to the lower code; and its dequantized value. */
+static inline int rq_quant_grid_code(const rq_quant_grid *g, float x) {
+    return (x > g->mid[0]) + (x > g->mid[1]) + (x > g->mid[2]);
+}
+static inline float rq_quant_grid_value(const rq_quant_grid *g, float x) {
+    float q = x > g->mid[0] ? g->lut[1] : g->lut[0];
+    q = x > g->mid[1] ? g->lut[2] : q;
+    return x > g->mid[2] ? g->lut[3] : q;
+}
+/* The stored (s, m) that rq_quantize chooses for the n weights of one group
+ * (method, clip search) with codebook cb. A constant group gives s = 0. */
+rq_quant_params rq_quant_group_params(const float *w, int n, const float cb[4], const rq_quant_opts *opts);
+
 /* ---- fake-quant import ----------------------------------------------------------- */
 
 typedef struct rq_import_opts {
