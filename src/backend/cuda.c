@@ -563,8 +563,10 @@ static void cuda_attention_fwd(rq_backend *be, float *out, float *att, const flo
         !NEED_DEV(c, op, v))
         return;
     const int Tk = pos0 + T, batch = B * nh;
-    const size_t nq = (size_t)batch * T * hd, nkx = (size_t)batch * Tk * hd; /* the layout of rq_cuda_attention_fwd_floats */
-    float *ws = scratch_get(c, SCR_ATTN, sizeof(float) * rq_cuda_attention_fwd_floats(B, T, Tk, nh, hd, att != NULL));
+    /* the layout rq_cuda_attention_fwd_floats sizes */
+    const size_t nq = (size_t)batch * T * hd, nkx = (size_t)batch * Tk * hd;
+    float *ws =
+        scratch_get(c, SCR_ATTN, sizeof(float) * rq_cuda_attention_fwd_floats(B, T, Tk, nh, hd, att != NULL));
     if (!ws) return;
     float *Qt = ws, *Ot = Qt + nq, *Kx = Ot + nq, *Vx = Kx + nkx, *S = att ? att : Vx + nkx;
     if (!LAUNCH(c, rqk_heads_to_major(c->comp, Qt, q, B, T, T, nh, hd)) ||
@@ -689,7 +691,7 @@ static void cuda_attention_bwd(rq_backend *be, float *dq, float *dk, float *dv, 
         !NEED_DEV(c, op, att) || !NEED_DEV(c, op, q) || !NEED_DEV(c, op, k) || !NEED_DEV(c, op, v))
         return;
     const int batch = B * nh;
-    const size_t nx = (size_t)batch * T * hd; /* the layout of rq_cuda_attention_bwd_floats */
+    const size_t nx = (size_t)batch * T * hd; /* the layout rq_cuda_attention_bwd_floats sizes */
     float *ws = scratch_get(c, SCR_ATTN, sizeof(float) * rq_cuda_attention_bwd_floats(B, T, nh, hd));
     if (!ws) return;
     float *Qt = ws, *Kx = Qt + nx, *Vx = Kx + nx, *dOt = Vx + nx, *dQt = dOt + nx, *dKx = dQt + nx, *dVx = dKx + nx;

@@ -207,7 +207,8 @@ rq_status rq_forward_size_of(const rq_config *c, const rq_forward_opts *o, rq_fo
     rq_forward_state s = {0};
     size_table t = {0};
     rq_status st = forward_layout(c, o, o->adapters, &s, &t, err);
-    if (st == RQ_OK) *out = (rq_forward_size){.act_bytes = s.act_bytes, .kv_bytes = s.kv_bytes, .host_bytes = s.host_bytes};
+    if (st == RQ_OK)
+        *out = (rq_forward_size){.act_bytes = s.act_bytes, .kv_bytes = s.kv_bytes, .host_bytes = s.host_bytes};
     free(t.e);
     free(s.la);
     free(s.res);
@@ -223,7 +224,12 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
     s->m = m;
     s->be = be;
     size_table t = {0};
-    if (forward_layout(c, o, o->adapters ? o->adapters : m->adapters, s, &t, err) != RQ_OK) goto fail;
+    rq_status st = forward_layout(c, o, o->adapters ? o->adapters : m->adapters, s, &t, err);
+    if (st != RQ_OK) {
+        free(t.e);
+        rq_forward_free(s);
+        return st;
+    }
     s->act = be->alloc(be, s->act_bytes, err);
     if (!s->act) goto fail;
     float *p = s->act;
