@@ -129,12 +129,12 @@ rq_status rq_adapter_targets_parse(const char *list, unsigned *targets, rq_err *
 rq_adapter *rq_adapter_set_get(rq_adapter_set *s, int layer, int proj) {
     if (layer < 0 || layer >= s->model.n_layers || proj < 0 || proj >= RQ_N_PROJ) return NULL;
     rq_adapter *a = &s->items[(size_t)layer * RQ_N_PROJ + proj];
-    return a->A ? a : NULL;
+    return a->r ? a : NULL; /* r = 0: untargeted (a shape-only set has no A either) */
 }
 
 int rq_adapter_set_count(const rq_adapter_set *s) {
     int n = 0;
-    for (size_t i = 0; i < (size_t)s->model.n_layers * RQ_N_PROJ; i++) n += s->items[i].A != NULL;
+    for (size_t i = 0; i < (size_t)s->model.n_layers * RQ_N_PROJ; i++) n += s->items[i].r != 0;
     return n;
 }
 
@@ -150,8 +150,10 @@ void rq_adapter_set_free(rq_adapter_set *s) {
     free(s);
 }
 
-rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cfg, rq_backend *be,
-                                rq_adapter_set **out, rq_err *err) {
+/* A set's shapes for model mc (items, n_params) with nothing allocated on a
+ * backend: the size table rq_adapter_set_create allocates from and
+ * rq_adapter_set_plan reports. */
+static rq_status set_shape(const rq_config *mc, const rq_adapter_config *cfg, rq_adapter_set **out, rq_err *err) {
     *out = NULL;
     if (cfg->r < 1) return RQ_FAIL(err, RQ_ERR_ARG, "adapter rank r = %d: must be >= 1", cfg->r);
     if (!(cfg->alpha > 0.0f) || !isfinite(cfg->alpha))
@@ -168,14 +170,12 @@ rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cf
     if (s->cfg.type == RQ_ADAPTER_QALORA && s->cfg.group_size <= 0) s->cfg.group_size = DEFAULT_GROUP_SIZE;
     if (s->cfg.type == RQ_ADAPTER_LORA) s->cfg.group_size = 0;
     s->model = *mc;
-    s->be = be;
     s->items = rq_calloc((size_t)mc->n_layers * RQ_N_PROJ, sizeof *s->items, err);
     if (!s->items) {
         rq_adapter_set_free(s);
         return RQ_ERR_NOMEM;
     }
-
-    /* Size table first (A then B per adapter), then one allocation per category. */
+    /* A then B per adapter */
     size_t total = 0;
     for (int l = 0; l < mc->n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++) {
@@ -190,6 +190,20 @@ rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cf
             total += (size_t)a->r * a->a_cols + (size_t)a->out * a->r;
         }
     s->n_params = total;
+    *out = s;
+    return RQ_OK;
+}
+
+rq_status rq_adapter_set_plan(const rq_config *mc, const rq_adapter_config *cfg, rq_adapter_set **out, rq_err *err) {
+    return set_shape(mc, cfg, out, err);
+}
+
+rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cfg, rq_backend *be,
+                                rq_adapter_set **out, rq_err *err) {
+    rq_adapter_set *s;
+    RQ_TRY(set_shape(mc, cfg, &s, err));
+    s->be = be;
+    const size_t total = s->n_params;
     size_t bytes;
     if (!rq_mul_ok(total, sizeof(float), &bytes)) {
         rq_adapter_set_free(s);

@@ -116,6 +116,12 @@ rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cf
                                 rq_adapter_set **out, rq_err *err);
 void rq_adapter_set_free(rq_adapter_set *s);
 
+/* The shapes (items' out, in, r, a_cols; n_params) of the set cfg would build
+ * for a model of shape mc, with nothing allocated on a backend (be, params,
+ * grads and every A, B NULL): what memory plans size forward states and
+ * optimizer moments with. Free with rq_adapter_set_free; never run it. */
+rq_status rq_adapter_set_plan(const rq_config *mc, const rq_adapter_config *cfg, rq_adapter_set **out, rq_err *err);
+
 /* The adapter of (layer, projection), or NULL when that projection has none. */
 rq_adapter *rq_adapter_set_get(rq_adapter_set *s, int layer, int proj);
 

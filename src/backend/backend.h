@@ -35,6 +35,12 @@ struct rq_backend {
      * and MemTotal of /proc/meminfo; CUDA: cudaMemGetInfo). Used to refuse a run
      * whose memory plan cannot fit, before allocating. */
     rq_status (*mem_info)(rq_backend *be, size_t *free_bytes, size_t *total_bytes, rq_err *err);
+    /* Bytes of the backend's own scratch (beyond alloc: GEMM workspace, dequantization
+     * tiles, attention workspace) at its high-water mark while it runs forward (train:
+     * and backward) passes of a model of shape c over batch x seq tokens whose
+     * projections are q2 (q2) or fp32. What memory plans add for the device
+     * (src/backend/scratch.h holds the formulas). */
+    size_t (*scratch_bytes)(const rq_backend *be, const rq_config *c, int batch, int seq, bool train, bool q2);
     /* device-to-device copy */
     void (*copy)(rq_backend *be, void *dst, const void *src, size_t bytes);
     /* dst[rows][C] = src[idx[r]][C]: gather rows of a matrix on the device */

@@ -12,6 +12,7 @@
 #include "../quant/q2.h"
 #include "backend.h"
 #include "ops_math.h"
+#include "scratch.h"
 
 typedef struct cpu_ctx {
     float *tile;        /* dequantization scratch for q2 weights, allocated once */
@@ -50,9 +51,7 @@ static void cpu_linear(rq_backend *be, float *out, const float *in, const rq_lin
     }
     /* q2: out[:, r0:r1] = in * deq(W[r0:r1])^T, one tile of output rows at a
      * time; a tile of ~256 KiB stays in L2 between dequantization and GEMM */
-    int tile_rows = (int)(65536 / (W->in > 0 ? W->in : 1));
-    if (tile_rows < 16) tile_rows = 16;
-    if (tile_rows > W->out) tile_rows = W->out;
+    int tile_rows = rq_cpu_q2_tile_rows(W->out, W->in);
     cpu_ctx *c = be->ctx;
     if ((size_t)tile_rows * W->in > c->tile_floats) tile_rows = (int)(c->tile_floats / W->in);
     float *tile = c->tile;
@@ -191,6 +190,10 @@ static rq_status cpu_mem_info(rq_backend *be, size_t *free_bytes, size_t *total_
     return RQ_OK;
 }
 
+static size_t cpu_scratch_bytes(const rq_backend *be, const rq_config *c, int batch, int seq, bool train, bool q2) {
+    return rq_cpu_scratch_bytes(be->n_threads, c, batch, seq, train, q2);
+}
+
 void rq_cpu_train_ops_install(rq_backend *be); /* cpu_train.c */
 
 static void cpu_destroy(rq_backend *be) {
@@ -216,8 +219,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
         omp_set_num_threads(n_threads);
         openblas_set_num_threads(n_threads);
     }
-    /* 2M floats hold >= 16 rows of any input width up to 131072 */
-    c->tile_floats = (size_t)1 << 21;
+    c->tile_floats = RQ_CPU_Q2_TILE_FLOATS;
     c->tile = rq_alloc_aligned(c->tile_floats * sizeof(float), err);
     if (!c->tile) {
         free(c);
@@ -233,6 +235,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->download = cpu_copy_bytes;
     be->copy = cpu_copy;
     be->mem_info = cpu_mem_info;
+    be->scratch_bytes = cpu_scratch_bytes;
     be->gather_rows = cpu_gather_rows;
     be->linear = cpu_linear;
     be->matmul_nt = cpu_matmul_nt;

@@ -10,6 +10,7 @@
 #include "../quant/q2.h"
 #include "backend.h"
 #include "ops_math.h"
+#include "scratch.h"
 
 void rq_cpu_train_ops_install(rq_backend *be);
 
@@ -27,9 +28,7 @@ static void cpu_linear_bwd_input(rq_backend *be, float *din, const float *dout, 
      * time, ~256 KiB per tile so it stays in L2 between dequantization and GEMM
      * (the same tiling as the forward linear). The tile is this call's own: the
      * op table has no error path, and the forward's scratch belongs to cpu.c. */
-    int tile_rows = (int)(65536 / W->in);
-    if (tile_rows < 16) tile_rows = 16;
-    if (tile_rows > W->out) tile_rows = W->out;
+    int tile_rows = rq_cpu_q2_tile_rows(W->out, W->in);
     float *tile = malloc(sizeof(float) * (size_t)tile_rows * (size_t)W->in);
     if (!tile) {
         /* Out of memory for 256 KiB: still correct, one weight at a time. */
@@ -179,13 +178,11 @@ static void attention_bwd_gemm(float *ds, float *dq, float *dk, float *dv, const
         }
 }
 
-/* Below this many queries the loops win (GEMM call overhead, tiny squares). */
-#define ATTENTION_BWD_GEMM_MIN_T 32
 
 static void cpu_attention_bwd(rq_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *att,
                               const float *q, const float *k, const float *v, int B, int T, int nh, int nkv,
                               int hd) {
-    float *ds = T >= ATTENTION_BWD_GEMM_MIN_T ? malloc(sizeof(float) * (size_t)T * (size_t)T) : NULL;
+    float *ds = T >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T ? malloc(sizeof(float) * (size_t)T * (size_t)T) : NULL;
     if (ds) attention_bwd_gemm(ds, dq, dk, dv, dout, att, q, k, v, B, T, nh, nkv, hd);
     else attention_bwd_loops(dq, dk, dv, dout, att, q, k, v, B, T, nh, nkv, hd);
     free(ds);

@@ -50,10 +50,8 @@
 #include "../quant/q2.h"
 #include "backend.h"
 #include "kernels.h"
+#include "scratch.h"
 
-#define GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
-/* q2 weights are dequantized in tiles of at most this many weights (128 MiB of bf16) */
-#define Q2_TILE_ELEMS ((size_t)64 << 20)
 #define N_STAGES 4
 
 typedef struct dev_block {
@@ -200,7 +198,7 @@ static void *scratch_get(cuda_ctx *c, int which, size_t bytes) {
         s->p = NULL;
         s->bytes = 0;
     }
-    size_t want = bytes + bytes / 4 + 256; /* a little headroom: shapes vary a little between calls */
+    size_t want = rq_cuda_scratch_grown(bytes);
     if (!CU(c, cudaMalloc(&s->p, want))) {
         s->p = NULL;
         return NULL;
@@ -472,14 +470,7 @@ static void cuda_matmul_nt(rq_backend *be, float *out, const float *a, const flo
     gemm_nt_f32(c, "matmul_nt", out, a, b, N, M, K, accumulate ? 1.0f : 0.0f);
 }
 
-/* Tile rows for a q2 weight: the whole weight when it fits Q2_TILE_ELEMS, else
- * a multiple of 64 rows (tile offsets stay 128-byte aligned in bf16). */
-static int q2_tile_rows(const rq_q2_tensor *q) {
-    size_t rows = Q2_TILE_ELEMS / (size_t)(q->in > 0 ? q->in : 1);
-    if (rows >= (size_t)q->out) return q->out;
-    rows = rows / 64 * 64;
-    return rows < 64 ? 64 : (int)rows;
-}
+static int q2_tile_rows(const rq_q2_tensor *q) { return rq_cuda_q2_tile_rows(q->out, q->in); }
 
 /* The activation operand of a q2 GEMM: bf16 copy (rows x cols) or the fp32 original. */
 static const void *q2_act(cuda_ctx *c, const float *x, int rows, int cols) {
@@ -572,8 +563,10 @@ static void cuda_attention_fwd(rq_backend *be, float *out, float *att, const flo
         !NEED_DEV(c, op, v))
         return;
     const int Tk = pos0 + T, batch = B * nh;
-    const size_t nq = (size_t)batch * T * hd, nkx = (size_t)batch * Tk * hd, ns = (size_t)batch * T * Tk;
-    float *ws = scratch_get(c, SCR_ATTN, sizeof(float) * (2 * nq + 2 * nkx + (att ? 0 : ns)));
+    /* the layout rq_cuda_attention_fwd_floats sizes */
+    const size_t nq = (size_t)batch * T * hd, nkx = (size_t)batch * Tk * hd;
+    float *ws =
+        scratch_get(c, SCR_ATTN, sizeof(float) * rq_cuda_attention_fwd_floats(B, T, Tk, nh, hd, att != NULL));
     if (!ws) return;
     float *Qt = ws, *Ot = Qt + nq, *Kx = Ot + nq, *Vx = Kx + nkx, *S = att ? att : Vx + nkx;
     if (!LAUNCH(c, rqk_heads_to_major(c->comp, Qt, q, B, T, T, nh, hd)) ||
@@ -611,6 +604,11 @@ static void cuda_add_inplace(rq_backend *be, float *x, const float *y, size_t n)
     cuda_ctx *c = be->ctx;
     if (c->failed || !NEED_DEV(c, "add_inplace", x) || !NEED_DEV(c, "add_inplace", y)) return;
     LAUNCH(c, rqk_add_inplace(c->comp, x, y, n));
+}
+
+static size_t cuda_scratch_bytes(const rq_backend *be, const rq_config *cfg, int batch, int seq, bool train, bool q2) {
+    const cuda_ctx *c = be->ctx;
+    return rq_cuda_scratch_bytes(c->q2_bf16, cfg, batch, seq, train, q2);
 }
 
 /* ---- training ops -------------------------------------------------------------------------- */
@@ -693,8 +691,8 @@ static void cuda_attention_bwd(rq_backend *be, float *dq, float *dk, float *dv, 
         !NEED_DEV(c, op, att) || !NEED_DEV(c, op, q) || !NEED_DEV(c, op, k) || !NEED_DEV(c, op, v))
         return;
     const int batch = B * nh;
-    const size_t nx = (size_t)batch * T * hd, ns = (size_t)batch * T * T;
-    float *ws = scratch_get(c, SCR_ATTN, sizeof(float) * (7 * nx + ns));
+    const size_t nx = (size_t)batch * T * hd; /* the layout rq_cuda_attention_bwd_floats sizes */
+    float *ws = scratch_get(c, SCR_ATTN, sizeof(float) * rq_cuda_attention_bwd_floats(B, T, nh, hd));
     if (!ws) return;
     float *Qt = ws, *Kx = Qt + nx, *Vx = Kx + nx, *dOt = Vx + nx, *dQt = dOt + nx, *dKx = dQt + nx, *dVx = dKx + nx;
     float *dS = dVx + nx;
@@ -905,7 +903,7 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     SETUP(cudaHostAlloc((void **)&c->red_host, sizeof(double), cudaHostAllocDefault));
     {
         char msg[512];
-        if (rqk_gemm_create(&c->gemm, c->comp, GEMM_WORKSPACE_BYTES, msg, sizeof msg)) {
+        if (rqk_gemm_create(&c->gemm, c->comp, RQ_CUDA_GEMM_WORKSPACE_BYTES, msg, sizeof msg)) {
             RQ_FAIL(err, RQ_ERR_INTERNAL, "cuda: %s", msg);
             goto fail;
         }
@@ -924,6 +922,7 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     be->upload = cuda_upload;
     be->download = cuda_download;
     be->mem_info = cuda_mem_info;
+    be->scratch_bytes = cuda_scratch_bytes;
     be->copy = cuda_copy;
     be->gather_rows = cuda_gather_rows;
     be->linear = cuda_linear;

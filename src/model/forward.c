@@ -44,7 +44,8 @@ struct rq_forward_state {
     int n_cache_layers;
     float *inv_freq;      /* host [hd/2] */
     float *rope_host;     /* host cos|sin [max_seq][hd/2] each */
-    size_t act_bytes, kv_bytes;
+    size_t act_bytes, kv_bytes, host_bytes;
+    size_t rope_host_floats, logits_host_floats;
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
 };
@@ -103,32 +104,34 @@ static void table_add(size_table *t, float **p, size_t n) {
     t->e[t->n++].n = n;
 }
 
+/* Floats an entry takes: rounded up to 16, so every buffer starts 64-byte aligned. */
+static size_t table_floats(const size_entry *e) { return (e->n + 15) & ~(size_t)15; }
+
 static size_t adapter_r(const rq_adapter *a) { return a ? (size_t)a->r : 0; }
 
-rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
-                            rq_err *err) {
-    *out = NULL;
-    const rq_config *c = &m->cfg;
+/* The size table of a state for model shape c: every buffer of the one
+ * activation allocation in order, then the K/V and the host arrays. Fills
+ * s->n_saved, s->la, s->res (host bookkeeping), the byte counts and t (entries
+ * point into s). rq_forward_create allocates exactly this table and
+ * rq_forward_size_of reports it without allocating, so the memory plan and the
+ * allocation cannot drift apart. */
+static rq_status forward_layout(const rq_config *c, const rq_forward_opts *o, rq_adapter_set *attached,
+                                rq_forward_state *s, size_table *table, rq_err *err) {
     if (o->max_batch <= 0 || o->max_seq <= 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: batch %d and sequence length %d must be positive", o->max_batch,
                        o->max_seq);
     if (o->train && o->kv_cache)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state keeps activations, not a KV cache");
-    rq_adapter_set *attached = o->adapters ? o->adapters : m->adapters;
     if (attached && (attached->model.dim != c->dim || attached->model.n_layers != c->n_layers ||
                      attached->model.hidden_dim != c->hidden_dim))
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: the adapters were built for another model shape");
-    rq_forward_state *s = rq_calloc(1, sizeof *s, err);
-    if (!s) return RQ_ERR_NOMEM;
-    s->m = m;
-    s->be = be;
     s->o = *o;
     s->adapters = attached;
     s->n_saved = o->train ? c->n_layers : 1;
     s->la = rq_calloc((size_t)s->n_saved, sizeof *s->la, err);
     s->res = rq_calloc((size_t)c->n_layers + 1, sizeof *s->res, err);
+    if (!s->la || !s->res) return RQ_ERR_NOMEM;
     size_table t = {0};
-    if (!s->la || !s->res) goto fail;
     const size_t B = (size_t)o->max_batch, T = (size_t)o->max_seq, N = B * T;
     const size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     const size_t half = (size_t)c->head_dim / 2, H = (size_t)c->hidden_dim;
@@ -185,32 +188,64 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
         table_add(&t, &s->logits2, (size_t)NLL_CHUNK * c->vocab_size);
         table_add(&t, &s->y_tmp, N * c->dim);
     }
-    if (t.failed) {
-        RQ_FAIL(err, RQ_ERR_NOMEM, "forward: out of memory building the size table");
-        goto fail;
-    }
+    *table = t; /* the caller frees it, whatever happens */
+    if (t.failed) return RQ_FAIL(err, RQ_ERR_NOMEM, "forward: out of memory building the size table");
     size_t total = 0;
-    for (int i = 0; i < t.n; i++) total += (t.e[i].n + 15) & ~(size_t)15; /* 64-byte aligned buffers */
+    for (int i = 0; i < t.n; i++) total += table_floats(&t.e[i]);
     s->act_bytes = total * sizeof(float);
+    /* without a cache the K/V of an inference call still need a home (training reads la[l].k/v) */
+    s->n_cache_layers = o->train ? 0 : o->kv_cache ? c->n_layers : 1;
+    s->kv_bytes = 2 * (size_t)s->n_cache_layers * N * kv_dim * sizeof(float);
+    s->rope_host_floats = 2 * T * half;
+    s->logits_host_floats = (size_t)NLL_CHUNK * c->vocab_size;
+    s->host_bytes = (half + s->rope_host_floats + s->logits_host_floats) * sizeof(float);
+    return RQ_OK;
+}
+
+rq_status rq_forward_size_of(const rq_config *c, const rq_forward_opts *o, rq_forward_size *out, rq_err *err) {
+    *out = (rq_forward_size){0};
+    rq_forward_state s = {0};
+    size_table t = {0};
+    rq_status st = forward_layout(c, o, o->adapters, &s, &t, err);
+    if (st == RQ_OK)
+        *out = (rq_forward_size){.act_bytes = s.act_bytes, .kv_bytes = s.kv_bytes, .host_bytes = s.host_bytes};
+    free(t.e);
+    free(s.la);
+    free(s.res);
+    return st;
+}
+
+rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
+                            rq_err *err) {
+    *out = NULL;
+    const rq_config *c = &m->cfg;
+    rq_forward_state *s = rq_calloc(1, sizeof *s, err);
+    if (!s) return RQ_ERR_NOMEM;
+    s->m = m;
+    s->be = be;
+    size_table t = {0};
+    rq_status st = forward_layout(c, o, o->adapters ? o->adapters : m->adapters, s, &t, err);
+    if (st != RQ_OK) {
+        free(t.e);
+        rq_forward_free(s);
+        return st;
+    }
     s->act = be->alloc(be, s->act_bytes, err);
     if (!s->act) goto fail;
     float *p = s->act;
     for (int i = 0; i < t.n; i++) {
         *t.e[i].p = p;
-        p += (t.e[i].n + 15) & ~(size_t)15;
+        p += table_floats(&t.e[i]);
     }
     if (!o->train)
         for (int r = 1; r <= c->n_layers; r++) s->res[r] = s->res[0];
-    /* without a cache the K/V of an inference call still need a home (training reads la[l].k/v) */
-    if (!o->train) {
-        s->n_cache_layers = o->kv_cache ? c->n_layers : 1;
-        s->kv_bytes = 2 * (size_t)s->n_cache_layers * N * kv_dim * sizeof(float);
+    if (s->kv_bytes) {
         s->kv = be->alloc(be, s->kv_bytes, err);
         if (!s->kv) goto fail;
     }
-    s->inv_freq = rq_calloc(half, sizeof(float), err);
-    s->rope_host = rq_calloc(2 * T * half, sizeof(float), err);
-    s->logits_host = rq_calloc((size_t)NLL_CHUNK * c->vocab_size, sizeof(float), err);
+    s->inv_freq = rq_calloc((size_t)c->head_dim / 2, sizeof(float), err);
+    s->rope_host = rq_calloc(s->rope_host_floats, sizeof(float), err);
+    s->logits_host = rq_calloc(s->logits_host_floats, sizeof(float), err);
     if (!s->inv_freq || !s->rope_host || !s->logits_host) goto fail;
     rope_inv_freq(c, s->inv_freq);
     free(t.e);

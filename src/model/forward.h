@@ -123,4 +123,16 @@ const float *rq_forward_proj_output(const rq_forward_state *s, int layer, int pr
 /* Bytes of activations and cache this state holds. */
 size_t rq_forward_bytes(const rq_forward_state *s);
 
+/* What rq_forward_create would allocate for a model of shape c, without
+ * allocating: the same size table, walked dry (the memory plan reads it, so
+ * plan and allocation cannot differ). Adapters come from o->adapters only (a
+ * shape-only set from rq_adapter_set_plan will do); the model's own attached
+ * adapters are not seen here. */
+typedef struct rq_forward_size {
+    size_t act_bytes;  /* the one activation allocation on the backend */
+    size_t kv_bytes;   /* K/V on the backend (inference states) */
+    size_t host_bytes; /* host arrays: inv_freq, RoPE cos|sin, one chunk of logits */
+} rq_forward_size;
+rq_status rq_forward_size_of(const rq_config *c, const rq_forward_opts *o, rq_forward_size *out, rq_err *err);
+
 #endif

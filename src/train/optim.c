@@ -40,7 +40,7 @@ rq_status rq_optim_create(rq_backend *be, size_t n, const rq_optim_config *cfg, 
     o->cfg = *cfg;
     o->be = be;
     o->n = n;
-    o->moments = be->alloc(be, bytes ? bytes : sizeof(float), err);
+    o->moments = be->alloc(be, rq_optim_moment_bytes(n), err);
     if (!o->moments) {
         free(o);
         return RQ_ERR_NOMEM;
@@ -86,7 +86,11 @@ rq_status rq_optim_step(rq_optim *o, float *param, float *grad, double lr, doubl
     return RQ_OK;
 }
 
-size_t rq_optim_state_bytes(const rq_optim *o) { return OPTIM_HEADER_BYTES + 2 * o->n * sizeof(float); }
+size_t rq_optim_moment_bytes(size_t n) { return n ? 2 * n * sizeof(float) : sizeof(float); }
+
+size_t rq_optim_state_bytes_for(size_t n) { return OPTIM_HEADER_BYTES + 2 * n * sizeof(float); }
+
+size_t rq_optim_state_bytes(const rq_optim *o) { return rq_optim_state_bytes_for(o->n); }
 
 static void put_u32(uint8_t *p, uint32_t x) {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(x >> (8 * i));

@@ -39,6 +39,9 @@ typedef struct rq_optim {
 } rq_optim;
 
 rq_status rq_optim_create(rq_backend *be, size_t n, const rq_optim_config *cfg, rq_optim **out, rq_err *err);
+/* Backend bytes rq_optim_create allocates for n parameters (the moments; the
+ * caller has checked that 2n floats do not overflow). */
+size_t rq_optim_moment_bytes(size_t n);
 void rq_optim_free(rq_optim *o);
 
 /* Global L2 norm of grad[n] (accumulated in double). */
@@ -56,6 +59,7 @@ rq_status rq_optim_step(rq_optim *o, float *param, float *grad, double lr, doubl
 /* Checkpoint state: "RQOPTIM1", kind, n, step, then m[n] and v[n] (fp32,
  * little-endian as in memory on every supported host). */
 size_t rq_optim_state_bytes(const rq_optim *o);
+size_t rq_optim_state_bytes_for(size_t n); /* the same, before an optimizer exists (memory plans) */
 rq_status rq_optim_state_save(const rq_optim *o, void *buf, size_t size, rq_err *err);
 /* Restores step, m and v; the state must be of the same kind and size. */
 rq_status rq_optim_state_load(rq_optim *o, const void *buf, size_t size, rq_err *err);

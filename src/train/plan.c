@@ -1,16 +1,8 @@
 /* The memory plan and FLOP count of a training run (see plan.h). */
 #include "plan.h"
 
+#include "../backend/scratch.h"
 #include "../quant/q2.h"
-
-/* forward.c rounds every buffer of its size table to 16 floats (64 bytes) */
-static uint64_t al(uint64_t floats) { return floats ? (floats + 15) & ~(uint64_t)15 : 0; }
-
-/* forward.c's NLL_CHUNK: rows of logits computed at once */
-enum { PLAN_LOGIT_ROWS = 64 };
-
-/* cuBLASLt workspace the CUDA backend is expected to hold */
-#define PLAN_CUBLASLT_WORKSPACE (32ull << 20)
 
 void rq_plan_default_opts(rq_plan_opts *o) {
     *o = (rq_plan_opts){.device = RQ_PLAN_CPU,
@@ -47,44 +39,13 @@ static int adapter_cols(const rq_plan_opts *o, int in) {
     return o->adapter == RQ_ADAPTER_QALORA ? (in + gs - 1) / gs : in;
 }
 
-/* Floats of a forward state's size table (forward.c rq_forward_create) plus
- * its K/V allocation, in bytes: train = true with adapters per o (o NULL: no
- * adapters), or an inference state without cache. */
-static uint64_t forward_bytes(const rq_config *c, const rq_plan_opts *o, int B, int T, bool train) {
-    const uint64_t N = (uint64_t)B * T, dim = (uint64_t)c->dim, H = (uint64_t)c->hidden_dim;
-    const uint64_t qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
-    const uint64_t half = (uint64_t)c->head_dim / 2;
-    const int layers = train ? c->n_layers : 1;
-    uint64_t f = (uint64_t)(train ? c->n_layers + 1 : 1) * al(N * dim), scratch = 0;
-    for (int l = 0; l < layers; l++) {
-        f += al(N) + al(N * dim) + al(N * qd) + 2 * al(N * kvd);
-        if (train) f += al((uint64_t)B * c->n_heads * T * T);
-        f += al(N * qd) + al(N * dim) + al(N) + al(N * dim) + 3 * al(N * H);
-        for (int p = 0; o && p < RQ_N_PROJ; p++) {
-            if (!(o->targets & (1u << p))) continue;
-            int out, in;
-            proj_shape(c, p, &out, &in);
-            uint64_t g = (uint64_t)adapter_cols(o, in);
-            f += al(N * o->r);
-            if (o->adapter == RQ_ADAPTER_QALORA) f += al(N * g);
-            uint64_t sc = N * o->r + (o->adapter == RQ_ADAPTER_QALORA ? N * g : 0);
-            if (sc > scratch) scratch = sc;
-        }
-    }
-    f += al(N) + al(N * dim) + al((uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) + al((uint64_t)PLAN_LOGIT_ROWS * dim) +
-         al(PLAN_LOGIT_ROWS) + al(2 * T * half); /* ... gather, row_loss, rope */
-    if (train)
-        f += 2 * al(N * dim) + al(N * qd) + 2 * al(N * kvd) + al(N * qd) + 3 * al(N * H) + al(scratch) + al(N * dim) +
-             al((uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) + al(N * dim);
-    uint64_t bytes = f * sizeof(float);
-    if (!train) bytes += 2 * N * kvd * sizeof(float); /* K/V of one layer (no cache) */
-    return bytes;
-}
-
-/* forward.c's host arrays: inv_freq, rope cos|sin, a chunk of logits */
-static uint64_t forward_host_bytes(const rq_config *c, int T) {
-    const uint64_t half = (uint64_t)c->head_dim / 2;
-    return (half + 2 * (uint64_t)T * half + (uint64_t)PLAN_LOGIT_ROWS * c->vocab_size) * sizeof(float);
+/* Bytes of a forward state of B x T tokens as rq_forward_create would
+ * allocate them (forward.c's own size table, walked dry): train with the
+ * adapters of ad (NULL: none), or an inference state without cache. */
+static rq_status forward_size(const rq_config *c, rq_adapter_set *ad, int B, int T, bool train, rq_forward_size *fs,
+                              rq_err *err) {
+    rq_forward_opts fo = {.max_batch = B, .max_seq = T, .train = train, .adapters = ad};
+    return rq_forward_size_of(c, &fo, fs, err);
 }
 
 rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p, rq_err *err) {
@@ -100,71 +61,74 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
         c->head_dim <= 0 || c->vocab_size <= 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "plan: the model config has a non-positive dimension");
     const bool cuda = o->device == RQ_PLAN_CUDA, calib = o->stage == RQ_PLAN_CALIBRATE;
-    const uint64_t B = (uint64_t)o->micro_batch, T = (uint64_t)o->seq_len, N = B * T, dim = (uint64_t)c->dim;
+    const uint64_t T = (uint64_t)o->seq_len, dim = (uint64_t)c->dim;
 
     /* weights: q2 projections as stored, the rest fp32 (one allocation) */
     uint64_t dense_floats = (uint64_t)c->vocab_size * dim * (c->tie_embeddings ? 1 : 2) +
                             (uint64_t)c->n_layers * 2 * dim + dim;
-    uint64_t q2 = 0, max_w = 0, max_width = 0;
-    size_t n_params = 0;
-    int n_ad = 0;
+    uint64_t q2 = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int pj = 0; pj < RQ_N_PROJ; pj++) {
             int out, in;
             proj_shape(c, pj, &out, &in);
             if (o->student_q2) q2 += rq_q2_data_bytes(out, in, o->quant_group_size);
             else dense_floats += (uint64_t)out * in;
-            if ((uint64_t)out * in > max_w) max_w = (uint64_t)out * in;
-            if ((uint64_t)in > max_width) max_width = (uint64_t)in;
-            if ((uint64_t)out > max_width) max_width = (uint64_t)out;
-            if (!(o->targets & (1u << pj))) continue;
-            n_ad++;
-            n_params += (size_t)o->r * adapter_cols(o, in) + (size_t)out * o->r;
         }
     p->weights_q2 = q2;
     p->weights_dense = dense_floats * sizeof(float);
-    p->adapter_params = n_params;
-    p->n_adapters = n_ad;
-    p->adapters = p->grads = n_params * sizeof(float);
-    p->moments = 2 * p->adapters;
-    p->activations = forward_bytes(c, o, o->micro_batch, o->seq_len, true);
+
+    /* the adapters as rq_adapter_set_create shapes them (nothing allocated) */
+    rq_adapter_config ac = {.type = o->adapter, .r = o->r, .alpha = 1.0f, .group_size = o->adapter_group_size,
+                            .targets = o->targets};
+    rq_adapter_set *shape = NULL;
+    RQ_TRY(rq_adapter_set_plan(c, &ac, &shape, err));
+    p->adapter_params = shape->n_params;
+    p->n_adapters = rq_adapter_set_count(shape);
+    p->adapters = p->grads = shape->n_params * sizeof(float);
+    p->moments = rq_optim_moment_bytes(shape->n_params);
+    rq_forward_size student, teacher = {0}, infer = {0};
+    rq_status st = forward_size(c, shape, o->micro_batch, o->seq_len, true, &student, err);
+    rq_adapter_set_free(shape);
+    RQ_TRY(st);
+    p->activations = student.act_bytes + student.kv_bytes;
 
     const bool teacher_targets = calib && o->mse_weight > 0; /* read from the cache in every scope */
     const bool teacher_beside = calib && o->scope != RQ_SCOPE_MODEL;
     const uint64_t teacher_fp32 = (uint64_t)rq_config_n_params(c) * sizeof(float);
     if (teacher_beside) {
+        RQ_TRY(forward_size(c, NULL, o->micro_batch, o->seq_len, true, &teacher, err));
         p->teacher_weights = teacher_fp32;
-        p->teacher_activations = forward_bytes(c, NULL, o->micro_batch, o->seq_len, true);
+        p->teacher_activations = teacher.act_bytes + teacher.kv_bytes;
     }
-    /* trainer.c host side: tokens, targets, one_target, lens, the teacher window the data
-       callback fills, the best-adapter copy, the checkpoint's moment buffer; the forward
-       states' host arrays */
-    p->host = 3 * N * sizeof(int) + B * sizeof(int) + (teacher_targets ? N * dim * sizeof(float) : 0) + p->adapters +
-              p->moments + forward_host_bytes(c, o->seq_len) + (teacher_beside ? forward_host_bytes(c, o->seq_len) : 0);
-    /* trainer.c device side: d_hidden, the uploaded teacher targets, the scope hooks' buffer */
-    p->scratch = N * dim * sizeof(float) * (1 + (teacher_targets ? 1 : 0) + (teacher_beside ? 1 : 0));
-    if (cuda) {
-        /* bf16 copies of a GEMM's input and of the gradient entering a backward GEMM, a bf16
-           dequantized projection, the cuBLASLt workspace; attention through batched GEMMs:
-           q, k, v (expanded to every head) and the output gradient head-major, scores
-           and their gradient [B][nh][T][T] */
-        const uint64_t qd = (uint64_t)c->n_heads * c->head_dim;
-        p->scratch += 2 * N * max_width * 2 + max_w * 2 + PLAN_CUBLASLT_WORKSPACE +
-                      (4 * N * qd + 2 * B * (uint64_t)c->n_heads * T * T) * sizeof(float);
-    }
+    /* rq_train's own buffers, from its size table */
+    rq_train_opts to;
+    rq_train_default_opts(&to);
+    to.micro_batch = o->micro_batch, to.seq_len = o->seq_len;
+    to.mse_weight = teacher_targets ? o->mse_weight : 0.0;
+    to.scope = teacher_beside ? o->scope : RQ_SCOPE_MODEL;
+    rq_train_size trainer;
+    rq_train_size_of(c, &to, p->adapter_params, &trainer);
+    p->host = trainer.host + student.host_bytes + teacher.host_bytes;
+    p->scratch = trainer.device;
+    /* the device's own scratch, as the CUDA backend sizes it (bf16 GEMM operands, the default
+       precision). The CPU backend's (rq_cpu_scratch_bytes: its 8 MiB dequantization tile, the
+       backward's per-call tiles) is not counted here: see plan.h */
+    if (cuda) p->scratch += rq_cuda_scratch_bytes(true, c, o->micro_batch, o->seq_len, true, o->student_q2);
     const uint64_t weights = p->weights_q2 + p->weights_dense;
     p->training = weights + p->adapters + p->grads + p->moments + p->activations + p->scratch + p->teacher_weights +
                   p->teacher_activations + (cuda ? 0 : p->host);
     if (calib && !o->teacher_cached) {
-        /* the teacher (fp32) runs over every window, batch 1; on the CPU the student is
-           already loaded beside it, on CUDA it is not uploaded yet (and the training
-           scratch bounds the inference workspace from above) */
-        p->teacher_pass = teacher_fp32 + forward_bytes(c, NULL, 1, o->seq_len, false) +
-                          (cuda ? p->scratch : weights + forward_host_bytes(c, o->seq_len));
+        /* the teacher (fp32) runs over every window, batch 1, in an inference state; on the CPU
+           the student is already loaded beside it, on CUDA it is not uploaded yet */
+        RQ_TRY(forward_size(c, NULL, 1, o->seq_len, false, &infer, err));
+        p->teacher_pass = teacher_fp32 + infer.act_bytes + infer.kv_bytes +
+                          (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false)
+                                : weights + infer.host_bytes);
     }
     p->total = p->training > p->teacher_pass ? p->training : p->teacher_pass;
     if (cuda) p->host_total = weights + p->host + (teacher_beside || (calib && !o->teacher_cached) ? teacher_fp32 : 0);
     if (calib) {
+        const uint64_t N = (uint64_t)o->micro_batch * T;
         p->cache_disk = (uint64_t)o->n_windows * T * dim * sizeof(float);
         p->cache_resident = teacher_targets ? N * dim * sizeof(float) : 0;
     }

@@ -7,14 +7,24 @@
  *   cuda  q2 weights as stored; non-quantized tensors fp32 (the op table hands
  *         every op float pointers, so the device mirrors them as they are);
  *         the activations forward.c saves are fp32 buffers allocated through
- *         the backend (the same code runs on both); GEMM inputs are converted
- *         to bf16 into scratch just before each cuBLASLt call, next to a bf16
- *         dequantized weight tile and the cuBLASLt workspace; adapter master
- *         weights, gradients and Adam moments fp32.
- * The activation figure replays forward.c's size table for a training state
- * (same buffers, same 64-byte rounding), so on the CPU it equals
- * rq_forward_bytes of the state the trainer creates; tests/test_plan.c holds
- * the two together.
+ *         the backend (the same code runs on both); the backend's own scratch
+ *         (bf16 GEMM operands, dequantized tiles, attention workspace, the
+ *         cuBLASLt workspace); adapter master weights, gradients and Adam
+ *         moments fp32.
+ * No size is re-derived here: each category is read from the code that
+ * allocates it, walked dry --
+ *   adapters, grads   rq_adapter_set_plan (the shapes rq_adapter_set_create allocates)
+ *   moments           rq_optim_moment_bytes
+ *   activations       rq_forward_size_of (forward.c's size table, the one rq_forward_create allocates)
+ *   scratch, host     rq_train_size_of (rq_train's buffers) + forward's host arrays
+ *   device scratch    rq_cuda_scratch_bytes (src/backend/scratch.h; be->scratch_bytes of the CUDA
+ *                     backend answers with it), so a CUDA plan needs no GPU.
+ * The CPU backend's own scratch (rq_cpu_scratch_bytes: an 8 MiB dequantization
+ * tile held from creation, and per-call backward tiles; in inference T x T
+ * floats per thread of attention scores) is not in the CPU plan: the tile is
+ * already allocated when mem_info is read, and tests/test_plan.c pins the CPU
+ * scratch to the trainer's buffers and the teacher pass to weights + one
+ * inference state. tests/test_plan.c holds plan and allocations together.
  *
  * A calibrate run has two phases: the teacher pass (once per calibration set,
  * skipped when the cache exists: teacher fp32 weights + the student loaded
@@ -60,15 +70,17 @@ typedef struct rq_plan {
     uint64_t adapters, grads, moments;
     uint64_t activations;     /* one micro-batch's forward state (rq_forward_bytes) */
     uint64_t scratch;         /* the trainer's device buffers (d_hidden, teacher targets, scope hook
-                                 buffer) + cuda: bf16 conversion buffers, attention workspace,
-                                 cuBLASLt workspace */
+                                 buffer) + cuda: the backend's own scratch (bf16 conversion buffer,
+                                 dequantized tile, attention workspace, cuBLASLt workspace) */
     uint64_t teacher_weights; /* layer / linear scope: the fp32 teacher kept beside the student */
     uint64_t teacher_activations; /* its training state */
     uint64_t host;            /* host buffers of the trainer: tokens, a teacher window, the
-                                 best-adapter copy, the checkpoint buffer, forward's host arrays */
+                                 checkpoint-transfer and best-adapter copies, the checkpoint
+                                 buffer, forward's host arrays */
     uint64_t training;        /* the training phase on the device (cpu: host included) */
     uint64_t teacher_pass;    /* calibrate with a teacher pass: fp32 teacher + one inference state
-                                 (+ cpu: the student loaded beside it; cuda: the scratch); 0: none */
+                                 (+ cpu: the student loaded beside it; cuda: the backend's scratch
+                                 for that pass); 0: none */
     uint64_t total;           /* max(training, teacher_pass): what must fit in be->mem_info's free */
     uint64_t host_total;      /* cuda: host memory the run needs besides (model as loaded + host buffers) */
     /* teacher-target cache (calibrate, model scope with mse_weight > 0) */

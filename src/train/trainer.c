@@ -230,20 +230,49 @@ static double weighted(const rq_train_opts *o, double ce, double mse) {
     return (o->ce_weight > 0 ? o->ce_weight * ce : 0.0) + (o->mse_weight > 0 ? o->mse_weight * mse : 0.0);
 }
 
-static rq_status bufs_alloc(batch_bufs *bb, rq_backend *be, int B, int T, int dim, bool teacher, rq_err *err) {
+/* rq_train's own buffers in bytes: one table that the allocations below read
+ * and rq_train_size_of sums, so the memory plan cannot drift from them. */
+typedef struct train_table {
+    size_t ids;     /* host: tokens, targets, one_target, [B*T] ints each */
+    size_t lens;    /* host: [B] ints */
+    size_t hidden;  /* [B*T][dim] floats: d_hidden (backend); with a Model-Loss the teacher targets
+                       (host, and their backend copy); in layer / linear scope the hooks' buffer (backend) */
+    bool teacher, scope_tmp;
+    size_t params;  /* host: params_host (checkpoint transfers) and best, n_params floats each */
+    size_t ckpt;    /* host: the optimizer state a checkpoint writes (while writing it) */
+} train_table;
+
+static train_table train_table_of(const rq_config *c, const rq_train_opts *o, size_t n_params) {
+    const size_t N = (size_t)o->micro_batch * (size_t)o->seq_len;
+    return (train_table){.ids = N * sizeof(int),
+                         .lens = (size_t)o->micro_batch * sizeof(int),
+                         .hidden = N * (size_t)c->dim * sizeof(float),
+                         .teacher = o->mse_weight > 0,
+                         .scope_tmp = o->scope != RQ_SCOPE_MODEL,
+                         .params = n_params * sizeof(float),
+                         .ckpt = rq_optim_state_bytes_for(n_params)};
+}
+
+void rq_train_size_of(const rq_config *c, const rq_train_opts *o, size_t n_params, rq_train_size *out) {
+    const train_table t = train_table_of(c, o, n_params);
+    out->device = t.hidden * (1 + (t.teacher ? 1 : 0) + (t.scope_tmp ? 1 : 0));
+    out->host = 3 * t.ids + t.lens + (t.teacher ? t.hidden : 0) + 2 * t.params + t.ckpt;
+}
+
+static rq_status bufs_alloc(batch_bufs *bb, rq_backend *be, const train_table *tt, rq_err *err) {
     memset(bb, 0, sizeof *bb);
     bb->be = be;
-    bb->tokens = rq_calloc((size_t)B * T, sizeof(int), err);
-    bb->targets = rq_calloc((size_t)B * T, sizeof(int), err);
-    bb->one_target = rq_calloc((size_t)B * T, sizeof(int), err);
-    bb->lens = rq_calloc((size_t)B, sizeof(int), err);
+    bb->tokens = rq_calloc(tt->ids, 1, err);
+    bb->targets = rq_calloc(tt->ids, 1, err);
+    bb->one_target = rq_calloc(tt->ids, 1, err);
+    bb->lens = rq_calloc(tt->lens, 1, err);
     if (!bb->tokens || !bb->targets || !bb->one_target || !bb->lens) return RQ_ERR_NOMEM;
-    bb->d_hidden = be->alloc(be, sizeof(float) * (size_t)B * T * dim, err);
+    bb->d_hidden = be->alloc(be, tt->hidden, err);
     if (!bb->d_hidden) return err && err->code ? err->code : RQ_ERR_NOMEM;
-    if (teacher) {
-        bb->teacher = rq_calloc((size_t)B * T * dim, sizeof(float), err);
+    if (tt->teacher) {
+        bb->teacher = rq_calloc(tt->hidden, 1, err);
         if (!bb->teacher) return RQ_ERR_NOMEM;
-        bb->teacher_dev = be->alloc(be, sizeof(float) * (size_t)B * T * dim, err);
+        bb->teacher_dev = be->alloc(be, tt->hidden, err);
         if (!bb->teacher_dev) return err && err->code ? err->code : RQ_ERR_NOMEM;
     }
     return RQ_OK;
@@ -413,20 +442,21 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         return RQ_FAIL(err, RQ_ERR_ARG, "train: layer / linear scope needs the teacher model");
     if (o->scope != RQ_SCOPE_MODEL && o->mse_on_logits)
         return RQ_FAIL(err, RQ_ERR_ARG, "train: the logits Model-Loss belongs to the model scope");
+    const train_table tt = train_table_of(&m->cfg, o, ad->n_params);
     rq_status st = rq_forward_create(m, be, &fo, &fs, err);
-    if (st == RQ_OK && o->scope != RQ_SCOPE_MODEL) {
+    if (st == RQ_OK && tt.scope_tmp) {
         rq_forward_opts to = {.max_batch = B, .max_seq = T, .train = true};
         st = rq_forward_create(o->teacher, be, &to, &sc.teacher, err);
-        sc.tmp = st == RQ_OK ? be->alloc(be, sizeof(float) * (size_t)B * T * dim, err) : NULL;
+        sc.tmp = st == RQ_OK ? be->alloc(be, tt.hidden, err) : NULL;
         if (st == RQ_OK && !sc.tmp) st = err && err->code ? err->code : RQ_ERR_NOMEM;
     }
     if (st == RQ_OK) st = rq_optim_create(be, ad->n_params, &o->optim, &opt, err);
-    if (st == RQ_OK) st = bufs_alloc(&bb, be, B, T, dim, o->mse_weight > 0, err);
+    if (st == RQ_OK) st = bufs_alloc(&bb, be, &tt, err);
     else memset(&bb, 0, sizeof bb);
-    params_host = st == RQ_OK ? rq_calloc(ad->n_params ? ad->n_params : 1, sizeof(float), err) : NULL;
+    params_host = st == RQ_OK ? rq_calloc(tt.params ? tt.params : sizeof(float), 1, err) : NULL;
     if (st == RQ_OK && !params_host) st = RQ_ERR_NOMEM;
     order.perm = st == RQ_OK && o->shuffle ? rq_calloc((size_t)train->n_examples, sizeof(int64_t), err) : NULL;
-    best = st == RQ_OK ? rq_calloc(ad->n_params, sizeof(float), err) : NULL;
+    best = st == RQ_OK ? rq_calloc(tt.params, 1, err) : NULL;
     if (st == RQ_OK && (!best || (o->shuffle && !order.perm))) st = RQ_ERR_NOMEM;
     ckpt_header h = {.version = CKPT_VERSION, .seed = o->seed, .n_params = ad->n_params, .best_val = INFINITY,
                      .first_val = NAN};

@@ -83,6 +83,22 @@ typedef struct rq_train_result {
 /* Per-step losses reported to the caller (tests compare them bit for bit). */
 typedef void (*rq_step_fn)(void *user, int64_t step, double loss, double grad_norm, double lr);
 
+/* The buffers rq_train allocates besides the model, the adapters (params +
+ * grads), the optimizer's moments (rq_optim_moment_bytes) and the forward
+ * states (rq_forward_size_of), for adapters of n_params parameters; read from
+ * the size table rq_train allocates from. Not counted: the shuffle order, 8
+ * bytes per training example (the data's size, not the run's shape).
+ *   device: d_hidden [B*T][dim] fp32; the uploaded teacher targets (mse_weight
+ *           > 0); the scope hooks' buffer (layer / linear scope), as large each
+ *   host:   tokens, targets, one example's targets [B*T] ints, lengths [B];
+ *           the teacher targets (mse_weight > 0); the checkpoint transfer and
+ *           best-adapter copies (n_params floats each); the optimizer state a
+ *           checkpoint writes (rq_optim_state_bytes_for) */
+typedef struct rq_train_size {
+    size_t device, host;
+} rq_train_size;
+void rq_train_size_of(const rq_config *c, const rq_train_opts *o, size_t n_params, rq_train_size *out);
+
 /* Train the adapters of m. val may have n_examples == 0 (no validation). */
 rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const rq_train_data *train,
                    const rq_train_data *val, const rq_train_opts *o, rq_step_fn on_step, void *user,

@@ -108,6 +108,12 @@ int main(int argc, char **argv) {
            "buffers %.1f = %.1f MiB; peak RSS %.1f MiB (plan/RSS %.3f)\n",
            (double)pl.weights_dense / mib, adb / mib, adb / mib, 2 * adb / mib, act / mib, (double)pl.host / mib,
            plan / mib, ru.ru_maxrss / 1024.0, plan / 1024.0 / (double)ru.ru_maxrss);
+    /* the backend's own buffers are outside the CPU plan (see src/train/plan.h); the rest of the RSS
+       is the program, its libraries and OpenMP/OpenBLAS thread stacks and buffers */
+    double be_scratch = (double)be->scratch_bytes(be, c, 1, T, true, po.student_q2);
+    printf("  CPU backend scratch (be->scratch_bytes, outside the plan): %.1f MiB; plan + scratch %.1f MiB "
+           "(/RSS %.3f)\n",
+           be_scratch / mib, (plan + be_scratch) / mib, (plan + be_scratch) / 1024.0 / (double)ru.ru_maxrss);
     rq_adapter_set_free(ad);
     rq_backend_destroy(be);
     rq_model_free(m);

@@ -1,0 +1,55 @@
+/* The backends' own scratch sizes (see scratch.h). Built in every
+ * configuration: a CUDA plan needs no CUDA. */
+#include "scratch.h"
+
+/* out and in of projection p (the shapes rq_layer_proj holds). */
+static void proj_shape(const rq_config *c, int p, int *out, int *in) {
+    const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    switch (p) {
+    case RQ_PROJ_Q: *out = qd, *in = c->dim; break;
+    case RQ_PROJ_K:
+    case RQ_PROJ_V: *out = kvd, *in = c->dim; break;
+    case RQ_PROJ_O: *out = c->dim, *in = qd; break;
+    case RQ_PROJ_GATE:
+    case RQ_PROJ_UP: *out = c->hidden_dim, *in = c->dim; break;
+    default: *out = c->dim, *in = c->hidden_dim; break;
+    }
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+size_t rq_cpu_scratch_bytes(int n_threads, const rq_config *c, int batch, int seq, bool train, bool q2) {
+    (void)batch; /* attention scratch is per (sequence, head) task, per thread */
+    size_t bytes = RQ_CPU_Q2_TILE_FLOATS * sizeof(float);
+    const size_t T = (size_t)(seq > 0 ? seq : 0);
+    if (!train) return bytes + T * T * (size_t)(n_threads > 0 ? n_threads : 1) * sizeof(float);
+    size_t per_call = seq >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T ? T * T * sizeof(float) : 0;
+    for (int p = 0; q2 && p < RQ_N_PROJ; p++) {
+        int out, in;
+        proj_shape(c, p, &out, &in);
+        per_call = max_sz(per_call, (size_t)rq_cpu_q2_tile_rows(out, in) * (size_t)in * sizeof(float));
+    }
+    return bytes + per_call;
+}
+
+size_t rq_cuda_scratch_bytes(bool q2_bf16, const rq_config *c, int batch, int seq, bool train, bool q2) {
+    const size_t N = (size_t)batch * (size_t)seq;
+    size_t bytes = RQ_CUDA_GEMM_WORKSPACE_BYTES;
+    if (q2) {
+        size_t widest = 0, tile = 0;
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            int out, in;
+            proj_shape(c, p, &out, &in);
+            widest = max_sz(widest, (size_t)(in > out ? in : out)); /* forward reads in, backward out */
+            tile = max_sz(tile, (size_t)rq_cuda_q2_tile_rows(out, in) * (size_t)in);
+        }
+        if (q2_bf16) bytes += rq_cuda_scratch_grown(N * widest * 2);
+        bytes += rq_cuda_scratch_grown(tile * (q2_bf16 ? 2 : 4));
+    }
+    size_t attn = rq_cuda_attention_fwd_floats(batch, seq, seq, c->n_heads, c->head_dim, train);
+    if (train) attn = max_sz(attn, rq_cuda_attention_bwd_floats(batch, seq, c->n_heads, c->head_dim));
+    bytes += rq_cuda_scratch_grown(attn * sizeof(float));
+    /* index rows staged from the host (tokens, gathered rows, targets) and cross_entropy's loss rows */
+    bytes += rq_cuda_scratch_grown(N * sizeof(int)) + rq_cuda_scratch_grown(N * sizeof(float));
+    return bytes;
+}
