@@ -1,23 +1,42 @@
 /* The quantize stage: a model -> the 2-bit artifact directory (src/io/artifact.h). */
 #include <sys/stat.h>
 
+#include <stdlib.h>
+
+#include "../backend/backend.h"
 #include "../io/artifact.h"
+#include "../quant/gptq.h"
+#include "../train/calib.h"
 #include "stages.h"
 
 #define O rq_stage_quantize_opts
 static const rq_opt opts[] = {
     RQ_OPT_S("--out", NULL, O, out, NULL, NULL, "DIR", "the artifact directory (must not exist or be empty)"),
-    {"--method", "quantize.method", RQ_OPT_STR, offsetof(O, method), NULL, "rtn|nf2|fake-quant", 0, 0, "M",
+    {"--method", "quantize.method", RQ_OPT_STR, offsetof(O, method), NULL, "rtn|nf2|gptq|fake-quant", 0, 0, "M",
      "rtn (asymmetric min/max, codebook {0,1,2,3}), nf2 (absmax, NormalFloat-2\n"
-     "levels), or fake-quant (import weights that already lie on a 2-bit grid\n"
-     "per group; --codebook picks it). Required on the command line", "rtn"},
-    RQ_OPT_S("--codebook", NULL, O, codebook, NULL, "int2|nf2", NULL, "fake-quant only: the grid the weights lie on (default int2)"),
+     "levels), gptq (GPTQ on calibration windows, each group's (s, m) as rtn or\n"
+     "nf2 chooses them: --codebook), or fake-quant (import weights that already lie\n"
+     "on a 2-bit grid per group; --codebook picks it). Required on the command line", "rtn"},
+    RQ_OPT_S("--codebook", "quantize.codebook", O, codebook, NULL, "int2|nf2", NULL,
+             "gptq and fake-quant: the grid (default int2)"),
     RQ_OPT_I("--group-size", "quantize.group_size", O, group_size, "64", 1, 1 << 20, "N", "input columns per group"),
     RQ_OPT_B("--clip-search", "quantize.clip_search", O, clip_search, "false",
              "per group, search a shrunk range minimizing the weight error"),
     RQ_OPT_L("--modules", "quantize.modules", O, modules, "q,k,v,o,gate,up,down", "q|k|v|o|gate|up|down", NULL,
              "projections to quantize (the rest stay in full precision)"),
     RQ_OPT_B("--compress", NULL, O, compress, "false", "store model.safetensors.zst (zstd) instead of model.safetensors"),
+    RQ_OPT_I("--calib-windows", "quantize.calib_windows", O, calib_windows, "128", 1, 1 << 20, "N",
+             "gptq: calibration windows (C4, drawn as stage 1 draws them)"),
+    RQ_OPT_I("--calib-seq-len", "quantize.calib_seq_len", O, calib_seq_len, "512", 2, 1 << 20, "T",
+             "gptq: tokens per calibration window"),
+    RQ_OPT_S("--c4-docs", "quantize.c4_docs", O, c4_docs, "0:1000", NULL, "A:B",
+             "gptq: C4 documents the windows may come from (those of stage 1, so C4\n"
+             "perplexity on 1000:2000 stays clean)"),
+    RQ_OPT_I("--seed", "quantize.seed", O, seed, "42", 0, 9007199254740991.0, "S", "gptq: window sampling seed"),
+    RQ_OPT_N("--damp", "quantize.damp", O, damp, "0.01", 0, 10, "X", "gptq: H += X * mean(diag H) * I"),
+    RQ_OPT_I("--gptq-block", "quantize.gptq_block", O, gptq_block, "128", 1, 1 << 20, "N",
+             "gptq: columns per lazy block (a multiple of the group size)"),
+    RQ_OPT_S("--data-root", NULL, O, data_root, NULL, NULL, "DIR", "gptq: datasets root (default $RILQ_DATA)"),
     RQ_COMMON_OPT_LINES(O),
 };
 const rq_opt_table rq_stage_quantize_table = RQ_OPT_TABLE(opts, O);
@@ -26,6 +45,47 @@ const rq_opt_table rq_stage_quantize_table = RQ_OPT_TABLE(opts, O);
 rq_status rq_stage_quantize_defaults(rq_stage_quantize_opts *o, rq_err *err) {
     memset(o, 0, sizeof *o);
     return rq_opts_defaults(rq_stage_quantize_table, o, err);
+}
+
+/* GPTQ on calibration windows drawn as stage 1 draws them (C4 documents c4_docs). */
+static rq_status run_gptq(rq_model *m, const rq_stage_quantize_opts *o, const rq_model_quant_opts *qo,
+                          rq_model_quant_report *rep, rq_err *err) {
+    if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer (GPTQ tokenizes its calibration text); pass --tokenizer PATH", o->model);
+    const char *root = o->data_root && *o->data_root ? o->data_root : getenv("RILQ_DATA");
+    if (!root || !*root) return RQ_FAIL(err, RQ_ERR_ARG, "gptq: no --data-root and no RILQ_DATA to find C4 in");
+    char path[4096];
+    if (!rq_path_join(path, sizeof path, root, "datasets/c4/c4-validation-2k.jsonl"))
+        return RQ_FAIL(err, RQ_ERR_ARG, "data path too long");
+    long a = 0, b = 0;
+    if (!o->c4_docs || sscanf(o->c4_docs, "%ld:%ld", &a, &b) != 2 || a < 0 || b <= a)
+        return RQ_FAIL(err, RQ_ERR_ARG, "--c4-docs expects A:B with 0 <= A < B, got '%s'", o->c4_docs ? o->c4_docs : "");
+    rq_calib_opts co;
+    rq_calib_default_opts(&co);
+    co.source = RQ_CALIB_C4;
+    co.path = path;
+    co.seq_len = (int)o->calib_seq_len;
+    co.n_windows = (int)o->calib_windows;
+    co.n_val = 0;
+    co.seed = (uint64_t)o->seed;
+    co.doc_begin = (int)a;
+    co.doc_end = (int)b;
+    rq_calib_windows w = {0};
+    RQ_TRY(rq_calib_windows_build(m->tok, &co, &w, err));
+    rq_info("gptq: %d C4 windows of %d tokens (documents %ld:%ld, seed %lld), damp %g, block %lld", w.n, w.T, a, b,
+            (long long)o->seed, o->damp, (long long)o->gptq_block);
+    rq_backend *be = NULL;
+    rq_status st = rq_backend_create(o->common.device, (int)o->common.threads, &be, err);
+    rq_gptq_model_opts go;
+    rq_gptq_opts_default(&go.gptq);
+    go.gptq.quant = qo->quant;
+    go.gptq.damp = o->damp;
+    go.gptq.block = (int)o->gptq_block;
+    go.proj_mask = qo->proj_mask;
+    go.batch = 1;
+    if (st == RQ_OK) st = rq_gptq_model(m, be, w.tokens, w.n, w.T, &go, rep, err);
+    rq_backend_destroy(be);
+    rq_calib_windows_free(&w);
+    return st;
 }
 
 rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing, rq_stage_quantize_report *rep,
@@ -52,7 +112,12 @@ rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing,
     char list[RQ_LIST_MAX * RQ_LIST_ITEM];
     rq_list_join(&o->modules, list, sizeof list);
     RQ_TRY(rq_proj_mask_parse(list, &qo.proj_mask, err));
-    if (!strcmp(o->method, "fake-quant")) {
+    const bool gptq = !strcmp(o->method, "gptq");
+    if (gptq) {
+        rq_q2_codebook_kind kind = RQ_Q2_INT2;
+        if (o->codebook) RQ_TRY(rq_q2_codebook_parse(o->codebook, &kind, err));
+        qo.quant.method = kind == RQ_Q2_NF2 ? RQ_QUANT_NF2 : RQ_QUANT_RTN; /* each group's (s, m) as this method */
+    } else if (!strcmp(o->method, "fake-quant")) {
         rq_q2_codebook_kind kind = RQ_Q2_INT2;
         if (o->codebook) RQ_TRY(rq_q2_codebook_parse(o->codebook, &kind, err));
         qo.fake_quant = true;
@@ -61,14 +126,15 @@ rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing,
     } else {
         rq_status s = rq_quant_method_parse(o->method, &qo.quant.method, err);
         if (s != RQ_OK) return s;
-        if (o->codebook) return RQ_FAIL(err, RQ_ERR_ARG, "--codebook applies to --method fake-quant only");
+        if (o->codebook && *o->codebook)
+            return RQ_FAIL(err, RQ_ERR_ARG, "--codebook applies to --method gptq and fake-quant only");
     }
     qo.quant.n_threads = (int)o->common.threads;
     rq_artifact_opts ao = {.compress = o->compress};
     rq_model *m = NULL;
     RQ_TRY(rq_model_load(o->model, o->common.tokenizer, &m, err));
     rep->fp32_bytes = rq_model_weight_bytes(m);
-    rq_status s = rq_model_quantize(m, &qo, &rep->quant, err);
+    rq_status s = gptq ? run_gptq(m, o, &qo, &rep->quant, err) : rq_model_quantize(m, &qo, &rep->quant, err);
     if (s == RQ_OK) s = rq_artifact_write(m, o->out, &ao, err);
     if (s == RQ_OK) {
         const rq_model_quant_report *q = &rep->quant;

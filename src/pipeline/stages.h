@@ -52,6 +52,10 @@ typedef struct rq_stage_quantize_opts {
     int64_t group_size;
     bool clip_search, compress;
     rq_list modules;
+    /* GPTQ: calibration windows (the stage-1 sampler over C4 documents c4_docs) */
+    int64_t calib_windows, calib_seq_len, seed, gptq_block;
+    double damp;
+    const char *c4_docs, *data_root;
     rq_common_opts common;
 } rq_stage_quantize_opts;
 
