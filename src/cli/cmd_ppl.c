@@ -12,13 +12,13 @@ static const char *usage =
     "Perplexity with the GPTQ-style protocol: the text tokenized once, non-overlapping\n"
     "windows evaluated from scratch, PPL = exp(mean window NLL).\n\n";
 
-typedef struct ppl_cli_opts {
+typedef struct ppl_args {
     const char *dataset, *c4_docs, *data, *adapter;
     int64_t ctx, max_windows, batch, c4_windows;
     rq_common_opts common;
-} ppl_cli_opts;
+} ppl_args;
 
-#define O ppl_cli_opts
+#define O ppl_args
 static const rq_opt opts[] = {
     RQ_OPT_S("--dataset", NULL, O, dataset, "wikitext2", "wikitext2|c4", NULL,
              "the text; wikitext2: its test split, rows joined with \"\\n\\n\""),
@@ -50,7 +50,7 @@ static bool parse_doc_range(const char *v, int *begin, int *end) {
 }
 
 int cmd_ppl(int argc, char **argv) {
-    ppl_cli_opts args;
+    ppl_args args;
     rq_err err = {0};
     const char *pos[1];
     int n_pos = 0;
