@@ -2,19 +2,34 @@
 #include <stdlib.h>
 
 #include "../eval/generate.h"
+#include "../pipeline/stages.h"
 #include "cli.h"
 
-static const char *generate_help =
+static const char *usage =
     "usage: rilq generate MODEL [options]\n\n"
-    "Continue a prompt with the model (KV cache, greedy by default).\n\n"
-    "options:\n"
-    "  --prompt TEXT         the prompt (default: empty, i.e. just BOS)\n"
-    "  --max-new N           new tokens at most (default 128)\n"
-    "  --temperature T       0 = greedy (default 0)\n"
-    "  --top-p P             nucleus sampling mass (default 1 = off)\n"
-    "  --seed S              sampling seed (default 42)\n"
-    "  --bos on|off|default  prepend BOS (default: as the tokenizer does)\n"
-    "  --ids                 also print the token ids\n" CLI_COMMON_HELP;
+    "Continue a prompt with the model (KV cache, greedy by default).\n\n";
+
+typedef struct generate_opts {
+    const char *prompt, *bos;
+    int64_t max_new, seed;
+    double temperature, top_p;
+    bool ids;
+    rq_common_opts common;
+} generate_opts;
+
+#define O generate_opts
+static const rq_opt opts[] = {
+    RQ_OPT_S("--prompt", NULL, O, prompt, "", NULL, "TEXT", "the prompt (default: empty, i.e. just BOS)"),
+    RQ_OPT_I("--max-new", NULL, O, max_new, "128", 1, 1 << 20, "N", "new tokens at most"),
+    RQ_OPT_N("--temperature", NULL, O, temperature, "0", 0, 100, "T", "0 = greedy"),
+    RQ_OPT_N("--top-p", NULL, O, top_p, "1", 1e-6, 1, "P", "nucleus sampling mass, 1 = off"),
+    RQ_OPT_I("--seed", NULL, O, seed, "42", 0, (double)INT64_MAX, "S", "sampling seed"),
+    RQ_OPT_S("--bos", NULL, O, bos, NULL, "on|off|default", NULL, "prepend BOS (default: as the tokenizer does)"),
+    RQ_OPT_B("--ids", NULL, O, ids, "false", "also print the token ids"),
+    RQ_COMMON_OPT_LINES(O),
+};
+static const rq_opt_table table = RQ_OPT_TABLE(opts, O);
+#undef O
 
 typedef struct stream_state {
     const rq_tokenizer *tok;
@@ -32,64 +47,33 @@ static bool print_piece(void *user, int id) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *path = NULL, *prompt = "", *v;
-    cli_common common = {0};
-    rq_sample_opts so = {.max_new = 128, .temperature = 0.0f, .top_p = 1.0f, .seed = 42};
-    rq_bos_mode bos = RQ_BOS_DEFAULT;
-    bool show_ids = false;
-    for (int i = 1; i < argc; i++) {
-        long n;
-        double f;
-        if (cli_is_help(argv[i])) {
-            fputs(generate_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("generate", argc, argv, &i, &common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (cli_opt(argc, argv, &i, "--prompt", &v)) {
-            if (!v) return cli_usage_error("generate", "--prompt needs a value");
-            prompt = v;
-        } else if (cli_opt(argc, argv, &i, "--max-new", &v)) {
-            if (!cli_parse_int(v, 1, 1 << 20, &n)) return cli_usage_error("generate", "--max-new expects a positive integer");
-            so.max_new = (int)n;
-        } else if (cli_opt(argc, argv, &i, "--temperature", &v)) {
-            if (!cli_parse_float(v, 0, 100, &f)) return cli_usage_error("generate", "--temperature expects 0..100");
-            so.temperature = (float)f;
-        } else if (cli_opt(argc, argv, &i, "--top-p", &v)) {
-            if (!cli_parse_float(v, 1e-6, 1, &f)) return cli_usage_error("generate", "--top-p expects a value in (0, 1]");
-            so.top_p = (float)f;
-        } else if (cli_opt(argc, argv, &i, "--seed", &v)) {
-            if (!cli_parse_int(v, 0, __LONG_MAX__, &n)) return cli_usage_error("generate", "--seed expects a non-negative integer");
-            so.seed = (uint64_t)n;
-        } else if (cli_opt(argc, argv, &i, "--bos", &v)) {
-            if (v && !strcmp(v, "on")) bos = RQ_BOS_ON;
-            else if (v && !strcmp(v, "off")) bos = RQ_BOS_OFF;
-            else if (v && !strcmp(v, "default")) bos = RQ_BOS_DEFAULT;
-            else return cli_usage_error("generate", "--bos expects on, off or default");
-        } else if (cli_flag(argv, i, "--ids")) {
-            show_ids = true;
-        } else if (argv[i][0] == '-') {
-            return cli_usage_error("generate", "unknown option '%s'", argv[i]);
-        } else if (!path) {
-            path = argv[i];
-        } else {
-            return cli_usage_error("generate", "unexpected argument '%s'", argv[i]);
-        }
-    }
-    if (!path) return cli_usage_error("generate", "missing MODEL");
+    generate_opts g = {0};
     rq_err err = {0};
+    const char *pos[1];
+    int n_pos = 0;
+    if (rq_opts_defaults(table, &g, &err)) return cli_fail("generate", &err);
+    int pr = cli_parse_table("generate", usage, NULL, table, &g, argc, argv, pos, 1, &n_pos);
+    if (pr) return pr < 0 ? 0 : pr;
+    rq_bos_mode bos;
+    if (!g.bos || !strcmp(g.bos, "default")) bos = RQ_BOS_DEFAULT;
+    else if (!strcmp(g.bos, "on")) bos = RQ_BOS_ON;
+    else if (!strcmp(g.bos, "off")) bos = RQ_BOS_OFF;
+    else return cli_usage_error("generate", "--bos expects on, off or default");
+    if (!n_pos) return cli_usage_error("generate", "missing MODEL");
+    const char *path = pos[0], *prompt = g.prompt;
+    rq_sample_opts so = {.max_new = (int)g.max_new, .temperature = (float)g.temperature, .top_p = (float)g.top_p,
+                         .seed = (uint64_t)g.seed};
     rq_model *m = NULL;
     rq_backend *be = NULL;
     int *ids = NULL, *out = NULL, n_ids = 0, n_out = 0;
     int rc = 0;
-    if (rq_model_load(path, common.tokenizer, &m, &err) != RQ_OK) return cli_fail("generate", &err);
+    if (rq_model_load(path, g.common.tokenizer, &m, &err) != RQ_OK) return cli_fail("generate", &err);
     if (!m->tok) {
         RQ_FAIL(&err, RQ_ERR_ARG, "%s has no tokenizer; pass --tokenizer PATH", path);
         rc = cli_fail("generate", &err);
         goto done;
     }
-    if (rq_backend_create(common.device, common.threads, &be, &err) != RQ_OK ||
+    if (rq_backend_create(g.common.device, (int)g.common.threads, &be, &err) != RQ_OK ||
         rq_tokenizer_encode(m->tok, prompt, strlen(prompt), bos, &ids, &n_ids, &err) != RQ_OK) {
         rc = cli_fail("generate", &err);
         goto done;
@@ -110,7 +94,7 @@ int cmd_generate(int argc, char **argv) {
     }
     double dt = rq_now_seconds() - t0;
     printf("\n");
-    if (show_ids) {
+    if (g.ids) {
         printf("ids:");
         for (int i = 0; i < n_ids; i++) printf(" %d", ids[i]);
         printf(" |");

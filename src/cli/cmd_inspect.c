@@ -3,27 +3,51 @@
 
 #include "../io/hf.h"
 #include "../model/forward.h"
+#include "../pipeline/stages.h"
 #include "../quant/q2.h"
 #include "../train/plan.h"
 #include "cli.h"
 
-static const char *inspect_help =
-    "usage: rilq inspect MODEL [options]\n\n"
+static const char *usage =
+    "usage: rilq inspect MODEL [options]\n"
+    "       rilq inspect MODEL|CONFIG --plan [plan options]\n\n"
     "Print the architecture, parameter counts, source dtypes and the memory the\n"
     "model needs. MODEL is a Hugging Face directory, a GGUF file or a llama2.c .bin.\n\n"
-    "options:\n" CLI_COMMON_HELP
-    "  --ctx N               sequence length for the activation estimate (default min(context, 2048))\n\n"
-    "memory plan of a training run (src/train/plan.h), per category in the device's dtypes:\n"
-    "  --plan                print it; MODEL may then also be a bare config.json (or --config PATH), e.g.\n"
-    "                        tests/data/llama2-7b-config.json, so runs of models not at hand can be sized\n"
-    "  --config PATH         the config.json to plan for (instead of MODEL)\n"
-    "  --stage calibrate|finetune|train-lm (calibrate)   --scope model|layer|linear (model)\n"
-    "  --adapter qalora|lora (qalora)  --rank R (64)  --group-size G (64, QA-LoRA pooling)\n"
-    "  --seq-len T (512)  --micro-batch B (1)  --accum K (8, for the FLOPs per update)\n"
-    "  --windows N (320)     calibration windows in the teacher cache\n"
-    "  --q2-group-size G     group size of the student's 2-bit weights (64; 0: an fp32 student)\n"
-    "  --teacher-cached      the teacher cache exists: no teacher pass\n"
-    "  (--device cpu|cuda picks the dtypes: cpu all fp32; cuda q2 weights, bf16 GEMM scratch)\n";
+    "With --plan, print instead the memory plan of a training run (src/train/plan.h),\n"
+    "per category in the device's dtypes (--device cpu: all fp32; cuda: q2 weights,\n"
+    "bf16 GEMM scratch). MODEL may then also be a bare config.json (or --config PATH),\n"
+    "e.g. tests/data/llama2-7b-config.json, so runs of models not at hand can be sized.\n\n";
+
+typedef struct inspect_opts {
+    int64_t ctx;
+    bool plan, teacher_cached;
+    const char *config, *stage, *scope, *adapter;
+    int64_t rank, group_size, seq_len, micro_batch, accum, windows, q2_group_size;
+    rq_common_opts common;
+} inspect_opts;
+
+#define O inspect_opts
+static const rq_opt opts[] = {
+    RQ_OPT_I("--ctx", NULL, O, ctx, NULL, 1, 1 << 20, "N",
+             "sequence length for the activation estimate (default min(context, 2048))"),
+    RQ_OPT_B("--plan", NULL, O, plan, "false", "print the memory plan of a training run instead, as the plan: options set it"),
+    RQ_OPT_S("--config", NULL, O, config, NULL, NULL, "PATH", "plan: the config.json to plan for (instead of MODEL)"),
+    RQ_OPT_S("--stage", NULL, O, stage, "calibrate", "calibrate|finetune|train-lm", NULL, "plan: the training run"),
+    RQ_OPT_S("--scope", NULL, O, scope, "model", "model|layer|linear", NULL, "plan: calibration scope"),
+    RQ_OPT_S("--adapter", NULL, O, adapter, "qalora", "qalora|lora", NULL, "plan: adapter type"),
+    RQ_OPT_I("--rank", NULL, O, rank, "64", 1, 1 << 16, "R", "plan: adapter rank"),
+    RQ_OPT_I("--group-size", NULL, O, group_size, "64", 1, 1 << 20, "G", "plan: QA-LoRA pooling group"),
+    RQ_OPT_I("--seq-len", NULL, O, seq_len, "512", 1, 1 << 20, "T", "plan: tokens per sequence"),
+    RQ_OPT_I("--micro-batch", NULL, O, micro_batch, "1", 1, 1 << 16, "B", "plan: sequences per forward"),
+    RQ_OPT_I("--accum", NULL, O, accum, "8", 1, 1 << 20, "K", "plan: micro-batches per update, for the FLOPs per update"),
+    RQ_OPT_I("--windows", NULL, O, windows, "320", 1, 1 << 24, "N", "plan: calibration windows in the teacher cache"),
+    RQ_OPT_I("--q2-group-size", NULL, O, q2_group_size, "64", 0, 1 << 20, "G",
+             "plan: group size of the student's 2-bit weights, 0: an fp32 student"),
+    RQ_OPT_B("--teacher-cached", NULL, O, teacher_cached, "false", "plan: the teacher cache exists: no teacher pass"),
+    RQ_COMMON_OPT_LINES(O),
+};
+static const rq_opt_table table = RQ_OPT_TABLE(opts, O);
+#undef O
 
 static void print_bytes(const char *what, double bytes) {
     printf("  %-28s %10.2f MiB\n", what, bytes / 1048576.0);
@@ -34,18 +58,13 @@ static void print_plan_line(const char *what, uint64_t bytes) {
     else printf("  %-44s %10.2f MiB\n", what, (double)bytes / 1048576.0);
 }
 
-typedef struct plan_args {
-    const char *config, *stage, *scope, *adapter, *rank, *gs, *seq, *mb, *accum, *windows, *q2gs;
-    bool cached;
-} plan_args;
-
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
 /* rilq inspect --plan: the config from a config.json (no weights read) or the loaded model. */
-static int inspect_plan(const char *path, const cli_common *common, const plan_args *a) {
+static int inspect_plan(const char *path, const inspect_opts *a) {
     rq_err err = {0};
     rq_config c;
     char cfg_path[4200];
@@ -58,23 +77,16 @@ static int inspect_plan(const char *path, const cli_common *common, const plan_a
         if (rq_hf_read_config(from, &c, &err) || rq_config_validate(&c, from, &err)) return cli_fail("inspect", &err);
     } else {
         rq_model *m = NULL;
-        if (rq_model_load(path, common->tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
+        if (rq_model_load(path, a->common.tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
         c = m->cfg;
         rq_model_free(m);
     }
     rq_plan_opts o;
     rq_plan_default_opts(&o);
-    long rank, gs, seq, mb, accum, windows, q2gs;
-    if (!cli_parse_int(a->rank, 1, 1 << 16, &rank)) return cli_usage_error("inspect", "--rank expects 1..65536");
-    if (!cli_parse_int(a->gs, 1, 1 << 20, &gs)) return cli_usage_error("inspect", "--group-size expects a positive integer");
-    if (!cli_parse_int(a->seq, 1, 1 << 20, &seq)) return cli_usage_error("inspect", "--seq-len expects a positive integer");
-    if (!cli_parse_int(a->mb, 1, 1 << 16, &mb)) return cli_usage_error("inspect", "--micro-batch expects a positive integer");
-    if (!cli_parse_int(a->accum, 1, 1 << 20, &accum)) return cli_usage_error("inspect", "--accum expects a positive integer");
-    if (!cli_parse_int(a->windows, 1, 1 << 24, &windows)) return cli_usage_error("inspect", "--windows expects a positive integer");
-    if (!cli_parse_int(a->q2gs, 0, 1 << 20, &q2gs)) return cli_usage_error("inspect", "--q2-group-size expects an integer >= 0");
-    o.r = (int)rank, o.adapter_group_size = (int)gs, o.seq_len = (int)seq, o.micro_batch = (int)mb;
-    o.n_windows = (int)windows, o.student_q2 = q2gs > 0, o.quant_group_size = (int)q2gs;
-    o.teacher_cached = a->cached;
+    o.r = (int)a->rank, o.adapter_group_size = (int)a->group_size, o.seq_len = (int)a->seq_len;
+    o.micro_batch = (int)a->micro_batch, o.n_windows = (int)a->windows;
+    o.student_q2 = a->q2_group_size > 0, o.quant_group_size = (int)a->q2_group_size;
+    o.teacher_cached = a->teacher_cached;
     if (!strcmp(a->stage, "calibrate")) o.stage = RQ_PLAN_CALIBRATE;
     else if (!strcmp(a->stage, "finetune") || !strcmp(a->stage, "train-lm")) {
         o.stage = RQ_PLAN_FINETUNE;
@@ -87,7 +99,7 @@ static int inspect_plan(const char *path, const cli_common *common, const plan_a
     if (!strcmp(a->adapter, "qalora")) o.adapter = RQ_ADAPTER_QALORA;
     else if (!strcmp(a->adapter, "lora")) o.adapter = RQ_ADAPTER_LORA;
     else return cli_usage_error("inspect", "--adapter expects qalora or lora, got '%s'", a->adapter);
-    const char *dev = common->device ? common->device : "cpu";
+    const char *dev = a->common.device ? a->common.device : "cpu";
     if (!strcmp(dev, "cuda")) o.device = RQ_PLAN_CUDA;
     else if (strcmp(dev, "cpu") != 0) return cli_usage_error("inspect", "--device expects cpu or cuda, got '%s'", dev);
     rq_plan p;
@@ -131,10 +143,10 @@ static int inspect_plan(const char *path, const cli_common *common, const plan_a
     rq_plan_flops f;
     rq_plan_flops_compute(&c, &o, &f);
     printf("compute per micro-batch: %.1f GFLOP (%.2f GFLOP/token: projections %.1f%%, head %.1f%%, attention %.1f%%, "
-           "adapters %.1f%%); per update of %ld micro-batches %.2f TFLOP; 2-bit weight traffic %.1f MiB per micro-batch\n",
+           "adapters %.1f%%); per update of %lld micro-batches %.2f TFLOP; 2-bit weight traffic %.1f MiB per micro-batch\n",
            f.total / 1e9, f.per_token / 1e9, 100 * (f.proj_fwd + f.proj_bwd) / f.total,
            100 * (f.head_fwd + f.head_bwd) / f.total, 100 * (f.attn_fwd + f.attn_bwd) / f.total,
-           100 * (f.adapter_fwd + f.adapter_bwd) / f.total, accum, f.total * (double)accum / 1e12,
+           100 * (f.adapter_fwd + f.adapter_bwd) / f.total, (long long)a->accum, f.total * (double)a->accum / 1e12,
            f.weight_bytes / 1048576.0);
     /* what the device has now, when it can be asked */
     rq_backend *be = NULL;
@@ -152,61 +164,25 @@ static int inspect_plan(const char *path, const cli_common *common, const plan_a
 }
 
 int cmd_inspect(int argc, char **argv) {
-    const char *path = NULL;
-    cli_common common = {0};
-    long ctx = 0;
-    bool plan = false;
-    plan_args pa = {.stage = "calibrate", .scope = "model", .adapter = "qalora", .rank = "64", .gs = "64",
-                    .seq = "512", .mb = "1", .accum = "8", .windows = "320", .q2gs = "64"};
-    const struct {
-        const char *name;
-        const char **value;
-    } popts[] = {{"--config", &pa.config}, {"--stage", &pa.stage},     {"--scope", &pa.scope},
-                 {"--adapter", &pa.adapter}, {"--rank", &pa.rank},     {"--group-size", &pa.gs},
-                 {"--seq-len", &pa.seq},   {"--micro-batch", &pa.mb},  {"--accum", &pa.accum},
-                 {"--windows", &pa.windows}, {"--q2-group-size", &pa.q2gs}};
-    for (int i = 1; i < argc; i++) {
-        const char *v;
-        if (cli_is_help(argv[i])) {
-            fputs(inspect_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("inspect", argc, argv, &i, &common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        bool matched = false;
-        for (size_t k = 0; k < sizeof popts / sizeof popts[0] && !matched; k++)
-            if (cli_opt(argc, argv, &i, popts[k].name, &v)) {
-                if (!v) return cli_usage_error("inspect", "%s needs a value", popts[k].name);
-                *popts[k].value = v;
-                matched = true;
-            }
-        if (matched) continue;
-        if (cli_flag(argv, i, "--plan")) {
-            plan = true;
-        } else if (cli_flag(argv, i, "--teacher-cached")) {
-            pa.cached = true;
-        } else if (cli_opt(argc, argv, &i, "--ctx", &v)) {
-            if (!cli_parse_int(v, 1, 1 << 20, &ctx)) return cli_usage_error("inspect", "--ctx expects a positive integer");
-        } else if (argv[i][0] == '-') {
-            return cli_usage_error("inspect", "unknown option '%s'", argv[i]);
-        } else if (!path) {
-            path = argv[i];
-        } else {
-            return cli_usage_error("inspect", "unexpected argument '%s'", argv[i]);
-        }
+    inspect_opts a;
+    rq_err err = {0};
+    const char *pos[1];
+    int n_pos = 0;
+    memset(&a, 0, sizeof a);
+    if (rq_opts_defaults(table, &a, &err)) return cli_fail("inspect", &err);
+    int pr = cli_parse_table("inspect", usage, NULL, table, &a, argc, argv, pos, 1, &n_pos);
+    if (pr) return pr < 0 ? 0 : pr;
+    const char *path = n_pos ? pos[0] : NULL;
+    if (a.plan) {
+        if (!path && !a.config) return cli_usage_error("inspect", "missing MODEL (or --config PATH)");
+        return inspect_plan(path, &a);
     }
-    if (plan) {
-        if (!path && !pa.config) return cli_usage_error("inspect", "missing MODEL (or --config PATH)");
-        return inspect_plan(path, &common, &pa);
-    }
-    if (pa.config) return cli_usage_error("inspect", "--config belongs to --plan");
+    if (a.config) return cli_usage_error("inspect", "--config belongs to --plan");
     if (!path) return cli_usage_error("inspect", "missing MODEL");
     if (ends_with(path, ".json"))
         return cli_usage_error("inspect", "%s is a config, not a model: add --plan for the memory plan", path);
-    rq_err err = {0};
     rq_model *m = NULL;
-    if (rq_model_load(path, common.tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
+    if (rq_model_load(path, a.common.tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
     const rq_config *c = &m->cfg;
     printf("model        %s\n", m->path);
     printf("format       %s\n", m->format);
@@ -254,7 +230,7 @@ int cmd_inspect(int argc, char **argv) {
                rq_tokenizer_vocab_size(m->tok), rq_tokenizer_bos(m->tok), rq_tokenizer_eos(m->tok));
     else
         printf("tokenizer    none\n");
-    int T = ctx > 0 ? (int)ctx : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
+    int T = a.ctx > 0 ? (int)a.ctx : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
     size_t kv = 2 * (size_t)c->n_layers * T * c->n_kv_heads * c->head_dim * sizeof(float);
     size_t act = (size_t)T * ((size_t)c->dim * 3 + (size_t)c->n_heads * c->head_dim * 2 +
                               (size_t)c->n_kv_heads * c->head_dim * 2 + (size_t)c->hidden_dim * 2) * sizeof(float);

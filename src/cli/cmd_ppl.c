@@ -1,93 +1,85 @@
 /* rilq ppl: perplexity on WikiText-2 or C4 with the quantization papers' protocol. */
+#include <errno.h>
 #include <stdlib.h>
 
 #include "../adapter/adapter.h"
 #include "../eval/ppl.h"
+#include "../pipeline/stages.h"
 #include "cli.h"
 
-static const char *ppl_help =
+static const char *usage =
     "usage: rilq ppl MODEL [options]\n\n"
     "Perplexity with the GPTQ-style protocol: the text tokenized once, non-overlapping\n"
-    "windows evaluated from scratch, PPL = exp(mean window NLL).\n\n"
-    "options:\n"
-    "  --dataset wikitext2|c4  (default wikitext2: the test split, rows joined with \"\\n\\n\")\n"
-    "  --ctx N               window length (default min(model context, 2048))\n"
-    "  --max-windows N       evaluate at most N windows (default all)\n"
-    "  --batch N             windows per forward call (default 1)\n"
-    "  --c4-windows N        C4 windows to draw (default 256)\n"
-    "  --c4-docs A:B         draw C4 windows only from documents A..B-1 of the local sample\n"
-    "  --data DIR            data root holding datasets/ (default $RILQ_DATA)\n"
-    "  --adapter DIR         attach LoRA / QA-LoRA adapters (PEFT layout) to the model\n" CLI_COMMON_HELP;
+    "windows evaluated from scratch, PPL = exp(mean window NLL).\n\n";
+
+typedef struct ppl_args {
+    const char *dataset, *c4_docs, *data, *adapter;
+    int64_t ctx, max_windows, batch, c4_windows;
+    rq_common_opts common;
+} ppl_args;
+
+#define O ppl_args
+static const rq_opt opts[] = {
+    RQ_OPT_S("--dataset", NULL, O, dataset, "wikitext2", "wikitext2|c4", NULL,
+             "the text; wikitext2: its test split, rows joined with \"\\n\\n\""),
+    RQ_OPT_I("--ctx", NULL, O, ctx, NULL, 2, 1 << 20, "N", "window length (default min(model context, 2048))"),
+    RQ_OPT_I("--max-windows", NULL, O, max_windows, NULL, 1, 1 << 30, "N", "evaluate at most N windows (default all)"),
+    RQ_OPT_I("--batch", NULL, O, batch, "1", 1, 4096, "N", "windows per forward call"),
+    RQ_OPT_I("--c4-windows", NULL, O, c4_windows, "256", 1, 1 << 20, "N", "C4 windows to draw"),
+    RQ_OPT_S("--c4-docs", NULL, O, c4_docs, NULL, NULL, "A:B",
+             "draw C4 windows only from documents A..B-1 of the local sample"),
+    RQ_OPT_S("--data", NULL, O, data, NULL, NULL, "DIR", "data root holding datasets/ (default $RILQ_DATA)"),
+    RQ_OPT_S("--adapter", NULL, O, adapter, NULL, NULL, "DIR", "attach LoRA / QA-LoRA adapters (PEFT layout) to the model"),
+    RQ_COMMON_OPT_LINES(O),
+};
+static const rq_opt_table table = RQ_OPT_TABLE(opts, O);
+#undef O
+
+/* "A:B" -> documents [A, B) with 0 <= A < B <= 2^30. */
+static bool parse_doc_range(const char *v, int *begin, int *end) {
+    const char *colon = strchr(v, ':');
+    if (!colon || colon == v || !colon[1]) return false;
+    char *stop;
+    errno = 0;
+    long a = strtol(v, &stop, 10);
+    if (errno || stop != colon) return false;
+    long b = strtol(colon + 1, &stop, 10);
+    if (errno || *stop || a < 0 || a > (1L << 30) || b < 1 || b > (1L << 30) || b <= a) return false;
+    *begin = (int)a, *end = (int)b;
+    return true;
+}
 
 int cmd_ppl(int argc, char **argv) {
-    const char *path = NULL, *data = NULL, *adapter = NULL, *v;
-    cli_common common = {0};
+    ppl_args args;
+    rq_err err = {0};
+    const char *pos[1];
+    int n_pos = 0;
+    memset(&args, 0, sizeof args);
+    if (rq_opts_defaults(table, &args, &err)) return cli_fail("ppl", &err);
+    int pr = cli_parse_table("ppl", usage, NULL, table, &args, argc, argv, pos, 1, &n_pos);
+    if (pr) return pr < 0 ? 0 : pr;
     rq_ppl_opts o;
     rq_ppl_default_opts(&o);
-    for (int i = 1; i < argc; i++) {
-        long n;
-        if (cli_is_help(argv[i])) {
-            fputs(ppl_help, stdout);
-            return 0;
-        }
-        int r = cli_common_opt("ppl", argc, argv, &i, &common);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (cli_opt(argc, argv, &i, "--dataset", &v)) {
-            if (v && !strcmp(v, "wikitext2")) o.dataset = RQ_PPL_WIKITEXT2;
-            else if (v && !strcmp(v, "c4")) o.dataset = RQ_PPL_C4;
-            else return cli_usage_error("ppl", "--dataset expects wikitext2 or c4, got '%s'", v ? v : "");
-        } else if (cli_opt(argc, argv, &i, "--ctx", &v)) {
-            if (!cli_parse_int(v, 2, 1 << 20, &n)) return cli_usage_error("ppl", "--ctx expects an integer >= 2");
-            o.ctx = (int)n;
-        } else if (cli_opt(argc, argv, &i, "--max-windows", &v)) {
-            if (!cli_parse_int(v, 1, 1 << 30, &n)) return cli_usage_error("ppl", "--max-windows expects a positive integer");
-            o.max_windows = (int)n;
-        } else if (cli_opt(argc, argv, &i, "--batch", &v)) {
-            if (!cli_parse_int(v, 1, 4096, &n)) return cli_usage_error("ppl", "--batch expects 1..4096");
-            o.batch = (int)n;
-        } else if (cli_opt(argc, argv, &i, "--c4-windows", &v)) {
-            if (!cli_parse_int(v, 1, 1 << 20, &n)) return cli_usage_error("ppl", "--c4-windows expects a positive integer");
-            o.c4_windows = (int)n;
-        } else if (cli_opt(argc, argv, &i, "--c4-docs", &v)) {
-            long a, b;
-            const char *colon = v ? strchr(v, ':') : NULL;
-            char left[32];
-            if (!colon || (size_t)(colon - v) >= sizeof left) return cli_usage_error("ppl", "--c4-docs expects A:B");
-            memcpy(left, v, (size_t)(colon - v));
-            left[colon - v] = 0;
-            if (!cli_parse_int(left, 0, 1 << 30, &a) || !cli_parse_int(colon + 1, 1, 1 << 30, &b) || b <= a)
-                return cli_usage_error("ppl", "--c4-docs expects A:B with 0 <= A < B");
-            o.c4_doc_begin = (int)a;
-            o.c4_doc_end = (int)b;
-        } else if (cli_opt(argc, argv, &i, "--adapter", &v)) {
-            if (!v) return cli_usage_error("ppl", "--adapter needs a directory");
-            adapter = v;
-        } else if (cli_opt(argc, argv, &i, "--data", &v)) {
-            if (!v) return cli_usage_error("ppl", "--data needs a directory");
-            data = v;
-        } else if (argv[i][0] == '-') {
-            return cli_usage_error("ppl", "unknown option '%s'", argv[i]);
-        } else if (!path) {
-            path = argv[i];
-        } else {
-            return cli_usage_error("ppl", "unexpected argument '%s'", argv[i]);
-        }
-    }
-    if (!path) return cli_usage_error("ppl", "missing MODEL");
-    const char *root = cli_data_root(data);
-    if (!root) return cli_usage_error("ppl", "no data: set RILQ_DATA or pass --data DIR (a folder holding datasets/)");
+    if (!strcmp(args.dataset, "wikitext2")) o.dataset = RQ_PPL_WIKITEXT2;
+    else if (!strcmp(args.dataset, "c4")) o.dataset = RQ_PPL_C4;
+    else return cli_usage_error("ppl", "--dataset expects wikitext2 or c4, got '%s'", args.dataset);
+    o.ctx = (int)args.ctx, o.max_windows = (int)args.max_windows, o.batch = (int)args.batch, o.c4_windows = (int)args.c4_windows;
+    if (args.c4_docs && !parse_doc_range(args.c4_docs, &o.c4_doc_begin, &o.c4_doc_end))
+        return cli_usage_error("ppl", "--c4-docs expects A:B with 0 <= A < B");
+    if (!n_pos) return cli_usage_error("ppl", "missing MODEL");
+    const char *path = pos[0], *adapter = args.adapter;
+    const char *root = args.data && *args.data ? args.data : getenv("RILQ_DATA");
+    if (!root || !*root) return cli_usage_error("ppl", "no data: set RILQ_DATA or pass --data DIR (a folder holding datasets/)");
     char datasets[4096];
     if (!rq_path_join(datasets, sizeof datasets, root, "datasets")) return cli_usage_error("ppl", "data path too long");
     o.data_root = datasets;
-    rq_err err = {0};
     rq_model *m = NULL;
     rq_backend *be = NULL;
     int rc = 0;
     rq_ppl_result r;
     rq_adapter_set *ad = NULL;
-    if (rq_model_load(path, common.tokenizer, &m, &err) != RQ_OK) return cli_fail("ppl", &err);
-    if (rq_backend_create(common.device, common.threads, &be, &err) != RQ_OK ||
+    if (rq_model_load(path, args.common.tokenizer, &m, &err) != RQ_OK) return cli_fail("ppl", &err);
+    if (rq_backend_create(args.common.device, (int)args.common.threads, &be, &err) != RQ_OK ||
         (adapter && rq_adapter_set_open_peft(adapter, &m->cfg, be, &ad, &err) != RQ_OK) ||
         (m->adapters = ad, rq_ppl_run(m, be, &o, &r, &err)) != RQ_OK) {
         rc = cli_fail("ppl", &err);

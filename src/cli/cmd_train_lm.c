@@ -7,28 +7,55 @@
 #include "../train/trainer.h"
 #include "cli.h"
 
-static const char *train_lm_help =
+static const char *usage =
     "usage: rilq train-lm MODEL --out DIR [options]\n\n"
     "Fine-tune LoRA or QA-LoRA adapters of MODEL (full precision or a q2 artifact) on plain\n"
     "text with the next-token loss. The text is tokenized once and cut into windows of\n"
     "--seq-len tokens; the last --val-windows windows are held out for validation.\n"
-    "DIR receives adapter/ (PEFT layout), checkpoint.bin and metrics.jsonl.\n\n"
-    "data:\n"
-    "  --text FILE           training text (default: $RILQ_DATA/datasets/wikitext2/wiki.valid.raw)\n"
-    "  --seq-len N           window length (default 256)\n"
-    "  --val-windows N       held-out windows (default 16)\n"
-    "adapters:\n"
-    "  --adapter lora|qalora (default qalora)   --rank R (16)   --alpha A (16)\n"
-    "  --group-size G        QA-LoRA pooling group (default 64)\n"
-    "  --targets LIST        projections, e.g. q_proj,v_proj (default all seven)\n"
-    "  --init gaussian|kaiming_uniform|xavier_uniform (default gaussian)\n"
-    "optimization:\n"
-    "  --steps N (100)  --batch B (1)  --accum K (8)  --lr LR (1e-4)  --seed S (42)\n"
-    "  --optim adam|adamw (adam)  --weight-decay WD (0)  --clip NORM (0 = off)\n"
-    "  --schedule constant|linear|cosine (constant)  --warmup N (0)\n"
-    "  --eval-every N        validate every N steps (default 10)\n"
-    "  --checkpoint-every N  checkpoint every N steps (default 10; always at the end)\n"
-    "  --resume              continue from DIR/checkpoint.bin\n" CLI_MEMCHECK_HELP CLI_COMMON_HELP;
+    "DIR receives adapter/ (PEFT layout), checkpoint.bin and metrics.jsonl.\n\n";
+
+typedef struct train_lm_opts {
+    const char *text, *out, *adapter, *targets, *init, *optim, *schedule;
+    int64_t seq_len, val_windows, rank, group_size, steps, batch, accum, seed, warmup, eval_every, checkpoint_every;
+    double alpha, lr, weight_decay, clip;
+    bool resume, no_memory_check;
+    rq_common_opts common;
+} train_lm_opts;
+
+#define O train_lm_opts
+static const rq_opt opts[] = {
+    RQ_OPT_S("--out", NULL, O, out, NULL, NULL, "DIR", "the output directory (required)"),
+    RQ_OPT_S("--text", NULL, O, text, NULL, NULL, "FILE",
+             "training text (default: $RILQ_DATA/datasets/wikitext2/wiki.valid.raw)"),
+    RQ_OPT_I("--seq-len", NULL, O, seq_len, "256", 2, 1 << 20, "N", "window length"),
+    RQ_OPT_I("--val-windows", NULL, O, val_windows, "16", 0, 1 << 30, "N", "held-out windows"),
+    RQ_OPT_S("--adapter", NULL, O, adapter, "qalora", "lora|qalora", NULL, "adapter type"),
+    RQ_OPT_I("--rank", NULL, O, rank, "16", 1, 4096, "R", "adapter rank"),
+    RQ_OPT_N("--alpha", NULL, O, alpha, "16", 1e-6, 1e6, "A", "adapter alpha, scaling alpha / r"),
+    RQ_OPT_I("--group-size", NULL, O, group_size, "64", 1, 1 << 20, "G", "QA-LoRA pooling group"),
+    RQ_OPT_S("--targets", NULL, O, targets, "all", NULL, "LIST", "projections, e.g. q_proj,v_proj; all: the seven"),
+    RQ_OPT_S("--init", NULL, O, init, "gaussian", NULL, "gaussian|kaiming_uniform|xavier_uniform",
+             "initialization of the adapters"),
+    RQ_OPT_I("--steps", NULL, O, steps, "100", 0, 1099511627776.0, "N", "optimizer steps"),
+    RQ_OPT_I("--batch", NULL, O, batch, "1", 1, 4096, "B", "windows per forward"),
+    RQ_OPT_I("--accum", NULL, O, accum, "8", 1, 1 << 20, "K", "micro-batches accumulated per step"),
+    RQ_OPT_N("--lr", NULL, O, lr, "1e-4", 0, 10, "LR", "peak learning rate"),
+    RQ_OPT_I("--seed", NULL, O, seed, "42", 0, (double)INT64_MAX, "S", "seed of the adapters' initialization and the data order"),
+    RQ_OPT_S("--optim", NULL, O, optim, "adam", NULL, "adam|adamw", "optimizer"),
+    RQ_OPT_N("--weight-decay", NULL, O, weight_decay, "0", 0, 10, "WD", "weight decay"),
+    RQ_OPT_N("--clip", NULL, O, clip, "0", 0, 1e9, "NORM", "global gradient-norm clip, 0 = off"),
+    RQ_OPT_S("--schedule", NULL, O, schedule, "constant", NULL, "constant|linear|cosine", "learning-rate schedule"),
+    RQ_OPT_I("--warmup", NULL, O, warmup, "0", 0, 1099511627776.0, "N", "warmup steps"),
+    RQ_OPT_I("--eval-every", NULL, O, eval_every, "10", 0, 1 << 30, "N", "validate every N steps"),
+    RQ_OPT_I("--checkpoint-every", NULL, O, checkpoint_every, "10", 0, 1 << 30, "N",
+             "checkpoint every N steps and at the end"),
+    RQ_OPT_B("--resume", NULL, O, resume, "false", "continue from DIR/checkpoint.bin"),
+    RQ_OPT_B("--no-memory-check", NULL, O, no_memory_check, "false",
+             "run even when the memory plan exceeds the free memory"),
+    RQ_COMMON_OPT_LINES(O),
+};
+static const rq_opt_table table = RQ_OPT_TABLE(opts, O);
+#undef O
 
 typedef struct text_windows {
     const int *ids;
@@ -45,76 +72,50 @@ static rq_status get_window(void *user, int64_t example, int *tokens, int *targe
 }
 
 int cmd_train_lm(int argc, char **argv) {
-    const char *path = NULL, *text_path = NULL, *out = NULL;
-    const char *adapter = "qalora", *targets = "all", *init = "gaussian", *optim = "adam", *schedule = "constant";
-    const char *s_seq = "256", *s_val = "16", *s_rank = "16", *s_alpha = "16", *s_gs = "64", *s_steps = "100",
-               *s_batch = "1", *s_accum = "8", *s_lr = "1e-4", *s_seed = "42", *s_wd = "0", *s_clip = "0",
-               *s_warmup = "0", *s_eval = "10", *s_ckpt = "10";
-    bool resume = false;
-    cli_common common = {0};
-    const cli_value_opt specs[] = {{"--text", &text_path},     {"--out", &out},          {"--adapter", &adapter},
-                        {"--targets", &targets},    {"--init", &init},        {"--optim", &optim},
-                        {"--schedule", &schedule},  {"--seq-len", &s_seq},    {"--val-windows", &s_val},
-                        {"--rank", &s_rank},        {"--alpha", &s_alpha},    {"--group-size", &s_gs},
-                        {"--steps", &s_steps},      {"--batch", &s_batch},    {"--accum", &s_accum},
-                        {"--lr", &s_lr},            {"--seed", &s_seed},      {"--weight-decay", &s_wd},
-                        {"--clip", &s_clip},        {"--warmup", &s_warmup},  {"--eval-every", &s_eval},
-                        {"--checkpoint-every", &s_ckpt}};
-    bool no_memcheck = false;
-    const cli_bool_opt flags[] = {{"--resume", &resume}, {"--no-memory-check", &no_memcheck}};
-    int pr = cli_parse("train-lm", train_lm_help, argc, argv, &common, specs, sizeof specs / sizeof specs[0], flags, 2, &path);
-    if (pr) return pr < 0 ? 0 : pr;
-    if (!path) return cli_usage_error("train-lm", "missing MODEL");
-    if (!out) return cli_usage_error("train-lm", "missing --out DIR");
-    long seq, nval, rank, gs, steps, batch, accum, seed, warmup, every, ckpt;
-    double alpha, lr, wd, clip;
-    if (!cli_parse_int(s_seq, 2, 1 << 20, &seq)) return cli_usage_error("train-lm", "--seq-len expects an integer >= 2");
-    if (!cli_parse_int(s_val, 0, 1 << 30, &nval)) return cli_usage_error("train-lm", "--val-windows expects an integer >= 0");
-    if (!cli_parse_int(s_rank, 1, 4096, &rank)) return cli_usage_error("train-lm", "--rank expects 1..4096");
-    if (!cli_parse_float(s_alpha, 1e-6, 1e6, &alpha)) return cli_usage_error("train-lm", "--alpha expects a positive number");
-    if (!cli_parse_int(s_gs, 1, 1 << 20, &gs)) return cli_usage_error("train-lm", "--group-size expects a positive integer");
-    if (!cli_parse_int(s_steps, 0, 1L << 40, &steps)) return cli_usage_error("train-lm", "--steps expects an integer >= 0");
-    if (!cli_parse_int(s_batch, 1, 4096, &batch)) return cli_usage_error("train-lm", "--batch expects 1..4096");
-    if (!cli_parse_int(s_accum, 1, 1 << 20, &accum)) return cli_usage_error("train-lm", "--accum expects a positive integer");
-    if (!cli_parse_float(s_lr, 0, 10, &lr)) return cli_usage_error("train-lm", "--lr expects 0..10");
-    if (!cli_parse_int(s_seed, 0, __LONG_MAX__, &seed)) return cli_usage_error("train-lm", "--seed expects an integer >= 0");
-    if (!cli_parse_float(s_wd, 0, 10, &wd)) return cli_usage_error("train-lm", "--weight-decay expects 0..10");
-    if (!cli_parse_float(s_clip, 0, 1e9, &clip)) return cli_usage_error("train-lm", "--clip expects a number >= 0");
-    if (!cli_parse_int(s_warmup, 0, 1L << 40, &warmup)) return cli_usage_error("train-lm", "--warmup expects an integer >= 0");
-    if (!cli_parse_int(s_eval, 0, 1 << 30, &every)) return cli_usage_error("train-lm", "--eval-every expects an integer >= 0");
-    if (!cli_parse_int(s_ckpt, 0, 1 << 30, &ckpt)) return cli_usage_error("train-lm", "--checkpoint-every expects an integer >= 0");
-
+    train_lm_opts a;
     rq_err err = {0};
-    rq_adapter_config ac = {.r = (int)rank, .alpha = (float)alpha, .group_size = (int)gs, .seed = (uint64_t)seed};
-    if (!strcmp(adapter, "lora")) ac.type = RQ_ADAPTER_LORA;
-    else if (!strcmp(adapter, "qalora")) ac.type = RQ_ADAPTER_QALORA;
-    else return cli_usage_error("train-lm", "--adapter expects lora or qalora, got '%s'", adapter);
+    const char *pos[1];
+    int n_pos = 0;
+    memset(&a, 0, sizeof a);
+    if (rq_opts_defaults(table, &a, &err)) return cli_fail("train-lm", &err);
+    int pr = cli_parse_table("train-lm", usage, NULL, table, &a, argc, argv, pos, 1, &n_pos);
+    if (pr) return pr < 0 ? 0 : pr;
+    if (!n_pos) return cli_usage_error("train-lm", "missing MODEL");
+    if (!a.out) return cli_usage_error("train-lm", "missing --out DIR");
+    const char *path = pos[0], *text_path = a.text, *out = a.out;
+    const long seq = (long)a.seq_len, nval = (long)a.val_windows;
+
+    rq_adapter_config ac = {.r = (int)a.rank, .alpha = (float)a.alpha, .group_size = (int)a.group_size,
+                            .seed = (uint64_t)a.seed};
+    if (!strcmp(a.adapter, "lora")) ac.type = RQ_ADAPTER_LORA;
+    else if (!strcmp(a.adapter, "qalora")) ac.type = RQ_ADAPTER_QALORA;
+    else return cli_usage_error("train-lm", "--adapter expects lora or qalora, got '%s'", a.adapter);
     rq_train_opts o;
     rq_train_default_opts(&o);
-    if (rq_adapter_targets_parse(targets, &ac.targets, &err) || rq_adapter_init_parse(init, &ac.init, &err) ||
-        rq_optim_kind_parse(optim, &o.optim.kind, &err) || rq_schedule_kind_parse(schedule, &o.schedule.kind, &err))
+    if (rq_adapter_targets_parse(a.targets, &ac.targets, &err) || rq_adapter_init_parse(a.init, &ac.init, &err) ||
+        rq_optim_kind_parse(a.optim, &o.optim.kind, &err) || rq_schedule_kind_parse(a.schedule, &o.schedule.kind, &err))
         return cli_fail("train-lm", &err);
     rq_optim_kind kind = o.optim.kind;
     o.optim = rq_optim_defaults(kind);
-    o.optim.weight_decay = (float)wd;
-    o.optim.max_grad_norm = (float)clip;
-    o.schedule.lr = lr;
-    o.schedule.warmup_steps = warmup;
-    o.schedule.total_steps = steps;
+    o.optim.weight_decay = (float)a.weight_decay;
+    o.optim.max_grad_norm = (float)a.clip;
+    o.schedule.lr = a.lr;
+    o.schedule.warmup_steps = a.warmup;
+    o.schedule.total_steps = a.steps;
     o.seq_len = (int)seq;
-    o.micro_batch = (int)batch;
-    o.accum = (int)accum;
-    o.max_steps = steps;
-    o.seed = (uint64_t)seed;
-    o.eval_every = (int)every;
-    o.checkpoint_every = (int)ckpt;
+    o.micro_batch = (int)a.batch;
+    o.accum = (int)a.accum;
+    o.max_steps = a.steps;
+    o.seed = (uint64_t)a.seed;
+    o.eval_every = (int)a.eval_every;
+    o.checkpoint_every = (int)a.checkpoint_every;
     o.out_dir = out;
-    o.resume = resume;
+    o.resume = a.resume;
 
     char default_text[4096];
     if (!text_path) {
-        const char *root = cli_data_root(NULL);
-        if (!root) return cli_usage_error("train-lm", "no --text FILE and no RILQ_DATA to find WikiText-2 in");
+        const char *root = getenv("RILQ_DATA");
+        if (!root || !*root) return cli_usage_error("train-lm", "no --text FILE and no RILQ_DATA to find WikiText-2 in");
         if (!rq_path_join(default_text, sizeof default_text, root, "datasets/wikitext2/wiki.valid.raw"))
             return cli_usage_error("train-lm", "data path too long");
         text_path = default_text;
@@ -125,7 +126,8 @@ int cmd_train_lm(int argc, char **argv) {
     char *text = NULL;
     int *ids = NULL, n_ids = 0, rc = 0;
     size_t text_len = 0;
-    if (rq_model_load(path, common.tokenizer, &m, &err) || rq_backend_create(common.device, common.threads, &be, &err) ||
+    if (rq_model_load(path, a.common.tokenizer, &m, &err) ||
+        rq_backend_create(a.common.device, (int)a.common.threads, &be, &err) ||
         rq_file_read_all(text_path, &text, &text_len, &err)) {
         rc = cli_fail("train-lm", &err);
         goto done;
@@ -160,9 +162,9 @@ int cmd_train_lm(int argc, char **argv) {
         po.stage = RQ_PLAN_FINETUNE;
         po.mse_weight = 0, po.ce_weight = 1;
         po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
-        po.micro_batch = (int)batch, po.seq_len = (int)seq;
+        po.micro_batch = (int)a.batch, po.seq_len = (int)seq;
         uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
-        if (rq_stage_memory_check(be, m, &po, resident, no_memcheck, &err)) {
+        if (rq_stage_memory_check(be, m, &po, resident, a.no_memory_check, &err)) {
             rc = cli_fail("train-lm", &err);
             goto done;
         }
