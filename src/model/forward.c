@@ -3,7 +3,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../io/tensors.h"
 #include "../adapter/adapter.h"
 #include "forward.h"
 

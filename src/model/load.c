@@ -8,7 +8,7 @@
 #include "../io/hf.h"
 #include "../io/llama2c.h"
 #include "../io/artifact.h"
-#include "../io/tensors.h"
+#include "../core/tensors.h"
 #include "../quant/q2.h"
 #include "model.h"
 
