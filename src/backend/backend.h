@@ -17,7 +17,7 @@
 #define RQ_BACKEND_H
 
 #include "../core/core.h"
-#include "../model/model.h"
+#include "../quant/linear.h"
 
 typedef struct rq_backend rq_backend;
 

@@ -3,6 +3,7 @@
 #define RQ_MODEL_H
 
 #include "../core/core.h"
+#include "../quant/linear.h"
 #include "../tokenizer/tokenizer.h"
 
 typedef enum rq_rope_scaling {
@@ -34,15 +35,6 @@ typedef struct rq_config {
 /* Fill defaults that HF assumes when a key is absent, then check that the
  * numbers are consistent. what names the source for messages. */
 rq_status rq_config_validate(rq_config *c, const char *what, rq_err *err);
-
-struct rq_q2_tensor; /* src/quant: the 2-bit group-quantized weight */
-
-/* A linear projection y = W x, W is [out][in]. */
-typedef struct rq_linear {
-    int out, in;
-    float *w;                /* fp32 [out][in], or NULL when q2 holds the weight */
-    struct rq_q2_tensor *q2; /* 2-bit weight, or NULL */
-} rq_linear;
 
 typedef struct rq_layer {
     float *attn_norm; /* [dim] */
