@@ -21,8 +21,18 @@
 
 typedef struct rq_backend rq_backend;
 
+/* What a backend is, for the code that must treat backends differently (memory
+ * accounting, plans): test these, never the name. */
+typedef struct rq_backend_caps {
+    bool weights_on_host; /* ops read frozen weights where the model holds them, in host memory, so a
+                             loaded model already takes from the memory mem_info reports (CPU) */
+    bool device_memory;   /* alloc returns memory apart from the host's: upload and download copy,
+                             mem_info measures the device (CUDA) */
+} rq_backend_caps;
+
 struct rq_backend {
-    const char *name;
+    const char *name; /* for messages */
+    rq_backend_caps caps;
     void *ctx;
     int n_threads;
 

@@ -225,6 +225,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
         return RQ_ERR_NOMEM;
     }
     be->name = "cpu";
+    be->caps = (rq_backend_caps){.weights_on_host = true, .device_memory = false};
     be->ctx = c;
     be->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
     be->alloc = cpu_alloc;

@@ -918,6 +918,7 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     }
     c->q2_bf16 = !(prec && !strcmp(prec, "fp32"));
     be->name = "cuda";
+    be->caps = (rq_backend_caps){.weights_on_host = false, .device_memory = true};
     be->n_threads = n_threads > 0 ? n_threads : 1;
     be->alloc = cuda_alloc;
     be->free = cuda_free;

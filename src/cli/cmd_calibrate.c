@@ -245,7 +245,7 @@ int cmd_calibrate(int argc, char **argv) {
         po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
         po.micro_batch = (int)mb, po.seq_len = w.T, po.n_windows = w.n;
         po.teacher_cached = rq_file_exists(cache_path);
-        const bool on_host = !strcmp(be->name, "cpu");
+        const bool on_host = be->caps.weights_on_host;
         uint64_t resident = on_host ? rq_model_weight_bytes(student) + rq_model_weight_bytes(teacher) : 0;
         if (cli_memory_check("calibrate", be, student, &po, resident, no_memcheck)) {
             rc = 1;

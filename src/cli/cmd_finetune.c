@@ -188,7 +188,7 @@ int cmd_finetune(int argc, char **argv) {
         po.adapter = ad->cfg.type, po.r = ad->cfg.r, po.adapter_group_size = ad->cfg.group_size;
         po.targets = ad->cfg.targets, po.micro_batch = (int)mb, po.seq_len = set.max_len;
         /* already allocated from the device: the adapters and their gradients (and on the CPU the model) */
-        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
+        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (be->caps.weights_on_host ? rq_model_weight_bytes(m) : 0);
         if (cli_memory_check("finetune", be, m, &po, resident, no_memcheck)) {
             rc = 1;
             goto done;

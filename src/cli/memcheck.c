@@ -7,7 +7,7 @@
 
 int cli_memory_check(const char *cmd, rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident,
                      bool disabled) {
-    o->device = be->name && !strcmp(be->name, "cuda") ? RQ_PLAN_CUDA : RQ_PLAN_CPU;
+    o->device = be->caps.device_memory ? RQ_PLAN_CUDA : RQ_PLAN_CPU;
     o->student_q2 = false;
     for (int l = 0; l < m->cfg.n_layers && !o->student_q2; l++)
         for (int p = 0; p < RQ_N_PROJ && !o->student_q2; p++) {
