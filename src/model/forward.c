@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "../adapter/adapter.h"
+#include "bind.h"
 #include "forward.h"
 
 /* Rows of logits computed at once by rq_forward_nll: bounds the logits
@@ -46,6 +47,7 @@ struct rq_forward_state {
     size_t act_bytes, kv_bytes;
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
+    bool bound;           /* the model's weights are bound to be for the state's lifetime */
 };
 
 /* inv_freq as HF computes it (fp32), with linear or llama3 scaling. */
@@ -212,6 +214,8 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
     s->logits_host = rq_calloc((size_t)NLL_CHUNK * c->vocab_size, sizeof(float), err);
     if (!s->inv_freq || !s->rope_host || !s->logits_host) goto fail;
     rope_inv_freq(c, s->inv_freq);
+    if (rq_model_bind(m, be, err) != RQ_OK) goto fail;
+    s->bound = true;
     free(t.e);
     *out = s;
     return RQ_OK;
@@ -223,6 +227,7 @@ fail:
 
 void rq_forward_free(rq_forward_state *s) {
     if (!s) return;
+    if (s->bound) rq_model_unbind(s->m, s->be);
     if (s->act) s->be->free(s->be, s->act);
     if (s->kv) s->be->free(s->be, s->kv);
     free(s->inv_freq);
