@@ -65,7 +65,11 @@ done >>"$edges"
 
 # symbols: "file target-folder" from the library's and the command's object files
 if [ -n "$build" ]; then
-  objs=$(find "$build" -path '*/src/*/*.c.o' 2>/dev/null | sort)
+  # only objects whose source still exists (a build directory keeps those of renamed files)
+  objs=$(find "$build" -path '*/src/*/*.c.o' 2>/dev/null | sort | while read -r o; do
+    rel=${o##*/src/}
+    if [ -f "$src/${rel%.o}" ]; then echo "$o"; fi
+  done)
   if [ -z "$objs" ]; then
     echo "include_graph: no object files of src/ under $build (build it first)" >&2
     exit 2
