@@ -93,7 +93,7 @@ static void test_unknown_and_wrong_type(void) {
     CHECKF(has(err.msg, "merge.enabled") && has(err.msg, "expected true or false"), "%s", err.msg);
     CHECK(parse("{\"name\": \"t\"}", NULL, 0, &r, &err) != RQ_OK);
     CHECKF(has(err.msg, "missing required key 'model.path'"), "%s", err.msg);
-    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"quantize\": {\"method\": \"gptq\"}}", NULL, 0, &r,
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"quantize\": {\"method\": \"awq\"}}", NULL, 0, &r,
                 &err) != RQ_OK);
     CHECKF(has(err.msg, "quantize.method") && has(err.msg, "rtn|nf2"), "%s", err.msg);
     CHECK(parse("{\"name\": \"t\", ", NULL, 0, &r, &err) != RQ_OK);

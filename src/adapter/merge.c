@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "../io/artifact.h"
+#include "../model/bind.h"
 #include "../model/forward.h"
 #include "../quant/quantize.h"
 #include "merge.h"
@@ -454,8 +455,8 @@ rq_status rq_merge_model(rq_model *m, rq_adapter_set *s, rq_backend *be, const r
     }
     if (r == RQ_OK) {
         commit_all(m, st);
-        if (be->weights_changed) be->weights_changed(be); /* device mirrors of the old weights are stale */
         if (m->adapters == s) m->adapters = NULL;
+        r = rq_model_rebind(m, be, err); /* a backend's copies of the old weights are stale */
     }
     if (r == RQ_OK && n > 0) {
         r = rq_merge_logits(m, be, NULL, tokens, n, T, got, err);

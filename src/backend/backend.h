@@ -7,22 +7,43 @@
  * Where memory lives: activations, gradients, adapters and optimizer state
  * are backend memory (be->alloc); host code reads or writes them only through
  * upload / download. Frozen model weights (rq_model: rq_linear.w / .q2, norm
- * weights, the embedding table) stay in host memory: a device backend makes
- * them available itself (the CUDA backend mirrors them on first use). Index
- * arrays (tokens, idx, targets) are host memory in the orchestration; the
- * CUDA backend also accepts backend memory there. Void ops cannot fail
+ * weights, the embedding table) stay in host memory, and a model is bound to
+ * the backend while it is put to work (bind_weights below: the forward state
+ * does it), so a device backend copies them once and finds them by address.
+ * Index arrays (tokens, idx, targets) are host memory in the orchestration;
+ * the CUDA backend also accepts backend memory there. Void ops cannot fail
  * loudly: a device backend records the first error and reports it from the
  * next op that returns a status (alloc, upload, download, mem_info). */
 #ifndef RQ_BACKEND_H
 #define RQ_BACKEND_H
 
+#include "../core/config.h"
 #include "../core/core.h"
-#include "../model/model.h"
+#include "../quant/linear.h"
 
 typedef struct rq_backend rq_backend;
 
+struct rq_model; /* src/model/model.h: only a key here, the op table needs no model layout */
+
+/* What a backend is, for the code that must treat backends differently (memory
+ * accounting, plans): test these, never the name. */
+typedef struct rq_backend_caps {
+    bool weights_on_host; /* ops read frozen weights where the model holds them, in host memory, so a
+                             loaded model already takes from the memory mem_info reports (CPU) */
+    bool device_memory;   /* alloc returns memory apart from the host's: upload and download copy,
+                             mem_info measures the device (CUDA) */
+} rq_backend_caps;
+
+/* One host array of frozen weights: a norm vector, an fp32 matrix, a q2
+ * tensor's codes, scales or offsets (src/model/bind.c lists a model's). */
+typedef struct rq_weight_span {
+    const void *host;
+    size_t bytes;
+} rq_weight_span;
+
 struct rq_backend {
-    const char *name;
+    const char *name; /* for messages */
+    rq_backend_caps caps;
     void *ctx;
     int n_threads;
 
@@ -118,12 +139,26 @@ struct rq_backend {
     void (*adam_l2)(rq_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, int t);
 
-    /* The frozen host weights (rq_model tensors) were rewritten in place, e.g.
-     * by a merge: a backend that mirrors them on the device drops its mirrors,
-     * so the next op uploads the new values (its per-use fingerprint samples a
-     * few words and can miss a sparse change). NULL where weights are read in
-     * place (CPU). */
-    void (*weights_changed)(rq_backend *be);
+    /* ---- weight binding: the contract between frozen host weights and ops ----
+     * Callers go through src/model/bind.h (rq_model_bind, ...), which lists
+     * the model's weight arrays; m is only the key of the binding.
+     *
+     * bind_weights: the arrays stay readable by this backend's ops, fast, until
+     * the matching unbind_weights. Binds of one model nest (counted); the first
+     * one copies the arrays to a device. While bound, the host arrays must not
+     * be rewritten or freed, except through rebind_weights.
+     * unbind_weights: the last one drops the device copies.
+     * rebind_weights: m's arrays were rewritten in place or replaced (a merge):
+     * a bound model's copies are rebuilt from spans now; nothing to do when m is
+     * not bound (its next bind reads the new values).
+     * An op given a host weight no binding holds still computes the right
+     * result (the CUDA backend uploads it for that one call), only slower. The
+     * CPU backend reads weights in place: all three are no-ops there. */
+    rq_status (*bind_weights)(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                              rq_err *err);
+    void (*unbind_weights)(rq_backend *be, const struct rq_model *m);
+    rq_status (*rebind_weights)(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                                rq_err *err);
 
     void (*destroy)(rq_backend *be);
 };

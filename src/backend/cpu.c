@@ -206,6 +206,14 @@ static void cpu_destroy(rq_backend *be) {
     free(be);
 }
 
+/* The ops read frozen weights in host memory, where they are: nothing to bind. */
+static rq_status cpu_bind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                                  rq_err *err) {
+    return RQ_OK;
+}
+
+static void cpu_unbind_weights(rq_backend *be, const struct rq_model *m) {}
+
 rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     *out = NULL;
     rq_backend *be = rq_calloc(1, sizeof *be, err);
@@ -227,6 +235,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
         return RQ_ERR_NOMEM;
     }
     be->name = "cpu";
+    be->caps = (rq_backend_caps){.weights_on_host = true, .device_memory = false};
     be->ctx = c;
     be->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
     be->alloc = cpu_alloc;
@@ -246,6 +255,9 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->cache_store = cpu_cache_store;
     be->add_inplace = cpu_add_inplace;
+    be->bind_weights = cpu_bind_weights;
+    be->unbind_weights = cpu_unbind_weights;
+    be->rebind_weights = cpu_bind_weights;
     be->destroy = cpu_destroy;
     rq_cpu_train_ops_install(be);
     *out = be;

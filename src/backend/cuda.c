@@ -5,18 +5,20 @@
  * Memory. be->alloc is cudaMalloc (zeroed, like the CPU backend's), and every
  * allocation is recorded, so an op can tell whether a pointer it is given is
  * memory of this backend. Frozen model weights stay where the model loader
- * put them, in host memory (rq_model); an op that receives such a host
- * pointer as a weight (rq_linear.w and .q2 arrays, RMSNorm weights) uses a
- * per-backend device mirror keyed by the host pointer, uploaded on first use
- * and kept until the backend is destroyed. Each use compares a fingerprint of
- * the host array (its size and 16 sampled words) with the mirror's and
- * re-uploads on a mismatch, so a weight freed and reallocated at the same
- * address is noticed in all but contrived cases; a weight rewritten in place
- * (a merge: few offsets may change) is announced by be->weights_changed. The
- * embedding table is not mirrored (the op does not know its row count): the
- * wanted rows are gathered on the host and uploaded, unless the table is
- * device memory. Index arrays (tokens, gather rows, targets) and the
- * per-row loss of cross_entropy may be host or device memory. Any other
+ * put them, in host memory (rq_model), and reach the device through the
+ * binding contract of backend.h: bind_weights copies each listed host array
+ * (rq_linear.w, the q2 arrays, norm weights, the head) to the device once,
+ * into a table of host ranges sorted by address, and an op given such a host
+ * pointer (or one inside such an array) reads the copy found by a binary
+ * search, with no check of the host contents: the caller promises not to
+ * rewrite a bound array except through rebind_weights. The last
+ * unbind_weights of a model frees its copies. A host weight no binding holds
+ * (op tests, a caller that binds nothing) is uploaded into scratch for that
+ * one call: slow, never stale. The embedding table is not bound (the op does
+ * not know its row count): the wanted rows are gathered on the host and
+ * uploaded, unless the table is device memory. Index arrays (tokens, gather
+ * rows, targets) and the per-row loss of cross_entropy may be host or device
+ * memory. Any other
  * pointer must be memory of this backend; a host pointer there is reported as
  * an error naming the op and the argument.
  *
@@ -59,12 +61,19 @@ typedef struct dev_block {
     size_t bytes;
 } dev_block;
 
-typedef struct mirror {
-    const void *host; /* NULL: empty slot */
+/* The device copy of one bound host weight array. */
+typedef struct bound_span {
+    uintptr_t host;
     size_t bytes;
-    uint64_t fingerprint;
     void *dev;
-} mirror;
+    const struct rq_model *owner;
+} bound_span;
+
+/* A bound model and how many binds of it are open. */
+typedef struct bound_model {
+    const struct rq_model *m;
+    int count;
+} bound_model;
 
 typedef struct scratch {
     void *p;
@@ -77,7 +86,8 @@ typedef struct stage {
     cudaEvent_t done; /* the last copy out of this buffer */
 } stage;
 
-enum { SCR_INTS, SCR_BF16_IN, SCR_TILE, SCR_ATTN, SCR_LOSS, SCR_EMBED, N_SCRATCH };
+/* SCR_WEIGHT0..2: one call's copies of host weights no binding holds (a q2 tensor needs three) */
+enum { SCR_INTS, SCR_BF16_IN, SCR_TILE, SCR_ATTN, SCR_LOSS, SCR_EMBED, SCR_WEIGHT0, SCR_WEIGHT1, SCR_WEIGHT2, N_SCRATCH };
 
 typedef struct cuda_ctx {
     int device;
@@ -91,9 +101,11 @@ typedef struct cuda_ctx {
     /* allocations of this backend, sorted by base */
     dev_block *blocks;
     size_t n_blocks, cap_blocks;
-    /* weight mirrors: open addressing on the host pointer, capacity a power of two */
-    mirror *mirrors;
-    size_t n_mirrors, cap_mirrors;
+    /* bound weights: copies sorted by host address (ranges never overlap), and the bound models */
+    bound_span *spans;
+    size_t n_spans, cap_spans;
+    bound_model *models;
+    size_t n_models, cap_models;
     scratch scr[N_SCRATCH];
     stage stages[N_STAGES];
     int next_stage;
@@ -246,99 +258,153 @@ static const int *ints_dev(cuda_ctx *c, const int *p, size_t n) {
     return d;
 }
 
-/* ---- weight mirrors --------------------------------------------------------------- */
+/* ---- bound weights ---------------------------------------------------------------- */
 
-static uint64_t mix64(uint64_t h, uint64_t v) {
-    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-    return h * 0xff51afd7ed558ccdull;
+/* index of the last span with host <= p, or -1 */
+static long span_floor(const cuda_ctx *c, uintptr_t p) {
+    size_t lo = 0, hi = c->n_spans;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->spans[mid].host <= p) lo = mid + 1;
+        else hi = mid;
+    }
+    return (long)lo - 1;
 }
 
-static uint64_t fingerprint(const void *host, size_t bytes) {
-    const unsigned char *b = host;
-    uint64_t h = mix64(0, bytes);
-    if (bytes < 64) {
-        for (size_t i = 0; i < bytes; i++) h = mix64(h, b[i]);
-        return h;
-    }
-    const size_t words = bytes / 4;
-    for (int k = 0; k < 16; k++) {
-        size_t i = k == 15 ? words - 1 : words * (size_t)k / 15;
-        uint32_t w;
-        memcpy(&w, b + 4 * i, 4);
-        h = mix64(h, w);
-    }
-    return h;
+/* The device copy of host[0, bytes) when one bound array holds all of it, else NULL. */
+static const void *bound_lookup(const cuda_ctx *c, const void *host, size_t bytes) {
+    const uintptr_t p = (uintptr_t)host;
+    long i = span_floor(c, p);
+    if (i < 0) return NULL;
+    const bound_span *b = &c->spans[i];
+    const size_t off = p - b->host;
+    if (off >= b->bytes || bytes > b->bytes - off) return NULL;
+    return (const char *)b->dev + off;
 }
 
-static size_t ptr_slot(const void *p, size_t cap) {
-    uint64_t h = mix64(0, (uint64_t)(uintptr_t)p);
-    return (size_t)(h & (cap - 1));
+static long find_model(const cuda_ctx *c, const struct rq_model *m) {
+    for (size_t i = 0; i < c->n_models; i++)
+        if (c->models[i].m == m) return (long)i;
+    return -1;
 }
 
-static bool mirrors_grow(cuda_ctx *c) {
-    size_t cap = c->cap_mirrors ? 2 * c->cap_mirrors : 256;
-    mirror *nm = calloc(cap, sizeof *nm);
-    if (!nm) return false;
-    for (size_t i = 0; i < c->cap_mirrors; i++) {
-        if (!c->mirrors[i].host) continue;
-        size_t j = ptr_slot(c->mirrors[i].host, cap);
-        while (nm[j].host) j = (j + 1) & (cap - 1);
-        nm[j] = c->mirrors[i];
+/* Free the copies owned by m (the model entry stays). */
+static void drop_spans(cuda_ctx *c, const struct rq_model *m) {
+    /* kernels enqueued earlier may still read the copies */
+    if (!CU(c, cudaStreamSynchronize(c->comp))) return;
+    size_t kept = 0;
+    for (size_t i = 0; i < c->n_spans; i++) {
+        if (c->spans[i].owner == m) CU(c, cudaFree(c->spans[i].dev));
+        else c->spans[kept++] = c->spans[i];
     }
-    free(c->mirrors);
-    c->mirrors = nm;
-    c->cap_mirrors = cap;
-    return true;
+    c->n_spans = kept;
 }
 
-/* The device copy of a frozen weight array: host itself when it is device
- * memory already, else its mirror (uploaded now when missing or stale). */
-static const void *weight_dev(cuda_ctx *c, const void *host, size_t bytes, const char *op, const char *what) {
-    if (!host || is_dev(c, host)) return host;
-    if (2 * (c->n_mirrors + 1) > c->cap_mirrors && !mirrors_grow(c)) {
-        FAIL(c, RQ_ERR_NOMEM, "%s: out of host memory for the weight mirror table", op);
-        return NULL;
-    }
-    const uint64_t fp = fingerprint(host, bytes);
-    size_t j = ptr_slot(host, c->cap_mirrors);
-    while (c->mirrors[j].host && c->mirrors[j].host != host) j = (j + 1) & (c->cap_mirrors - 1);
-    mirror *m = &c->mirrors[j];
-    if (m->host && m->bytes == bytes && m->fingerprint == fp) return m->dev;
-    if (m->host && m->bytes != bytes) { /* another array now lives at this address */
-        if (!CU(c, cudaStreamSynchronize(c->comp)) || !CU(c, cudaFree(m->dev))) return NULL;
-        m->dev = NULL;
-    }
-    if (!m->dev) {
-        if (cudaMalloc(&m->dev, bytes ? bytes : 1) != cudaSuccess) {
+/* Copy m's arrays to the device. An array that overlaps one bound already (a
+ * weight two models share) is left to the per-call path. */
+static rq_status upload_spans(cuda_ctx *c, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                              rq_err *err) {
+    for (size_t k = 0; k < n; k++) {
+        const uintptr_t p = (uintptr_t)spans[k].host;
+        const size_t bytes = spans[k].bytes;
+        if (!p || !bytes) continue;
+        long i = span_floor(c, p);
+        if (i >= 0 && p - c->spans[i].host < c->spans[i].bytes) continue;
+        if ((size_t)(i + 1) < c->n_spans && c->spans[i + 1].host - p < bytes) continue;
+        if (c->n_spans == c->cap_spans) {
+            size_t cap = c->cap_spans ? 2 * c->cap_spans : 256;
+            bound_span *ns = realloc(c->spans, sizeof *ns * cap);
+            if (!ns) return RQ_FAIL(err, RQ_ERR_NOMEM, "cuda: bind_weights: out of host memory for the weight table");
+            c->spans = ns;
+            c->cap_spans = cap;
+        }
+        void *dev = NULL;
+        cudaError_t e = cudaMalloc(&dev, bytes);
+        if (e != cudaSuccess) {
             (void)cudaGetLastError();
             size_t fr = 0, tot = 0;
             cudaMemGetInfo(&fr, &tot);
-            m->dev = NULL;
-            m->bytes = 0; /* an existing entry stays (a retry reallocates); a new slot stays empty */
-            FAIL(c, RQ_ERR_NOMEM, "%s: no device memory for a %zu-byte copy of %s (%zu of %zu MiB free)", op, bytes,
-                 what, fr >> 20, tot >> 20);
-            return NULL;
+            return RQ_FAIL(err, RQ_ERR_NOMEM,
+                           "cuda: bind_weights: no device memory for a %zu-byte weight array (%zu of %zu MiB free)",
+                           bytes, fr >> 20, tot >> 20);
         }
+        /* in stream order: kernels enqueued before may still read whatever this memory held */
+        if (!CU(c, cudaMemcpyAsync(dev, spans[k].host, bytes, cudaMemcpyHostToDevice, c->comp))) {
+            cudaFree(dev);
+            return report(c, err);
+        }
+        const size_t at = (size_t)(i + 1);
+        memmove(c->spans + at + 1, c->spans + at, sizeof *c->spans * (c->n_spans - at));
+        c->spans[at] = (bound_span){p, bytes, dev, m};
+        c->n_spans++;
     }
-    if (!m->host) c->n_mirrors++;
-    m->host = host;
-    m->bytes = bytes;
-    m->fingerprint = fp;
-    /* in stream order: kernels enqueued before still read the old contents */
-    if (!CU(c, cudaMemcpyAsync(m->dev, host, bytes, cudaMemcpyHostToDevice, c->comp))) return NULL;
-    return m->dev;
+    return RQ_OK;
 }
 
-/* Drop every mirror (the host weights changed in place): the next use uploads again. */
-static void cuda_weights_changed(rq_backend *be) {
+static rq_status cuda_bind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                                   rq_err *err) {
     cuda_ctx *c = be->ctx;
-    if (!c->n_mirrors) return;
-    /* kernels enqueued earlier may still read the mirrors */
-    if (!CU(c, cudaStreamSynchronize(c->comp))) return;
-    for (size_t i = 0; i < c->cap_mirrors; i++)
-        if (c->mirrors[i].dev) CU(c, cudaFree(c->mirrors[i].dev));
-    memset(c->mirrors, 0, sizeof *c->mirrors * c->cap_mirrors);
-    c->n_mirrors = 0;
+    if (report(c, err)) return report(c, err);
+    long i = find_model(c, m);
+    if (i >= 0) {
+        c->models[i].count++;
+        return RQ_OK;
+    }
+    if (c->n_models == c->cap_models) {
+        size_t cap = c->cap_models ? 2 * c->cap_models : 8;
+        bound_model *nm = realloc(c->models, sizeof *nm * cap);
+        if (!nm) return RQ_FAIL(err, RQ_ERR_NOMEM, "cuda: bind_weights: out of host memory");
+        c->models = nm;
+        c->cap_models = cap;
+    }
+    rq_status s = upload_spans(c, m, spans, n, err);
+    if (s != RQ_OK) {
+        drop_spans(c, m);
+        return s;
+    }
+    c->models[c->n_models++] = (bound_model){m, 1};
+    return RQ_OK;
+}
+
+static void cuda_unbind_weights(rq_backend *be, const struct rq_model *m) {
+    cuda_ctx *c = be->ctx;
+    long i = find_model(c, m);
+    if (i < 0) {
+        FAIL(c, RQ_ERR_INTERNAL, "unbind_weights: the model %p is not bound", (const void *)m);
+        return;
+    }
+    if (--c->models[i].count > 0) return;
+    drop_spans(c, m);
+    c->models[i] = c->models[--c->n_models];
+}
+
+static rq_status cuda_rebind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                                     rq_err *err) {
+    cuda_ctx *c = be->ctx;
+    if (report(c, err)) return report(c, err);
+    if (find_model(c, m) < 0) return RQ_OK; /* the next bind reads the new values */
+    drop_spans(c, m);
+    rq_status s = upload_spans(c, m, spans, n, err);
+    if (s != RQ_OK) drop_spans(c, m); /* still bound, with no copies: ops take the per-call path */
+    return s;
+}
+
+/* The device copy of a frozen weight array: host itself when it is device
+ * memory already, the bound copy, else (no binding holds it) a copy in
+ * scratch slot `slot` made for this call. */
+static const void *weight_dev(cuda_ctx *c, const void *host, size_t bytes, int slot, const char *op,
+                              const char *what) {
+    if (!host || is_dev(c, host)) return host;
+    const void *bound = bound_lookup(c, host, bytes);
+    if (bound) return bound;
+    void *d = scratch_get(c, slot, bytes);
+    if (!d) {
+        FAIL(c, RQ_ERR_NOMEM, "%s: no device memory for a %zu-byte copy of %s", op, bytes, what);
+        return NULL;
+    }
+    /* in stream order: the kernels of earlier calls that read this scratch are done first */
+    if (!CU(c, cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, c->comp))) return NULL;
+    return d;
 }
 
 typedef struct q2_dev {
@@ -348,9 +414,9 @@ typedef struct q2_dev {
 
 static bool q2_on_device(cuda_ctx *c, const rq_q2_tensor *q, const char *op, q2_dev *d) {
     const size_t gb = (size_t)q->out * q->n_groups * sizeof(uint16_t);
-    d->codes = weight_dev(c, q->codes, (size_t)q->out * q->row_bytes, op, "q2 codes");
-    d->scales = weight_dev(c, q->scales, gb, op, "q2 scales");
-    d->offsets = weight_dev(c, q->offsets, gb, op, "q2 offsets");
+    d->codes = weight_dev(c, q->codes, (size_t)q->out * q->row_bytes, SCR_WEIGHT0, op, "q2 codes");
+    d->scales = weight_dev(c, q->scales, gb, SCR_WEIGHT1, op, "q2 scales");
+    d->offsets = weight_dev(c, q->offsets, gb, SCR_WEIGHT2, op, "q2 offsets");
     return d->codes && d->scales && d->offsets;
 }
 
@@ -485,7 +551,7 @@ static void cuda_linear(rq_backend *be, float *out, const float *in, const rq_li
     if (N <= 0 || W->out <= 0 || c->failed) return;
     if (!NEED_DEV(c, "linear", out) || !NEED_DEV(c, "linear", in)) return;
     if (W->w) {
-        const float *w = weight_dev(c, W->w, sizeof(float) * (size_t)W->out * W->in, "linear", "an fp32 weight");
+        const float *w = weight_dev(c, W->w, sizeof(float) * (size_t)W->out * W->in, SCR_WEIGHT0, "linear", "an fp32 weight");
         if (w) gemm_nt_f32(c, "linear", out, in, w, N, W->out, W->in, accumulate ? 1.0f : 0.0f);
         return;
     }
@@ -539,7 +605,7 @@ static void cuda_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const floa
     cuda_ctx *c = be->ctx;
     if (N <= 0 || c->failed) return;
     if (!NEED_DEV(c, "rmsnorm_fwd", out) || !NEED_DEV(c, "rmsnorm_fwd", rstd) || !NEED_DEV(c, "rmsnorm_fwd", x)) return;
-    const float *dw = weight_dev(c, w, sizeof(float) * (size_t)C, "rmsnorm_fwd", "a norm weight");
+    const float *dw = weight_dev(c, w, sizeof(float) * (size_t)C, SCR_WEIGHT0, "rmsnorm_fwd", "a norm weight");
     if (dw) LAUNCH(c, rqk_rmsnorm_fwd(c->comp, out, rstd, x, dw, N, C, eps));
 }
 
@@ -619,7 +685,7 @@ static void cuda_linear_bwd_input(rq_backend *be, float *din, const float *dout,
     if (N <= 0 || W->out <= 0 || W->in <= 0 || c->failed) return;
     if (!NEED_DEV(c, op, din) || !NEED_DEV(c, op, dout)) return;
     if (W->w) { /* din[N][in] += dout[N][out] W[out][in] */
-        const float *w = weight_dev(c, W->w, sizeof(float) * (size_t)W->out * W->in, op, "an fp32 weight");
+        const float *w = weight_dev(c, W->w, sizeof(float) * (size_t)W->out * W->in, SCR_WEIGHT0, op, "an fp32 weight");
         if (!w) return;
         rqk_gemm_args a = {.trans_a = 0, .trans_b = 0, .M = N, .N = W->in, .K = W->out, .alpha = 1.0f, .beta = 1.0f,
                            .A = dout, .lda = W->out, .B = w, .ldb = W->in, .C = din, .ldc = W->in, .batch = 1,
@@ -665,7 +731,7 @@ static void cuda_rmsnorm_bwd(rq_backend *be, float *dx, const float *dout, const
     const char *op = "rmsnorm_bwd";
     if (N <= 0 || c->failed) return;
     if (!NEED_DEV(c, op, dx) || !NEED_DEV(c, op, dout) || !NEED_DEV(c, op, x) || !NEED_DEV(c, op, rstd)) return;
-    const float *dw = weight_dev(c, w, sizeof(float) * (size_t)C, op, "a norm weight");
+    const float *dw = weight_dev(c, w, sizeof(float) * (size_t)C, SCR_WEIGHT0, op, "a norm weight");
     if (dw) LAUNCH(c, rqk_rmsnorm_bwd(c->comp, dx, dout, x, dw, rstd, N, C));
 }
 
@@ -823,9 +889,9 @@ static void cuda_destroy(rq_backend *be) {
     if (c) {
         if (c->comp) cudaStreamSynchronize(c->comp);
         if (c->copy) cudaStreamSynchronize(c->copy);
-        for (size_t i = 0; i < c->cap_mirrors; i++)
-            if (c->mirrors[i].host && c->mirrors[i].dev) cudaFree(c->mirrors[i].dev);
-        free(c->mirrors);
+        for (size_t i = 0; i < c->n_spans; i++) cudaFree(c->spans[i].dev); /* models the caller left bound */
+        free(c->spans);
+        free(c->models);
         for (size_t i = 0; i < c->n_blocks; i++) cudaFree((void *)c->blocks[i].base); /* leaked by the caller */
         free(c->blocks);
         for (int i = 0; i < N_SCRATCH; i++)
@@ -916,6 +982,7 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     }
     c->q2_bf16 = !(prec && !strcmp(prec, "fp32"));
     be->name = "cuda";
+    be->caps = (rq_backend_caps){.weights_on_host = false, .device_memory = true};
     be->n_threads = n_threads > 0 ? n_threads : 1;
     be->alloc = cuda_alloc;
     be->free = cuda_free;
@@ -949,7 +1016,9 @@ rq_status rq_backend_cuda_create(int n_threads, rq_backend **out, rq_err *err) {
     be->sum_squares = cuda_sum_squares;
     be->scale = cuda_scale;
     be->fill_zero = cuda_fill_zero;
-    be->weights_changed = cuda_weights_changed;
+    be->bind_weights = cuda_bind_weights;
+    be->unbind_weights = cuda_unbind_weights;
+    be->rebind_weights = cuda_rebind_weights;
     *out = be;
     return RQ_OK;
 fail:

@@ -163,7 +163,7 @@ int cmd_train_lm(int argc, char **argv) {
         po.mse_weight = 0, po.ce_weight = 1;
         po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
         po.micro_batch = (int)a.batch, po.seq_len = (int)seq;
-        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
+        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (be->caps.weights_on_host ? rq_model_weight_bytes(m) : 0);
         if (rq_stage_memory_check(be, m, &po, resident, a.no_memory_check, &err)) {
             rc = cli_fail("train-lm", &err);
             goto done;

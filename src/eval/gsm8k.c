@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../model/bind.h"
 #include "generate.h"
 #include "gsm8k.h"
 #include "gsm8k_extract.h"
@@ -138,6 +139,8 @@ rq_status rq_gsm8k_evaluate(const rq_model *m, rq_backend *be, const rq_gsm8k_se
         r->records = rq_calloc(n, sizeof *r->records, err);
         if (!r->records) st = RQ_ERR_NOMEM;
     }
+    /* one binding for the whole set, since each document's generation makes its own forward state */
+    const bool bound = st == RQ_OK && (st = rq_model_bind(m, be, err)) == RQ_OK;
     rq_progress prog;
     rq_progress_init(&prog, "gsm8k", (int64_t)n);
     const double t0 = rq_now_seconds();
@@ -196,6 +199,7 @@ rq_status rq_gsm8k_evaluate(const rq_model *m, rq_backend *be, const rq_gsm8k_se
     } else {
         rq_gsm8k_result_free(r);
     }
+    if (bound) rq_model_unbind(m, be);
     free(strict_ok);
     free(flexible_ok);
     return st;

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "../model/bind.h"
 #include "../model/forward.h"
 #include "mc.h"
 
@@ -55,6 +56,13 @@ rq_status rq_mc_scorer_create(const rq_model *m, rq_backend *be, const rq_mc_opt
         free(s);
         return RQ_ERR_NOMEM;
     }
+    /* the scorer's own binding keeps the weights on the backend while its forward state is re-created larger */
+    rq_status st = rq_model_bind(m, be, err);
+    if (st != RQ_OK) {
+        free(s->logits);
+        free(s);
+        return st;
+    }
     *out = s;
     return RQ_OK;
 }
@@ -62,6 +70,7 @@ rq_status rq_mc_scorer_create(const rq_model *m, rq_backend *be, const rq_mc_opt
 void rq_mc_scorer_free(rq_mc_scorer *s) {
     if (!s) return;
     rq_forward_free(s->fs);
+    rq_model_unbind(s->m, s->be);
     free(s->logits);
     free(s);
 }

@@ -4,7 +4,7 @@
 #define RQ_IO_GGUF_H
 
 #include "../model/model.h"
-#include "tensors.h"
+#include "../core/tensors.h"
 
 enum {
     RQ_GGUF_U8 = 0, RQ_GGUF_I8 = 1, RQ_GGUF_U16 = 2, RQ_GGUF_I16 = 3, RQ_GGUF_U32 = 4, RQ_GGUF_I32 = 5,

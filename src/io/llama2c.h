@@ -3,7 +3,7 @@
 #define RQ_IO_LLAMA2C_H
 
 #include "../model/model.h"
-#include "tensors.h"
+#include "../core/tensors.h"
 
 /* A mapped llama2.c file: its config and HF-named views into the mapping. */
 typedef struct rq_llama2c {

@@ -3,7 +3,7 @@
 #ifndef RQ_IO_SAFETENSORS_H
 #define RQ_IO_SAFETENSORS_H
 
-#include "tensors.h"
+#include "../core/tensors.h"
 
 /* One mapped .safetensors file. Views taken from it stay valid until close. */
 typedef struct rq_safetensors {

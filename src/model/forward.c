@@ -3,8 +3,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../io/tensors.h"
 #include "../adapter/adapter.h"
+#include "bind.h"
 #include "forward.h"
 
 /* Rows of logits computed at once by rq_forward_nll: bounds the logits
@@ -48,6 +48,7 @@ struct rq_forward_state {
     size_t rope_host_floats, logits_host_floats;
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
+    bool bound;           /* the model's weights are bound to be for the state's lifetime */
 };
 
 /* inv_freq as HF computes it (fp32), with linear or llama3 scaling. */
@@ -248,6 +249,8 @@ rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_
     s->logits_host = rq_calloc(s->logits_host_floats, sizeof(float), err);
     if (!s->inv_freq || !s->rope_host || !s->logits_host) goto fail;
     rope_inv_freq(c, s->inv_freq);
+    if (rq_model_bind(m, be, err) != RQ_OK) goto fail;
+    s->bound = true;
     free(t.e);
     *out = s;
     return RQ_OK;
@@ -259,6 +262,7 @@ fail:
 
 void rq_forward_free(rq_forward_state *s) {
     if (!s) return;
+    if (s->bound) rq_model_unbind(s->m, s->be);
     if (s->act) s->be->free(s->be, s->act);
     if (s->kv) s->be->free(s->be, s->kv);
     free(s->inv_freq);

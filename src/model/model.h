@@ -2,47 +2,14 @@
 #ifndef RQ_MODEL_H
 #define RQ_MODEL_H
 
+#include "../core/config.h"
 #include "../core/core.h"
+#include "../quant/linear.h"
 #include "../tokenizer/tokenizer.h"
-
-typedef enum rq_rope_scaling {
-    RQ_ROPE_SCALING_NONE = 0,
-    RQ_ROPE_SCALING_LINEAR, /* inv_freq /= factor */
-    RQ_ROPE_SCALING_LLAMA3  /* the smooth wavelength-dependent scaling of LLaMA-3.1+ */
-} rq_rope_scaling;
-
-typedef struct rq_config {
-    int dim;          /* hidden_size */
-    int hidden_dim;   /* intermediate_size */
-    int n_layers;
-    int n_heads;
-    int n_kv_heads;
-    int head_dim;     /* usually dim / n_heads */
-    int vocab_size;
-    int max_seq_len;  /* max_position_embeddings */
-    float norm_eps;
-    float rope_theta;
-    rq_rope_scaling rope_scaling;
-    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
-    int rope_orig_max_pos;
-    bool tie_embeddings;
-    int bos_id;       /* -1 when unknown */
-    int eos_ids[8];   /* generation stops on any of these */
-    int n_eos;
-} rq_config;
 
 /* Fill defaults that HF assumes when a key is absent, then check that the
  * numbers are consistent. what names the source for messages. */
 rq_status rq_config_validate(rq_config *c, const char *what, rq_err *err);
-
-struct rq_q2_tensor; /* src/quant: the 2-bit group-quantized weight */
-
-/* A linear projection y = W x, W is [out][in]. */
-typedef struct rq_linear {
-    int out, in;
-    float *w;                /* fp32 [out][in], or NULL when q2 holds the weight */
-    struct rq_q2_tensor *q2; /* 2-bit weight, or NULL */
-} rq_linear;
 
 typedef struct rq_layer {
     float *attn_norm; /* [dim] */
@@ -52,7 +19,6 @@ typedef struct rq_layer {
 } rq_layer;
 
 /* The seven projections of a layer in a fixed order (PEFT names). */
-enum { RQ_PROJ_Q, RQ_PROJ_K, RQ_PROJ_V, RQ_PROJ_O, RQ_PROJ_GATE, RQ_PROJ_UP, RQ_PROJ_DOWN, RQ_N_PROJ };
 extern const char *const rq_proj_names[RQ_N_PROJ]; /* "q_proj", ..., "down_proj" */
 rq_linear *rq_layer_proj(rq_layer *l, int which);
 

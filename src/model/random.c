@@ -5,7 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../io/tensors.h"
+#include "../core/tensors.h"
 #include "model.h"
 
 

@@ -19,7 +19,7 @@ int rq_model_q2_group_size(const rq_model *m) {
 
 rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident, bool disabled,
                                 rq_err *err) {
-    o->device = be->name && !strcmp(be->name, "cuda") ? RQ_PLAN_CUDA : RQ_PLAN_CPU;
+    o->device = be->caps.device_memory ? RQ_PLAN_CUDA : RQ_PLAN_CPU;
     o->quant_group_size = rq_model_q2_group_size(m);
     o->student_q2 = o->quant_group_size > 0;
     rq_plan plan;

@@ -276,7 +276,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
         po.micro_batch = (int)o->micro_batch, po.seq_len = w.T, po.n_windows = w.n;
         po.teacher_cached = rq_file_exists(cache_path);
-        const bool on_host = !strcmp(be->name, "cpu");
+        const bool on_host = be->caps.weights_on_host;
         uint64_t resident = on_host ? rq_model_weight_bytes(student) + rq_model_weight_bytes(teacher) : 0;
         CHECK(rq_stage_memory_check(be, student, &po, resident, o->no_memory_check, err));
     }

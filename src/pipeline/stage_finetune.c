@@ -191,7 +191,7 @@ rq_status rq_stage_finetune(const rq_stage_finetune_opts *o, rq_stage_finetune_r
         po.adapter = ad->cfg.type, po.r = ad->cfg.r, po.adapter_group_size = ad->cfg.group_size;
         po.targets = ad->cfg.targets, po.micro_batch = (int)o->micro_batch, po.seq_len = set.max_len;
         /* already allocated from the device: the adapters and their gradients (and on the CPU the model) */
-        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (!strcmp(be->name, "cpu") ? rq_model_weight_bytes(m) : 0);
+        uint64_t resident = 2 * (uint64_t)rq_adapter_set_bytes(ad) + (be->caps.weights_on_host ? rq_model_weight_bytes(m) : 0);
         CHECK(rq_stage_memory_check(be, m, &po, resident, o->no_memory_check, err));
     }
     epoch_saver saver = {.ad = ad, .out = o->out, .steps_per_epoch = steps_per_epoch};

@@ -5,7 +5,7 @@
 
 #include "../backend/backend.h"
 #include "../io/artifact.h"
-#include "../quant/gptq.h"
+#include "../train/gptq_model.h"
 #include "../train/calib.h"
 #include "stages.h"
 

@@ -10,19 +10,11 @@
  * the row as w_j -= e U[i][j] (U: upper Cholesky factor of H^-1, H dampened by
  * damp * mean(diag H)); within a block of columns the updates are immediate,
  * beyond it they are applied once per block as one GEMM.
- *
- * A model: calibration windows run one decoder layer at a time (only one layer's
- * inputs are resident, never the whole model's activations); in each layer the
- * projections sharing an input are quantized together and in order (q, k, v; o;
- * gate, up; down), each from the inputs it sees with everything before it
- * already quantized, and the quantized layer's outputs are the next layer's
- * inputs. */
+ * A whole model: src/train/gptq_model.h. */
 #ifndef RQ_GPTQ_H
 #define RQ_GPTQ_H
 
-#include "../backend/backend.h"
 #include "quantize.h"
-#include "quantize_model.h"
 
 typedef struct rq_gptq_opts {
     rq_quant_opts quant; /* codebook (method rtn: int2, nf2: NF2), group size, clip search of each group */
@@ -38,17 +30,5 @@ void rq_gptq_opts_default(rq_gptq_opts *o);
  * GPTQ's own objective. */
 rq_status rq_gptq_quantize(float *W, int out, int in, double *H, const rq_gptq_opts *o, const char *name,
                            rq_q2_tensor **t, double *proxy_loss, rq_err *err);
-
-typedef struct rq_gptq_model_opts {
-    rq_gptq_opts gptq;
-    unsigned proj_mask; /* projections to quantize (0: all seven) */
-    int batch;          /* windows per forward call (1) */
-} rq_gptq_model_opts;
-
-/* Quantize m's projections in place with GPTQ on the calibration windows
- * tokens [n_windows][T]. The report's relative errors compare with the original
- * weights; rep may be NULL. On failure m may be left partly quantized (free it). */
-rq_status rq_gptq_model(rq_model *m, rq_backend *be, const int *tokens, int n_windows, int T,
-                        const rq_gptq_model_opts *o, rq_model_quant_report *rep, rq_err *err);
 
 #endif

@@ -2,7 +2,7 @@
 #ifndef RQ_QUANTIZE_MODEL_H
 #define RQ_QUANTIZE_MODEL_H
 
-#include "../io/tensors.h"
+#include "../core/tensors.h"
 #include "../model/model.h"
 #include "quantize.h"
 

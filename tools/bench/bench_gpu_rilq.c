@@ -24,7 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "io/tensors.h"
+#include "core/tensors.h"
 #include "quant/q2.h"
 #include "train/plan.h"
 #include "train/trainer.h"

@@ -3,11 +3,11 @@
  * Every checkpoint reader (safetensors, GGUF, llama2.c) produces one of these
  * with Hugging Face tensor names ("model.layers.0.self_attn.q_proj.weight")
  * and HF shapes (a Linear weight is [out, in], row-major). The model builder
- * (src/model/load.c) consumes it without knowing which format it came from. */
-#ifndef RQ_IO_TENSORS_H
-#define RQ_IO_TENSORS_H
+ * (src/model/build.c) consumes it without knowing which format it came from. */
+#ifndef RQ_CORE_TENSORS_H
+#define RQ_CORE_TENSORS_H
 
-#include "../core/core.h"
+#include "core.h"
 
 typedef enum rq_dtype {
     RQ_F32 = 0,
