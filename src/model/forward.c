@@ -385,8 +385,8 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
 /* ---- a layer at a time ---- */
 
 static rq_status check_stream(const rq_forward_state *s, int B, int T, rq_err *err) {
-    if (s->o.train || s->o.kv_cache)
-        return RQ_FAIL(err, RQ_ERR_ARG, "forward: layer-at-a-time runs need an inference state without a KV cache");
+    if (s->o.kv_cache)
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: layer-at-a-time runs need a state without a KV cache");
     if (B <= 0 || T <= 0 || B > s->o.max_batch || T > s->o.max_seq)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: batch %d x %d tokens does not fit the state (%d x %d)", B, T,
                        s->o.max_batch, s->o.max_seq);
@@ -394,6 +394,7 @@ static rq_status check_stream(const rq_forward_state *s, int B, int T, rq_err *e
 }
 
 float *rq_forward_stream(rq_forward_state *s) { return s->res[0]; }
+const float *rq_forward_stream_out(const rq_forward_state *s) { return s->res[s->o.train ? s->m->cfg.n_layers : 0]; }
 
 rq_status rq_forward_embed(rq_forward_state *s, const int *tokens, int B, int T, rq_err *err) {
     RQ_TRY(check_stream(s, B, T, err));
@@ -411,9 +412,14 @@ rq_status rq_forward_layers(rq_forward_state *s, int l0, int l1, int B, int T, c
     RQ_TRY(check_stream(s, B, T, err));
     if (l0 < 0 || l1 > s->m->cfg.n_layers || l0 > l1)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: layers %d..%d outside 0..%d", l0, l1, s->m->cfg.n_layers);
+    if (s->o.train && (l0 != 0 || l1 != s->m->cfg.n_layers))
+        return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs all its layers (0..%d), not %d..%d",
+                       s->m->cfg.n_layers, l0, l1);
     const int half = s->m->cfg.head_dim / 2;
     RQ_TRY(upload_rope(s, T, 0, err));
     for (int l = l0; l < l1; l++) run_layer(s, l, B, T, 0, s->rope_dev, s->rope_dev + (size_t)T * half, hk);
+    s->last_B = B;
+    s->last_T = T;
     return RQ_OK;
 }
 
@@ -585,8 +591,9 @@ rq_status rq_forward_logit_mse_grad(rq_forward_state *s, const float *teacher_hi
 
 /* din (+)= dout W for a projection, plus the adapter's gradients when one is attached. */
 static void proj_backward(rq_forward_state *s, int l, int p, float *din, const float *dout, const float *in, int N,
-                          layer_acts *a) {
+                          layer_acts *a, const rq_backward_hooks *hk) {
     const rq_layer *L = &s->m->layers[l];
+    if (hk && hk->proj_grad) hk->proj_grad(hk->user, l, p, in, dout, N);
     s->be->linear_bwd_input(s->be, din, dout, rq_layer_proj((rq_layer *)L, p), N);
     rq_adapter *ad = s->adapters ? rq_adapter_set_get(s->adapters, l, p) : NULL;
     if (!ad) return;
@@ -637,7 +644,7 @@ rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden,
             d_down = s->d_tmp;
         }
         be->fill_zero(be, s->d_hb, (size_t)N * H);
-        proj_backward(s, l, RQ_PROJ_DOWN, s->d_hb, d_down, a->hb, N, a);
+        proj_backward(s, l, RQ_PROJ_DOWN, s->d_hb, d_down, a->hb, N, a, hk);
         be->fill_zero(be, s->d_gate, (size_t)N * H);
         be->fill_zero(be, s->d_up, (size_t)N * H);
         be->swiglu_bwd(be, s->d_gate, s->d_up, s->d_hb, a->gate, a->up, N, H);
@@ -646,8 +653,8 @@ rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden,
             hk->proj_out(hk->user, l, RQ_PROJ_UP, a->up, s->d_up, N);
         }
         be->fill_zero(be, s->d_xn, D);
-        proj_backward(s, l, RQ_PROJ_GATE, s->d_xn, s->d_gate, a->xn2, N, a);
-        proj_backward(s, l, RQ_PROJ_UP, s->d_xn, s->d_up, a->xn2, N, a);
+        proj_backward(s, l, RQ_PROJ_GATE, s->d_xn, s->d_gate, a->xn2, N, a, hk);
+        proj_backward(s, l, RQ_PROJ_UP, s->d_xn, s->d_up, a->xn2, N, a, hk);
         be->rmsnorm_bwd(be, s->d_x, s->d_xn, a->x_mid, L->ffn_norm, a->rstd2, N, c->dim); /* + residual path */
         /* attention block */
         const float *d_o = s->d_x;
@@ -658,7 +665,7 @@ rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden,
             d_o = s->d_tmp;
         }
         be->fill_zero(be, s->d_att, (size_t)N * q_dim);
-        proj_backward(s, l, RQ_PROJ_O, s->d_att, d_o, a->att_out, N, a);
+        proj_backward(s, l, RQ_PROJ_O, s->d_att, d_o, a->att_out, N, a, hk);
         be->fill_zero(be, s->d_q, (size_t)N * q_dim);
         be->fill_zero(be, s->d_k, (size_t)N * kv_dim);
         be->fill_zero(be, s->d_v, (size_t)N * kv_dim);
@@ -671,9 +678,9 @@ rq_status rq_forward_backward_hooked(rq_forward_state *s, const float *d_hidden,
         be->rope_bwd(be, s->d_q, cos_t, sin_t, B, T, nh, hd);
         be->rope_bwd(be, s->d_k, cos_t, sin_t, B, T, nkv, hd);
         be->fill_zero(be, s->d_xn, D);
-        proj_backward(s, l, RQ_PROJ_Q, s->d_xn, s->d_q, a->xn1, N, a);
-        proj_backward(s, l, RQ_PROJ_K, s->d_xn, s->d_k, a->xn1, N, a);
-        proj_backward(s, l, RQ_PROJ_V, s->d_xn, s->d_v, a->xn1, N, a);
+        proj_backward(s, l, RQ_PROJ_Q, s->d_xn, s->d_q, a->xn1, N, a, hk);
+        proj_backward(s, l, RQ_PROJ_K, s->d_xn, s->d_k, a->xn1, N, a, hk);
+        proj_backward(s, l, RQ_PROJ_V, s->d_xn, s->d_v, a->xn1, N, a, hk);
         if (l > 0) /* the embedding is frozen: layer 0's input gradient is not needed */
             be->rmsnorm_bwd(be, s->d_x, s->d_xn, s->res[l], L->attn_norm, a->rstd1, N, c->dim);
     }

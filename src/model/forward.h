@@ -32,7 +32,9 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
 
 /* ---- a layer at a time (GPTQ and block-wise calibration, a layer-streamed teacher) ----
  * An inference state without a KV cache runs whole sequences (positions 0..T-1)
- * one layer at a time on its residual stream, [B][T][dim] on the backend: fill it
+ * one layer at a time on its residual stream (a training state runs all its
+ * layers, l0 = 0 and l1 = n_layers, and rq_forward_backward_hooked differentiates
+ * the run: its layer_out hook adds the loss's gradient at the last layer), [B][T][dim] on the backend: fill it
  * (rq_forward_embed, or upload into rq_forward_stream), run layers [l0, l1), read it
  * or apply the final norm (then rq_forward_hidden, _logits and _nll read the result).
  * The numbers equal rq_forward_run's. */
@@ -43,6 +45,9 @@ typedef struct rq_forward_hooks {
     void (*proj_in)(void *user, int layer, int proj, const float *x, int N, int in);
 } rq_forward_hooks;
 float *rq_forward_stream(rq_forward_state *s);
+/* The stream after the last layer run (the same buffer in inference; a training
+ * state keeps each layer's output for its backward pass). */
+const float *rq_forward_stream_out(const rq_forward_state *s);
 rq_status rq_forward_embed(rq_forward_state *s, const int *tokens, int B, int T, rq_err *err);
 rq_status rq_forward_layers(rq_forward_state *s, int l0, int l1, int B, int T, const rq_forward_hooks *hk,
                             rq_err *err);
@@ -104,6 +109,9 @@ typedef struct rq_backward_hooks {
     /* y [N][out]: projection `proj`'s output (q and k after RoPE; o and down: what
      * they add to the residual stream); dy: its gradient, before it enters the projection */
     void (*proj_out)(void *user, int layer, int proj, const float *y, float *dy, int N);
+    /* x [N][in] and dy [N][out]: projection `proj`'s input and its output's gradient, for
+     * a weight gradient dW += dy^T x (block-wise quantization trains the weights) */
+    void (*proj_grad)(void *user, int layer, int proj, const float *x, const float *dy, int N);
 } rq_backward_hooks;
 
 /* rq_forward_backward with hooks (hk may be NULL; d_hidden may be NULL when

@@ -5,7 +5,7 @@
 
 #include "../backend/backend.h"
 #include "../io/artifact.h"
-#include "../train/gptq_model.h"
+#include "../train/layerwise.h"
 #include "../train/calib.h"
 #include "stages.h"
 
@@ -36,7 +36,19 @@ static const rq_opt opts[] = {
     RQ_OPT_N("--damp", "quantize.damp", O, damp, "0.01", 0, 10, "X", "gptq: H += X * mean(diag H) * I"),
     RQ_OPT_I("--gptq-block", "quantize.gptq_block", O, gptq_block, "128", 1, 1 << 20, "N",
              "gptq: columns per lazy block (a multiple of the group size)"),
-    RQ_OPT_S("--data-root", NULL, O, data_root, NULL, NULL, "DIR", "gptq: datasets root (default $RILQ_DATA)"),
+    RQ_OPT_S("--refine", "quantize.refine", O, refine, "none", "none|clip|weights", NULL,
+             "block-wise reconstruction after rtn or gptq, layer by layer on the calibration\n"
+             "windows: each group's scale and offset (the clipping range) train so the layer's\n"
+             "output matches the full-precision layer's (clip), or those and the weights\n"
+             "(weights: EfficientQAT's Block-AP)"),
+    RQ_OPT_I("--refine-epochs", "quantize.refine_epochs", O, refine_epochs, "2", 1, 1 << 20, "N",
+             "refine: passes over the calibration windows per layer"),
+    RQ_OPT_N("--refine-lr", "quantize.refine_lr", O, refine_lr, "2e-3", 0, 1, "LR",
+             "refine: Adam rate of log(scale) and of offset / initial scale"),
+    RQ_OPT_N("--refine-weight-lr", "quantize.refine_weight_lr", O, refine_weight_lr, "1e-3", 0, 1, "LR",
+             "refine weights: Adam rate of weight / initial scale"),
+    RQ_OPT_S("--data-root", NULL, O, data_root, NULL, NULL, "DIR",
+             "gptq and refine: datasets root (default $RILQ_DATA)"),
     RQ_COMMON_OPT_LINES(O),
 };
 const rq_opt_table rq_stage_quantize_table = RQ_OPT_TABLE(opts, O);
@@ -47,8 +59,9 @@ rq_status rq_stage_quantize_defaults(rq_stage_quantize_opts *o, rq_err *err) {
     return rq_opts_defaults(rq_stage_quantize_table, o, err);
 }
 
-/* GPTQ on calibration windows drawn as stage 1 draws them (C4 documents c4_docs). */
-static rq_status run_gptq(rq_model *m, const rq_stage_quantize_opts *o, const rq_model_quant_opts *qo,
+/* GPTQ and / or block-wise reconstruction on calibration windows drawn as stage 1
+ * draws them (C4 documents c4_docs). */
+static rq_status run_layerwise(rq_model *m, const rq_stage_quantize_opts *o, const rq_model_quant_opts *qo,
                           rq_model_quant_report *rep, rq_err *err) {
     if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer (GPTQ tokenizes its calibration text); pass --tokenizer PATH", o->model);
     const char *root = o->data_root && *o->data_root ? o->data_root : getenv("RILQ_DATA");
@@ -71,18 +84,27 @@ static rq_status run_gptq(rq_model *m, const rq_stage_quantize_opts *o, const rq
     co.doc_end = (int)b;
     rq_calib_windows w = {0};
     RQ_TRY(rq_calib_windows_build(m->tok, &co, &w, err));
-    rq_info("gptq: %d C4 windows of %d tokens (documents %ld:%ld, seed %lld), damp %g, block %lld", w.n, w.T, a, b,
-            (long long)o->seed, o->damp, (long long)o->gptq_block);
+    const bool gptq = !strcmp(o->method, "gptq"), refine = strcmp(o->refine, "none") != 0;
+    rq_info("calibration: %d C4 windows of %d tokens (documents %ld:%ld, seed %lld)", w.n, w.T, a, b, (long long)o->seed);
+    if (gptq) rq_info("gptq: damp %g, block %lld", o->damp, (long long)o->gptq_block);
+    if (refine)
+        rq_info("block-wise reconstruction (%s): %lld epochs, lr %g%s", o->refine, (long long)o->refine_epochs,
+                o->refine_lr, !strcmp(o->refine, "weights") ? ", weights too" : "");
     rq_backend *be = NULL;
     rq_status st = rq_backend_create(o->common.device, (int)o->common.threads, &be, err);
-    rq_gptq_model_opts go;
-    rq_gptq_opts_default(&go.gptq);
-    go.gptq.quant = qo->quant;
-    go.gptq.damp = o->damp;
-    go.gptq.block = (int)o->gptq_block;
-    go.proj_mask = qo->proj_mask;
-    go.batch = 1;
-    if (st == RQ_OK) st = rq_gptq_model(m, be, w.tokens, w.n, w.T, &go, rep, err);
+    rq_layerwise_opts lo;
+    rq_layerwise_opts_default(&lo);
+    lo.gptq.quant = qo->quant;
+    lo.gptq.damp = o->damp;
+    lo.gptq.block = (int)o->gptq_block;
+    lo.gptq_init = gptq;
+    lo.refine_epochs = refine ? (int)o->refine_epochs : 0;
+    lo.refine_weights = !strcmp(o->refine, "weights");
+    lo.refine_lr = o->refine_lr;
+    lo.refine_weight_lr = o->refine_weight_lr;
+    lo.proj_mask = qo->proj_mask;
+    lo.batch = 1;
+    if (st == RQ_OK) st = rq_layerwise_quantize(m, be, w.tokens, w.n, w.T, &lo, rep, err);
     rq_backend_destroy(be);
     rq_calib_windows_free(&w);
     return st;
@@ -132,9 +154,11 @@ rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing,
     qo.quant.n_threads = (int)o->common.threads;
     rq_artifact_opts ao = {.compress = o->compress};
     rq_model *m = NULL;
+    const bool layerwise = gptq || (o->refine && strcmp(o->refine, "none") != 0);
+    if (layerwise && qo.fake_quant) return RQ_FAIL(err, RQ_ERR_ARG, "--refine does not apply to fake-quant import");
     RQ_TRY(rq_model_load(o->model, o->common.tokenizer, &m, err));
     rep->fp32_bytes = rq_model_weight_bytes(m);
-    rq_status s = gptq ? run_gptq(m, o, &qo, &rep->quant, err) : rq_model_quantize(m, &qo, &rep->quant, err);
+    rq_status s = layerwise ? run_layerwise(m, o, &qo, &rep->quant, err) : rq_model_quantize(m, &qo, &rep->quant, err);
     if (s == RQ_OK) s = rq_artifact_write(m, o->out, &ao, err);
     if (s == RQ_OK) {
         const rq_model_quant_report *q = &rep->quant;

@@ -56,6 +56,10 @@ typedef struct rq_stage_quantize_opts {
     int64_t calib_windows, calib_seq_len, seed, gptq_block;
     double damp;
     const char *c4_docs, *data_root;
+    /* block-wise reconstruction after rtn or gptq */
+    const char *refine; /* none | clip | weights */
+    int64_t refine_epochs;
+    double refine_lr, refine_weight_lr;
     rq_common_opts common;
 } rq_stage_quantize_opts;
 

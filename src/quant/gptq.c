@@ -103,7 +103,6 @@ rq_status rq_gptq_quantize(float *W, int out, int in, double *H, const rq_gptq_o
                     t->codes[(size_t)r * t->row_bytes + (i >> 2)] |= (uint8_t)(code << ((i & 3) * 2));
                     e[r] = (float)((w - q) / d);
                     col_loss += (double)(w - q) * (w - q) / (2 * d * d);
-                    wi[r] = q;
                 }
                 loss += col_loss;
                 /* the error spreads over the rest of the block at once */

@@ -24,8 +24,9 @@ typedef struct rq_gptq_opts {
 
 void rq_gptq_opts_default(rq_gptq_opts *o);
 
-/* Quantize W [out][in] (overwritten: on return it holds the error-compensated
- * weights' last state) with H [in][in] (overwritten: its factors) into a new q2
+/* Quantize W [out][in] (overwritten: on return column i holds the
+ * error-compensated weights as they were when column i was rounded, which round
+ * to the chosen codes) with H [in][in] (overwritten: its factors) into a new q2
  * tensor *t. *proxy_loss (may be NULL): sum over columns of ||w - q||^2 / (2 U_ii^2),
  * GPTQ's own objective. */
 rq_status rq_gptq_quantize(float *W, int out, int in, double *H, const rq_gptq_opts *o, const char *name,
