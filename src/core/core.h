@@ -42,6 +42,31 @@ static inline bool rq_mul_ok(size_t a, size_t b, size_t *out) {
     return true;
 }
 
+/* ---- growable buffer ----------------------------------------------------- */
+
+/* Bytes or text built by appending: zero-initialize (rq_buf b = {0}), append,
+ * then take the result with rq_buf_finish or drop it with rq_buf_free. data is
+ * NUL-terminated once anything was appended (NULL before). Failure is sticky:
+ * after a failed allocation (or a size overflow) every later append does
+ * nothing and returns false, so a builder appends freely and checks once. */
+typedef struct rq_buf {
+    char *data;
+    size_t len, cap;
+    bool failed;
+} rq_buf;
+
+bool rq_buf_append(rq_buf *b, const void *data, size_t n);
+bool rq_buf_puts(rq_buf *b, const char *s);
+bool rq_buf_appendf(rq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool rq_buf_vappendf(rq_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* RQ_OK, or RQ_ERR_NOMEM "out of memory building <what>" when an append failed. */
+rq_status rq_buf_status(const rq_buf *b, const char *what, rq_err *err);
+/* Hand over the contents (never NULL on success: "" when nothing was appended;
+ * len may be NULL) and reset b. On failure b is freed, *out is NULL and the
+ * status is rq_buf_status's. */
+rq_status rq_buf_finish(rq_buf *b, char **out, size_t *len, const char *what, rq_err *err);
+void rq_buf_free(rq_buf *b);
+
 /* ---- files ------------------------------------------------------------- */
 
 /* A read-only view of a whole file: memory-mapped where possible. */
@@ -62,6 +87,9 @@ bool rq_dir_exists(const char *path);
 rq_status rq_mkdir_p(const char *path, rq_err *err);
 /* Join a directory and a name into buf (size n). False when it does not fit. */
 bool rq_path_join(char *buf, size_t n, const char *dir, const char *name);
+/* The same join into a malloc'd string of any length; NULL (RQ_ERR_NOMEM) when
+ * out of memory. */
+char *rq_path_join_alloc(const char *dir, const char *name, rq_err *err);
 
 /* Atomic directory: fill(user, tmp) writes the directory's files (each one of
  * files[0..n_files)) into tmp = "<dir>.tmp-<pid>", which is fsync'ed and renamed
