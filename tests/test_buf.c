@@ -55,6 +55,10 @@ static void test_growth_and_bytes(void) {
     k += sizeof bin;
     CHECK(b.len == k && memcmp(b.data, expect, k) == 0 && b.data[k] == 0);
     CHECK(b.cap > b.len);
+    size_t cap = b.cap;
+    rq_buf_clear(&b); /* reuse keeps the memory */
+    CHECK(b.len == 0 && b.cap == cap && b.data && b.data[0] == 0);
+    CHECK(rq_buf_puts(&b, "again") && strcmp(b.data, "again") == 0);
     rq_buf_free(&b);
     CHECK(b.data == NULL && b.len == 0);
 }

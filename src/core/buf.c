@@ -4,9 +4,7 @@
 
 #include "core.h"
 
-/* Room for n more bytes plus the terminating NUL; false (and sticky) when the
- * size overflows or the allocation fails. */
-static bool buf_reserve(rq_buf *b, size_t n) {
+bool rq_buf_reserve(rq_buf *b, size_t n) {
     if (b->failed) return false;
     if (n > SIZE_MAX / 2 - b->len - 1) {
         b->failed = true;
@@ -26,7 +24,7 @@ static bool buf_reserve(rq_buf *b, size_t n) {
 }
 
 bool rq_buf_append(rq_buf *b, const void *data, size_t n) {
-    if (!buf_reserve(b, n)) return false;
+    if (!rq_buf_reserve(b, n)) return false;
     if (n) memcpy(b->data + b->len, data, n);
     b->len += n;
     b->data[b->len] = 0;
@@ -48,7 +46,7 @@ bool rq_buf_vappendf(rq_buf *b, const char *fmt, va_list ap) {
     }
     if ((size_t)n < sizeof small) return rq_buf_append(b, small, (size_t)n);
     /* longer than the stack copy: format again straight into the buffer */
-    if (!buf_reserve(b, (size_t)n)) return false;
+    if (!rq_buf_reserve(b, (size_t)n)) return false;
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     b->len += (size_t)n;
     return true;

@@ -55,6 +55,9 @@ typedef struct rq_buf {
     bool failed;
 } rq_buf;
 
+/* Room for n more bytes (and the NUL) without appending: appends that fit
+ * cannot fail. False when the size overflows or the allocation fails. */
+bool rq_buf_reserve(rq_buf *b, size_t n);
 bool rq_buf_append(rq_buf *b, const void *data, size_t n);
 bool rq_buf_puts(rq_buf *b, const char *s);
 bool rq_buf_appendf(rq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -66,6 +69,11 @@ rq_status rq_buf_status(const rq_buf *b, const char *what, rq_err *err);
  * status is rq_buf_status's. */
 rq_status rq_buf_finish(rq_buf *b, char **out, size_t *len, const char *what, rq_err *err);
 void rq_buf_free(rq_buf *b);
+/* Empty b for reuse, keeping its memory (and its failure flag). */
+static inline void rq_buf_clear(rq_buf *b) {
+    b->len = 0;
+    if (b->data) b->data[0] = 0;
+}
 
 /* ---- files ------------------------------------------------------------- */
 

@@ -269,39 +269,6 @@ rq_status rq_eval_report_write(const rq_eval_report *rep, const char *path, rq_e
 
 /* ---- the table ---------------------------------------------------------------- */
 
-typedef struct text_buf {
-    char *data;
-    size_t len, cap;
-    bool failed;
-} text_buf;
-
-static void tb_printf(text_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tb_printf(text_buf *b, const char *fmt, ...) {
-    if (b->failed) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->data ? b->data + b->len : NULL, b->data ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = true;
-            return;
-        }
-        if (b->data && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t ncap = (b->cap ? b->cap * 2 : 1024) + (size_t)n;
-        char *p = realloc(b->data, ncap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->data = p;
-        b->cap = ncap;
-    }
-}
-
 static void format_number(char *buf, size_t n, const cJSON *v) {
     if (cJSON_IsNumber(v)) snprintf(buf, n, fabs(v->valuedouble) >= 100.0 ? "%.2f" : "%.4f", v->valuedouble);
     else if (cJSON_IsString(v)) snprintf(buf, n, "%s", v->valuestring);
@@ -310,9 +277,9 @@ static void format_number(char *buf, size_t n, const cJSON *v) {
 
 rq_status rq_eval_report_table(const rq_eval_report *rep, char **out, rq_err *err) {
     *out = NULL;
-    text_buf b = {0};
-    tb_printf(&b, "|    Tasks    |Version|     Filter     |n-shot|  Metric   |   |  Value  |   | Stderr |\n");
-    tb_printf(&b, "|-------------|------:|----------------|-----:|-----------|---|--------:|---|-------:|\n");
+    rq_buf b = {0};
+    rq_buf_appendf(&b, "|    Tasks    |Version|     Filter     |n-shot|  Metric   |   |  Value  |   | Stderr |\n");
+    rq_buf_appendf(&b, "|-------------|------:|----------------|-----:|-----------|---|--------:|---|-------:|\n");
     const cJSON *task;
     cJSON_ArrayForEach(task, rep->results) {
         const char *name = task->string;
@@ -333,16 +300,11 @@ rq_status rq_eval_report_table(const rq_eval_report *rep, char **out, rq_err *er
             char version_text[16] = "", shots_text[16] = "";
             if (first && cJSON_IsNumber(version)) snprintf(version_text, sizeof version_text, "%g", version->valuedouble);
             if (first && cJSON_IsNumber(shots)) snprintf(shots_text, sizeof shots_text, "%d", (int)shots->valuedouble);
-            tb_printf(&b, "|%-13s|%7s|%-16s|%6s|%-11s|%-3s|%9s|%-3s|%8s|\n", first ? name : "", version_text,
+            rq_buf_appendf(&b, "|%-13s|%7s|%-16s|%6s|%-11s|%-3s|%9s|%-3s|%8s|\n", first ? name : "", version_text,
                       comma + 1, shots_text, metric_name, cJSON_IsTrue(hib) ? "^" : cJSON_IsFalse(hib) ? "v" : "",
                       value, "+-", stderr_text);
             first = false;
         }
     }
-    if (b.failed || !b.data) {
-        free(b.data);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory formatting the results table");
-    }
-    *out = b.data;
-    return RQ_OK;
+    return rq_buf_finish(&b, out, NULL, "the results table", err);
 }
