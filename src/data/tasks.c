@@ -549,68 +549,6 @@ rq_status rq_hellaswag_parse(const char *name, const char *text, size_t size, rq
     return finish_task(st, out);
 }
 
-/* ---- loading by name ------------------------------------------------------------------ */
-
-typedef struct file_text {
-    char path[4096];
-    char *data;
-    size_t size;
-} file_text;
-
-static rq_status read_dataset_file(const char *root, const char *rel, file_text *f, rq_err *err) {
-    f->data = NULL;
-    f->size = 0;
-    if (!rq_path_join(f->path, sizeof f->path, root, rel))
-        return RQ_FAIL(err, RQ_ERR_ARG, "dataset path too long: %s/%s", root, rel);
-    rq_status st = rq_file_read_all(f->path, &f->data, &f->size, err);
-    if (st != RQ_OK)
-        rq_err_prefix(err, "dataset file %s missing or unreadable (layout: datasets/README.md): ", rel);
-    return st;
-}
-
-rq_status rq_mc_task_load(const char *name, const char *dataset_root, rq_mc_task *out, rq_err *err) {
-    memset(out, 0, sizeof *out);
-    rq_task_id id;
-    RQ_TRY(rq_task_lookup(name, &id, err));
-    if (rq_task_kind_of(id) != RQ_TASK_MULTIPLE_CHOICE)
-        return RQ_FAIL(err, RQ_ERR_ARG, "task '%s' is a generation task, not multiple choice (use rq_gsm8k_load)",
-                       name);
-    if (!dataset_root) return RQ_FAIL(err, RQ_ERR_ARG, "no dataset root directory given");
-    file_text main_file = {0}, labels = {0};
-    rq_status st = RQ_OK;
-    switch (id) {
-    case RQ_TASK_ARC_EASY:
-    case RQ_TASK_ARC_CHALLENGE:
-        st = read_dataset_file(dataset_root,
-                               id == RQ_TASK_ARC_EASY ? "arc/ARC-Easy-Test.jsonl" : "arc/ARC-Challenge-Test.jsonl",
-                               &main_file, err);
-        if (st == RQ_OK) st = rq_arc_parse(main_file.path, main_file.data, main_file.size, id, out, err);
-        break;
-    case RQ_TASK_PIQA:
-        st = read_dataset_file(dataset_root, "piqa/valid.jsonl", &main_file, err);
-        if (st == RQ_OK) st = read_dataset_file(dataset_root, "piqa/valid-labels.lst", &labels, err);
-        if (st == RQ_OK)
-            st = rq_piqa_parse(main_file.path, main_file.data, main_file.size, labels.path, labels.data, labels.size,
-                               out, err);
-        break;
-    case RQ_TASK_HELLASWAG:
-        st = read_dataset_file(dataset_root, "hellaswag/hellaswag_val_full.txt", &main_file, err);
-        if (st == RQ_OK) st = rq_hellaswag_parse(main_file.path, main_file.data, main_file.size, out, err);
-        break;
-    case RQ_TASK_WINOGRANDE:
-        st = read_dataset_file(dataset_root, "winogrande/winogrande-dev.llmfoundry.jsonl", &main_file, err);
-        if (st == RQ_OK) st = read_dataset_file(dataset_root, "winogrande/dev-labels.lst", &labels, err);
-        if (st == RQ_OK)
-            st = rq_winogrande_parse(main_file.path, main_file.data, main_file.size, labels.path, labels.data,
-                                     labels.size, out, err);
-        break;
-    default: st = RQ_FAIL(err, RQ_ERR_INTERNAL, "task '%s' has no loader", name); break;
-    }
-    free(main_file.data);
-    free(labels.data);
-    return st;
-}
-
 /* ---- gsm8k -------------------------------------------------------------------------------- */
 
 void rq_gsm8k_set_free(rq_gsm8k_set *set) {
@@ -657,33 +595,6 @@ rq_status rq_gsm8k_parse(const char *name, const char *jsonl, size_t size, rq_gs
     rq_status st = jsonl_for_each(name, jsonl, size, gsm8k_record, &b, NULL, err);
     if (st == RQ_OK && out->n_docs == 0) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: no documents", name);
     if (st != RQ_OK) rq_gsm8k_set_free(out);
-    return st;
-}
-
-rq_status rq_gsm8k_load_file(const char *path, rq_gsm8k_set *out, rq_err *err) {
-    memset(out, 0, sizeof *out);
-    char *data;
-    size_t size;
-    RQ_TRY(rq_file_read_all(path, &data, &size, err));
-    rq_status st = rq_gsm8k_parse(path, data, size, out, err);
-    free(data);
-    return st;
-}
-
-rq_status rq_gsm8k_load(const char *dataset_root, rq_gsm8k_set *test, rq_gsm8k_set *train, rq_err *err) {
-    memset(test, 0, sizeof *test);
-    if (train) memset(train, 0, sizeof *train);
-    if (!dataset_root) return RQ_FAIL(err, RQ_ERR_ARG, "no dataset root directory given");
-    file_text f = {0};
-    RQ_TRY(read_dataset_file(dataset_root, "gsm8k/test.jsonl", &f, err));
-    rq_status st = rq_gsm8k_parse(f.path, f.data, f.size, test, err);
-    free(f.data);
-    if (st == RQ_OK && train) {
-        st = read_dataset_file(dataset_root, "gsm8k/train.jsonl", &f, err);
-        if (st == RQ_OK) st = rq_gsm8k_parse(f.path, f.data, f.size, train, err);
-        free(f.data);
-        if (st != RQ_OK) rq_gsm8k_set_free(test);
-    }
     return st;
 }
 
