@@ -8,10 +8,10 @@
 #include <stdlib.h>
 
 #include "../io/safetensors.h"
+#include "../quant/q2.h"
 
 #define ADAPTER_CONFIG_FILE "adapter_config.json"
 #define ADAPTER_WEIGHTS_FILE "adapter_model.safetensors"
-#define DEFAULT_GROUP_SIZE 64
 
 const char *rq_adapter_type_name(rq_adapter_type t) { return t == RQ_ADAPTER_QALORA ? "qalora" : "lora"; }
 
@@ -165,7 +165,7 @@ rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cf
     if (!s) return RQ_ERR_NOMEM;
     s->cfg = *cfg;
     s->cfg.targets &= RQ_ADAPTER_ALL_PROJ;
-    if (s->cfg.type == RQ_ADAPTER_QALORA && s->cfg.group_size <= 0) s->cfg.group_size = DEFAULT_GROUP_SIZE;
+    if (s->cfg.type == RQ_ADAPTER_QALORA && s->cfg.group_size <= 0) s->cfg.group_size = RQ_DEFAULT_GROUP_SIZE;
     if (s->cfg.type == RQ_ADAPTER_LORA) s->cfg.group_size = 0;
     s->model = *mc;
     s->be = be;

@@ -398,7 +398,7 @@ static cJSON *config_json(const rq_model *m, const rq_q2_tensor *ref, const char
     cJSON_AddNumberToObject(q, "bits", 2);
     cJSON_AddStringToObject(q, "method", m->quant.method[0] ? m->quant.method : "unknown");
     cJSON_AddBoolToObject(q, "clip_search", m->quant.clip_search);
-    int gs = ref ? ref->group_size : 64;
+    int gs = ref ? ref->group_size : RQ_DEFAULT_GROUP_SIZE;
     rq_q2_codebook_kind kind = ref ? ref->kind : RQ_Q2_INT2;
     float levels[4];
     if (ref) memcpy(levels, ref->codebook, sizeof levels);
