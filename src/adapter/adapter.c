@@ -309,7 +309,6 @@ static cJSON *config_to_json(const rq_adapter_config *c) {
 }
 
 rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_err *err) {
-    char path[4096];
     RQ_TRY(rq_mkdir_p(dir, err));
     int n_adapters = rq_adapter_set_count(s);
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
@@ -333,9 +332,9 @@ rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_
             }
         }
     if (st == RQ_OK) {
-        if (!rq_path_join(path, sizeof path, dir, ADAPTER_WEIGHTS_FILE))
-            st = RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
-        else st = rq_safetensors_write(path, tensors, k, NULL, 0, err);
+        char *path = rq_path_join_alloc(dir, ADAPTER_WEIGHTS_FILE, err);
+        st = path ? rq_safetensors_write(path, tensors, k, NULL, 0, err) : RQ_ERR_NOMEM;
+        free(path);
     }
     free(names);
     free(tensors);
@@ -346,19 +345,16 @@ rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_
     char *text = json ? cJSON_Print(json) : NULL;
     cJSON_Delete(json);
     if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", ADAPTER_CONFIG_FILE);
-    if (!rq_path_join(path, sizeof path, dir, ADAPTER_CONFIG_FILE))
-        st = RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
-    else st = rq_write_file_atomic(path, text, strlen(text), err);
+    char *path = rq_path_join_alloc(dir, ADAPTER_CONFIG_FILE, err);
+    st = path ? rq_write_file_atomic(path, text, strlen(text), err) : RQ_ERR_NOMEM;
+    free(path);
     cJSON_free(text);
     return st;
 }
 
 /* ---- PEFT load ------------------------------------------------------------------------------ */
 
-rq_status rq_adapter_config_read_peft(const char *dir, rq_adapter_config *cfg, rq_err *err) {
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, dir, ADAPTER_CONFIG_FILE))
-        return RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
+static rq_status config_read_file(const char *path, rq_adapter_config *cfg, rq_err *err) {
     char *text = NULL;
     size_t size = 0;
     RQ_TRY(rq_file_read_all(path, &text, &size, err));
@@ -423,6 +419,14 @@ rq_status rq_adapter_config_read_peft(const char *dir, rq_adapter_config *cfg, r
     return st;
 }
 
+rq_status rq_adapter_config_read_peft(const char *dir, rq_adapter_config *cfg, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, ADAPTER_CONFIG_FILE, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status st = config_read_file(path, cfg, err);
+    free(path);
+    return st;
+}
+
 static void shape_str(char *buf, size_t n, const int64_t *shape, int ndim) {
     size_t used = (size_t)snprintf(buf, n, "[");
     for (int d = 0; d < ndim && used < n; d++)
@@ -443,12 +447,15 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
                        fc.group_size, fc.targets, rq_adapter_type_name(c->type), c->r, (double)c->alpha,
                        c->group_size, c->targets);
 
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, dir, ADAPTER_WEIGHTS_FILE))
-        return RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
+    char *path = rq_path_join_alloc(dir, ADAPTER_WEIGHTS_FILE, err);
+    if (!path) return RQ_ERR_NOMEM;
     rq_safetensors file;
     rq_tensor_table tab = {0};
-    RQ_TRY(rq_safetensors_open(path, &file, &tab, err));
+    rq_status open_st = rq_safetensors_open(path, &file, &tab, err);
+    if (open_st != RQ_OK) {
+        free(path);
+        return open_st;
+    }
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
     rq_status st = host ? RQ_OK : RQ_ERR_NOMEM;
     int expected = 0;
@@ -494,6 +501,7 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
     }
     if (st == RQ_OK) st = s->be->upload(s->be, s->params, host, sizeof(float) * s->n_params, err);
     free(host);
+    free(path);
     rq_safetensors_close(&file);
     rq_tensor_table_free(&tab);
     return st;

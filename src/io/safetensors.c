@@ -247,10 +247,13 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
         cJSON_Delete(root);
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a JSON object with a 'weight_map' object", index_path);
     }
-    char dir[4096];
     const char *slash = strrchr(index_path, '/');
     size_t dlen = slash ? (size_t)(slash - index_path) : 1;
-    if (dlen >= sizeof dir) dlen = sizeof dir - 1;
+    char *dir = malloc(dlen + 1);
+    if (!dir) {
+        cJSON_Delete(root);
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory opening %s", index_path);
+    }
     if (slash) memcpy(dir, index_path, dlen);
     else dir[0] = '.';
     dir[dlen] = 0;
@@ -274,13 +277,10 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
     }
     if (s == RQ_OK && n_shards == 0) s = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: weight_map is empty", index_path);
     for (int k = 0; k < n_shards && s == RQ_OK; k++) {
-        char path[4200];
-        if (!rq_path_join(path, sizeof path, dir, shards[k])) {
-            s = RQ_FAIL(err, RQ_ERR_ARG, "%s: shard path too long: %s", index_path, shards[k]);
-            break;
-        }
-        s = ck_add_file(ck, path, err);
+        char *path = rq_path_join_alloc(dir, shards[k], err);
+        s = path ? ck_add_file(ck, path, err) : RQ_ERR_NOMEM;
         if (s != RQ_OK) rq_err_prefix(err, "%s: shard %d of %d: ", index_path, k + 1, n_shards);
+        free(path);
     }
     if (s == RQ_OK) s = check_duplicates(&ck->table, 0, index_path, err);
     /* Every named tensor must be in the shard the index says. */
@@ -293,6 +293,7 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
                         e->valuestring, v ? "found in another shard" : "not found there");
     }
     free(shards);
+    free(dir);
     cJSON_Delete(root);
     if (s != RQ_OK) rq_st_checkpoint_close(ck);
     return s;
@@ -300,15 +301,18 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
 
 rq_status rq_st_checkpoint_open_dir(const char *dir, rq_st_checkpoint *ck, rq_err *err) {
     memset(ck, 0, sizeof *ck);
-    char path[4200];
-    if (!rq_path_join(path, sizeof path, dir, "model.safetensors.index.json"))
-        return RQ_FAIL(err, RQ_ERR_ARG, "directory path too long: %s", dir);
-    if (rq_file_exists(path)) return rq_st_checkpoint_open_index(path, ck, err);
-    rq_path_join(path, sizeof path, dir, "model.safetensors");
-    if (!rq_file_exists(path))
-        return RQ_FAIL(err, RQ_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in the directory", dir);
-    rq_status s = ck_add_file(ck, path, err);
-    if (s != RQ_OK) rq_st_checkpoint_close(ck);
+    char *index = rq_path_join_alloc(dir, "model.safetensors.index.json", err);
+    char *single = index ? rq_path_join_alloc(dir, "model.safetensors", err) : NULL;
+    rq_status s = single ? RQ_OK : RQ_ERR_NOMEM;
+    if (s == RQ_OK && rq_file_exists(index)) s = rq_st_checkpoint_open_index(index, ck, err);
+    else if (s == RQ_OK && !rq_file_exists(single))
+        s = RQ_FAIL(err, RQ_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in the directory", dir);
+    else if (s == RQ_OK) {
+        s = ck_add_file(ck, single, err);
+        if (s != RQ_OK) rq_st_checkpoint_close(ck);
+    }
+    free(index);
+    free(single);
     return s;
 }
 
@@ -438,6 +442,14 @@ static int cmp_name_shard(const void *a, const void *b) {
     return strcmp(((const name_shard *)a)->name, ((const name_shard *)b)->name);
 }
 
+static rq_status write_in_dir(const char *dir, const char *name, const rq_st_tensor *tensors, int n, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status s = rq_safetensors_write(path, tensors, n, NULL, 0, err);
+    free(path);
+    return s;
+}
+
 rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tensors, int n, uint64_t max_shard_bytes,
                                        rq_err *err) {
     if (n <= 0) return RQ_FAIL(err, RQ_ERR_ARG, "%s: no tensors to write", dir);
@@ -461,10 +473,8 @@ rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tens
         shard_of[i] = n_shards - 1;
     }
     if (s == RQ_OK) s = rq_mkdir_p(dir, err);
-    char path[4200];
     if (s == RQ_OK && n_shards == 1) {
-        if (!rq_path_join(path, sizeof path, dir, "model.safetensors")) s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-        else s = rq_safetensors_write(path, tensors, n, NULL, 0, err);
+        s = write_in_dir(dir, "model.safetensors", tensors, n, err);
         free(shard_of);
         return s;
     }
@@ -476,8 +486,7 @@ rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tens
             if (shard_of[i] == k) sub[m++] = tensors[i];
         char fname[64];
         snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
-        if (!rq_path_join(path, sizeof path, dir, fname)) s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-        else s = rq_safetensors_write(path, sub, m, NULL, 0, err);
+        s = write_in_dir(dir, fname, sub, m, err);
     }
     free(sub);
     /* The index: weight_map sorted by name, as transformers writes it. */
@@ -494,10 +503,10 @@ rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tens
             rq_buf_appendf(&j, ": \"model-%05d-of-%05d.safetensors\"", ns[i].shard + 1, n_shards);
         }
         rq_buf_puts(&j, "\n  }\n}\n");
+        char *path = j.failed ? NULL : rq_path_join_alloc(dir, "model.safetensors.index.json", err);
         if (j.failed) s = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building the shard index");
-        else if (!rq_path_join(path, sizeof path, dir, "model.safetensors.index.json"))
-            s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-        else s = rq_write_file_atomic(path, j.data, j.len, err);
+        else s = path ? rq_write_file_atomic(path, j.data, j.len, err) : RQ_ERR_NOMEM;
+        free(path);
         rq_buf_free(&j);
     }
     free(ns);
