@@ -10,24 +10,19 @@
 typedef struct task_info {
     const char *dataset_path, *dataset_name, *split_key, *split, *doc_to_text, *doc_to_choice;
     double version;
-    const char *files[2];
 } task_info;
 
 static const task_info task_infos[RQ_TASK_COUNT] = {
     [RQ_TASK_PIQA] = {"baber/piqa", NULL, "validation_split", "validation", "Question: {{goal}}\nAnswer:",
-                      "{{[sol1, sol2]}}", 1.0, {"piqa/valid.jsonl", "piqa/valid-labels.lst"}},
+                      "{{[sol1, sol2]}}", 1.0},
     [RQ_TASK_ARC_EASY] = {"allenai/ai2_arc", "ARC-Easy", "test_split", "test", "Question: {{question}}\nAnswer:",
-                          "{{choices.text}}", 1.0, {"arc/ARC-Easy-Test.jsonl", NULL}},
+                          "{{choices.text}}", 1.0},
     [RQ_TASK_ARC_CHALLENGE] = {"allenai/ai2_arc", "ARC-Challenge", "test_split", "test",
-                               "Question: {{question}}\nAnswer:", "{{choices.text}}", 1.0,
-                               {"arc/ARC-Challenge-Test.jsonl", NULL}},
-    [RQ_TASK_HELLASWAG] = {"Rowan/hellaswag", NULL, "validation_split", "validation", "{{query}}", "choices", 1.0,
-                           {"hellaswag/hellaswag_val_full.txt", NULL}},
+                               "Question: {{question}}\nAnswer:", "{{choices.text}}", 1.0},
+    [RQ_TASK_HELLASWAG] = {"Rowan/hellaswag", NULL, "validation_split", "validation", "{{query}}", "choices", 1.0},
     [RQ_TASK_WINOGRANDE] = {"allenai/winogrande", "winogrande_xl", "validation_split", "validation",
-                            "partial context: sentence[:idx] + option", "partial target: sentence[idx+1:]", 1.0,
-                            {"winogrande/winogrande-dev.llmfoundry.jsonl", "winogrande/dev-labels.lst"}},
-    [RQ_TASK_GSM8K] = {"openai/gsm8k", "main", "test_split", "test", "Question: {{question}}\nAnswer:", NULL, 3.0,
-                       {"gsm8k/test.jsonl", "gsm8k/train.jsonl"}},
+                            "partial context: sentence[:idx] + option", "partial target: sentence[idx+1:]", 1.0},
+    [RQ_TASK_GSM8K] = {"openai/gsm8k", "main", "test_split", "test", "Question: {{question}}\nAnswer:", NULL, 3.0},
 };
 
 const char *rq_bos_mode_name(rq_bos_mode bos) {
@@ -50,9 +45,8 @@ const char *rq_gsm8k_format_name(rq_gsm8k_format f) {
 
 size_t rq_eval_task_files(rq_task_id id, const char *files[2]) {
     files[0] = files[1] = NULL;
-    if ((int)id < 0 || id >= RQ_TASK_COUNT) return 0;
-    files[0] = task_infos[id].files[0];
-    files[1] = task_infos[id].files[1];
+    if (!rq_task_files(id, RQ_SPLIT_EVAL, &files[0], &files[1])) return 0;
+    if (id == RQ_TASK_GSM8K) rq_task_files(id, RQ_SPLIT_TRAIN, &files[1], NULL); /* the few-shot pool */
     return files[1] ? 2 : 1;
 }
 
@@ -144,8 +138,9 @@ static cJSON *add_task_common(rq_eval_report *rep, rq_task_id id, const char *ou
     cJSON_AddNumberToObject(ns, "original", (double)n_original);
     cJSON_AddNumberToObject(ns, "effective", (double)n_effective);
     cJSON *files = cJSON_AddArrayToObject(rep->dataset_files, name);
-    for (int i = 0; i < 2; i++)
-        if (ti->files[i]) cJSON_AddItemToArray(files, cJSON_CreateString(ti->files[i]));
+    const char *file_names[2];
+    size_t n_files = rq_eval_task_files(id, file_names);
+    for (size_t i = 0; i < n_files; i++) cJSON_AddItemToArray(files, cJSON_CreateString(file_names[i]));
     cJSON_AddNumberToObject(rep->skipped_lines, name, (double)skipped_lines);
     cJSON_AddNumberToObject(rep->seconds, name, seconds);
     cJSON *res = cJSON_AddObjectToObject(rep->results, name);
