@@ -243,13 +243,19 @@ static rq_status ppl_c4(const rq_model *m, rq_backend *be, const rq_ppl_opts *o,
     return st;
 }
 
+const char *rq_ppl_dataset_file(rq_ppl_dataset d) {
+    switch (d) {
+    case RQ_PPL_WIKITEXT2: return "wikitext2/wiki.test.raw";
+    case RQ_PPL_C4: return "c4/c4-validation-2k.jsonl";
+    }
+    return NULL;
+}
+
 rq_status rq_ppl_run(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r, rq_err *err) {
     memset(r, 0, sizeof *r);
     if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "perplexity needs a tokenizer and model '%s' has none", m->path);
     if (!o->data_root) return RQ_FAIL(err, RQ_ERR_ARG, "perplexity: no data directory (set RILQ_DATA or --data)");
-    const char *file = o->dataset == RQ_PPL_WIKITEXT2 ? "wikitext2/wiki.test.raw"
-                       : o->dataset == RQ_PPL_C4      ? "c4/c4-validation-2k.jsonl"
-                                                      : NULL;
+    const char *file = rq_ppl_dataset_file(o->dataset);
     if (!file) return RQ_FAIL(err, RQ_ERR_ARG, "unknown perplexity dataset %d", (int)o->dataset);
     char *path = rq_path_join_alloc(o->data_root, file, err);
     if (!path) return RQ_ERR_NOMEM;

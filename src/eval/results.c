@@ -247,8 +247,8 @@ rq_status rq_eval_report_add_ppl(rq_eval_report *rep, rq_ppl_dataset dataset, co
     cJSON_AddBoolToObject(hib, "ppl", false);
     cJSON_AddNumberToObject(rep->seconds, name, r->seconds);
     cJSON *files = cJSON_AddArrayToObject(rep->dataset_files, name);
-    cJSON_AddItemToArray(files, cJSON_CreateString(dataset == RQ_PPL_C4 ? "c4/c4-validation-2k.jsonl"
-                                                                         : "wikitext2/wiki.test.raw"));
+    cJSON_AddItemToArray(files,
+                         cJSON_CreateString(rq_ppl_dataset_file(dataset == RQ_PPL_C4 ? RQ_PPL_C4 : RQ_PPL_WIKITEXT2)));
     return check_built(files, err);
 }
 
