@@ -1,6 +1,7 @@
-/* rq_buf (the growable buffer every text builder uses) and rq_path_join_alloc. */
+/* rq_buf (the growable buffer every text builder uses), rq_path_join_alloc and RQ_STR. */
 #include <stdint.h>
 
+#include "quant/q2.h"
 #include "test.h"
 
 static void test_append_and_finish(void) {
@@ -99,11 +100,18 @@ static void test_path_join_alloc(void) {
     free(p);
 }
 
+/* Text defaults (option tables, help) spell the numeric default through RQ_STR. */
+static void test_str_macro(void) {
+    CHECK(strcmp(RQ_STR(RQ_DEFAULT_GROUP_SIZE), "64") == 0);
+    CHECK(atoi(RQ_STR(RQ_DEFAULT_GROUP_SIZE)) == RQ_DEFAULT_GROUP_SIZE);
+}
+
 int main(void) {
     test_append_and_finish();
     test_empty_finish_is_empty_string();
     test_growth_and_bytes();
     test_failure_is_sticky();
     test_path_join_alloc();
+    test_str_macro();
     return rq_test_finish();
 }

@@ -22,6 +22,11 @@ rq_status rq_fail_at(rq_err *err, rq_status code, const char *src_file, int src_
 /* Prefix an existing message with context ("loading X: " + old message). */
 void rq_err_prefix(rq_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A macro's value as a string literal, for defaults that are written as text
+ * (option tables, help): RQ_STR(RQ_DEFAULT_GROUP_SIZE) is "64". */
+#define RQ_STR_(x) #x
+#define RQ_STR(x) RQ_STR_(x)
+
 #define RQ_TRY(expr)                                                                                \
     do {                                                                                            \
         rq_status rq_try_status_ = (expr);                                                          \

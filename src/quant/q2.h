@@ -22,7 +22,8 @@
 #include "../core/core.h"
 
 /* Columns per group unless a recipe or flag says otherwise: of q2 tensors, and
- * of QA-LoRA's input pooling, which must equal the q2 group to merge. */
+ * of QA-LoRA's input pooling, which must equal the q2 group to merge. A plain
+ * number, so RQ_STR(RQ_DEFAULT_GROUP_SIZE) gives the text default. */
 #define RQ_DEFAULT_GROUP_SIZE 64
 
 typedef enum rq_q2_codebook_kind {
