@@ -8,10 +8,10 @@
 #include <stdlib.h>
 
 #include "../io/safetensors.h"
+#include "../quant/q2.h"
 
 #define ADAPTER_CONFIG_FILE "adapter_config.json"
 #define ADAPTER_WEIGHTS_FILE "adapter_model.safetensors"
-#define DEFAULT_GROUP_SIZE 64
 
 const char *rq_adapter_type_name(rq_adapter_type t) { return t == RQ_ADAPTER_QALORA ? "qalora" : "lora"; }
 
@@ -167,7 +167,7 @@ static rq_status set_shape(const rq_config *mc, const rq_adapter_config *cfg, rq
     if (!s) return RQ_ERR_NOMEM;
     s->cfg = *cfg;
     s->cfg.targets &= RQ_ADAPTER_ALL_PROJ;
-    if (s->cfg.type == RQ_ADAPTER_QALORA && s->cfg.group_size <= 0) s->cfg.group_size = DEFAULT_GROUP_SIZE;
+    if (s->cfg.type == RQ_ADAPTER_QALORA && s->cfg.group_size <= 0) s->cfg.group_size = RQ_DEFAULT_GROUP_SIZE;
     if (s->cfg.type == RQ_ADAPTER_LORA) s->cfg.group_size = 0;
     s->model = *mc;
     s->items = rq_calloc((size_t)mc->n_layers * RQ_N_PROJ, sizeof *s->items, err);
@@ -323,7 +323,6 @@ static cJSON *config_to_json(const rq_adapter_config *c) {
 }
 
 rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_err *err) {
-    char path[4096];
     RQ_TRY(rq_mkdir_p(dir, err));
     int n_adapters = rq_adapter_set_count(s);
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
@@ -347,9 +346,9 @@ rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_
             }
         }
     if (st == RQ_OK) {
-        if (!rq_path_join(path, sizeof path, dir, ADAPTER_WEIGHTS_FILE))
-            st = RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
-        else st = rq_safetensors_write(path, tensors, k, NULL, 0, err);
+        char *path = rq_path_join_alloc(dir, ADAPTER_WEIGHTS_FILE, err);
+        st = path ? rq_safetensors_write(path, tensors, k, NULL, 0, err) : RQ_ERR_NOMEM;
+        free(path);
     }
     free(names);
     free(tensors);
@@ -360,19 +359,16 @@ rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_
     char *text = json ? cJSON_Print(json) : NULL;
     cJSON_Delete(json);
     if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", ADAPTER_CONFIG_FILE);
-    if (!rq_path_join(path, sizeof path, dir, ADAPTER_CONFIG_FILE))
-        st = RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
-    else st = rq_write_file_atomic(path, text, strlen(text), err);
+    char *path = rq_path_join_alloc(dir, ADAPTER_CONFIG_FILE, err);
+    st = path ? rq_write_file_atomic(path, text, strlen(text), err) : RQ_ERR_NOMEM;
+    free(path);
     cJSON_free(text);
     return st;
 }
 
 /* ---- PEFT load ------------------------------------------------------------------------------ */
 
-rq_status rq_adapter_config_read_peft(const char *dir, rq_adapter_config *cfg, rq_err *err) {
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, dir, ADAPTER_CONFIG_FILE))
-        return RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
+static rq_status config_read_file(const char *path, rq_adapter_config *cfg, rq_err *err) {
     char *text = NULL;
     size_t size = 0;
     RQ_TRY(rq_file_read_all(path, &text, &size, err));
@@ -437,6 +433,14 @@ rq_status rq_adapter_config_read_peft(const char *dir, rq_adapter_config *cfg, r
     return st;
 }
 
+rq_status rq_adapter_config_read_peft(const char *dir, rq_adapter_config *cfg, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, ADAPTER_CONFIG_FILE, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status st = config_read_file(path, cfg, err);
+    free(path);
+    return st;
+}
+
 static void shape_str(char *buf, size_t n, const int64_t *shape, int ndim) {
     size_t used = (size_t)snprintf(buf, n, "[");
     for (int d = 0; d < ndim && used < n; d++)
@@ -457,12 +461,15 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
                        fc.group_size, fc.targets, rq_adapter_type_name(c->type), c->r, (double)c->alpha,
                        c->group_size, c->targets);
 
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, dir, ADAPTER_WEIGHTS_FILE))
-        return RQ_FAIL(err, RQ_ERR_ARG, "adapter directory path too long: %s", dir);
+    char *path = rq_path_join_alloc(dir, ADAPTER_WEIGHTS_FILE, err);
+    if (!path) return RQ_ERR_NOMEM;
     rq_safetensors file;
     rq_tensor_table tab = {0};
-    RQ_TRY(rq_safetensors_open(path, &file, &tab, err));
+    rq_status open_st = rq_safetensors_open(path, &file, &tab, err);
+    if (open_st != RQ_OK) {
+        free(path);
+        return open_st;
+    }
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
     rq_status st = host ? RQ_OK : RQ_ERR_NOMEM;
     int expected = 0;
@@ -508,6 +515,7 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
     }
     if (st == RQ_OK) st = s->be->upload(s->be, s->params, host, sizeof(float) * s->n_params, err);
     free(host);
+    free(path);
     rq_safetensors_close(&file);
     rq_tensor_table_free(&tab);
     return st;

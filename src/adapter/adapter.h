@@ -89,7 +89,7 @@ typedef struct rq_adapter_config {
     rq_adapter_type type;
     int r;
     float alpha;         /* scaling = alpha / r */
-    int group_size;      /* QA-LoRA pooling group (defaults to 64 when <= 0) */
+    int group_size;      /* QA-LoRA pooling group (RQ_DEFAULT_GROUP_SIZE when <= 0) */
     unsigned targets;    /* bit (1u << RQ_PROJ_x) for each adapted projection */
     rq_adapter_init init;
     uint64_t seed;

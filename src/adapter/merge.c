@@ -489,16 +489,31 @@ rq_status rq_merge_model(rq_model *m, rq_adapter_set *s, rq_backend *be, const r
 
 /* ---- the artifact --------------------------------------------------------------------------------- */
 
-/* The PEFT directory: dir itself, or dir/adapter (a calibrate / finetune run directory). */
-static rq_status resolve_adapter_dir(const char *dir, char *out, size_t cap, rq_err *err) {
-    char probe[4200];
-    if (rq_path_join(probe, sizeof probe, dir, "adapter_config.json") && rq_file_exists(probe)) {
-        snprintf(out, cap, "%s", dir);
+/* Whether dir/name exists (false when out of memory, with err filled). */
+static bool file_in_dir(const char *dir, const char *name, rq_status *st, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) *st = RQ_ERR_NOMEM;
+    bool yes = path && rq_file_exists(path);
+    free(path);
+    return yes;
+}
+
+/* The PEFT directory (malloc'd): dir itself, or dir/adapter (a calibrate / finetune run directory). */
+static rq_status resolve_adapter_dir(const char *dir, char **out, rq_err *err) {
+    rq_status st = RQ_OK;
+    *out = NULL;
+    if (file_in_dir(dir, "adapter_config.json", &st, err)) {
+        *out = rq_strdup(dir, err);
+        return *out ? RQ_OK : RQ_ERR_NOMEM;
+    }
+    char *sub = st == RQ_OK ? rq_path_join_alloc(dir, "adapter", err) : NULL;
+    if (!sub) return RQ_ERR_NOMEM;
+    if (file_in_dir(sub, "adapter_config.json", &st, err)) {
+        *out = sub;
         return RQ_OK;
     }
-    if (rq_path_join(out, cap, dir, "adapter") && rq_path_join(probe, sizeof probe, out, "adapter_config.json") &&
-        rq_file_exists(probe))
-        return RQ_OK;
+    free(sub);
+    if (st != RQ_OK) return st;
     return RQ_FAIL(err, RQ_ERR_IO,
                    "%s: no adapter_config.json there or in %s/adapter (expected a PEFT adapter directory, as written "
                    "by rilq calibrate / finetune)",
@@ -530,17 +545,21 @@ rq_status rq_merge_artifact(const char *in_dir, const char *adapter_dir, const c
                        "%s: not a rilq 2-bit artifact (no config.json with quantization_config.quant_method \"%s\"; "
                        "make one with rilq quantize)",
                        in_dir, RQ_ARTIFACT_QUANT_METHOD);
-    char adir[4200];
-    RQ_TRY(resolve_adapter_dir(adapter_dir, adir, sizeof adir, err));
+    char *adir;
+    RQ_TRY(resolve_adapter_dir(adapter_dir, &adir, err));
     /* refuse an occupied output before any work (rq_artifact_write checks again) */
-    char probe[4200];
-    if (rq_file_exists(out_dir)) return RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", out_dir);
-    if (rq_path_join(probe, sizeof probe, out_dir, "config.json") && rq_file_exists(probe))
-        return RQ_FAIL(err, RQ_ERR_ARG, "%s: already holds a model (remove it or choose another --out)", out_dir);
+    rq_status r = RQ_OK;
+    if (rq_file_exists(out_dir)) r = RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", out_dir);
+    else if (file_in_dir(out_dir, "config.json", &r, err))
+        r = RQ_FAIL(err, RQ_ERR_ARG, "%s: already holds a model (remove it or choose another --out)", out_dir);
+    if (r != RQ_OK) {
+        free(adir);
+        return r;
+    }
     rq_backend *be = NULL;
     rq_model *m = NULL;
     rq_adapter_set *s = NULL;
-    rq_status r = rq_backend_create(device ? device : "cpu", n_threads, &be, err);
+    r = rq_backend_create(device ? device : "cpu", n_threads, &be, err);
     if (r == RQ_OK) r = rq_artifact_load(in_dir, &m, err);
     if (r == RQ_OK) {
         r = rq_adapter_set_open_peft(adir, &m->cfg, be, &s, err);
@@ -555,5 +574,6 @@ rq_status rq_merge_artifact(const char *in_dir, const char *adapter_dir, const c
     rq_adapter_set_free(s);
     rq_model_free(m);
     rq_backend_destroy(be);
+    free(adir);
     return r;
 }

@@ -22,6 +22,11 @@ rq_status rq_fail_at(rq_err *err, rq_status code, const char *src_file, int src_
 /* Prefix an existing message with context ("loading X: " + old message). */
 void rq_err_prefix(rq_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A macro's value as a string literal, for defaults that are written as text
+ * (option tables, help): RQ_STR(RQ_DEFAULT_GROUP_SIZE) is "64". */
+#define RQ_STR_(x) #x
+#define RQ_STR(x) RQ_STR_(x)
+
 #define RQ_TRY(expr)                                                                                \
     do {                                                                                            \
         rq_status rq_try_status_ = (expr);                                                          \
@@ -40,6 +45,39 @@ static inline bool rq_mul_ok(size_t a, size_t b, size_t *out) {
     if (a != 0 && b > SIZE_MAX / a) return false;
     *out = a * b;
     return true;
+}
+
+/* ---- growable buffer ----------------------------------------------------- */
+
+/* Bytes or text built by appending: zero-initialize (rq_buf b = {0}), append,
+ * then take the result with rq_buf_finish or drop it with rq_buf_free. data is
+ * NUL-terminated once anything was appended (NULL before). Failure is sticky:
+ * after a failed allocation (or a size overflow) every later append does
+ * nothing and returns false, so a builder appends freely and checks once. */
+typedef struct rq_buf {
+    char *data;
+    size_t len, cap;
+    bool failed;
+} rq_buf;
+
+/* Room for n more bytes (and the NUL) without appending: appends that fit
+ * cannot fail. False when the size overflows or the allocation fails. */
+bool rq_buf_reserve(rq_buf *b, size_t n);
+bool rq_buf_append(rq_buf *b, const void *data, size_t n);
+bool rq_buf_puts(rq_buf *b, const char *s);
+bool rq_buf_appendf(rq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool rq_buf_vappendf(rq_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* RQ_OK, or RQ_ERR_NOMEM "out of memory building <what>" when an append failed. */
+rq_status rq_buf_status(const rq_buf *b, const char *what, rq_err *err);
+/* Hand over the contents (never NULL on success: "" when nothing was appended;
+ * len may be NULL) and reset b. On failure b is freed, *out is NULL and the
+ * status is rq_buf_status's. */
+rq_status rq_buf_finish(rq_buf *b, char **out, size_t *len, const char *what, rq_err *err);
+void rq_buf_free(rq_buf *b);
+/* Empty b for reuse, keeping its memory (and its failure flag). */
+static inline void rq_buf_clear(rq_buf *b) {
+    b->len = 0;
+    if (b->data) b->data[0] = 0;
 }
 
 /* ---- files ------------------------------------------------------------- */
@@ -62,6 +100,9 @@ bool rq_dir_exists(const char *path);
 rq_status rq_mkdir_p(const char *path, rq_err *err);
 /* Join a directory and a name into buf (size n). False when it does not fit. */
 bool rq_path_join(char *buf, size_t n, const char *dir, const char *name);
+/* The same join into a malloc'd string of any length; NULL (RQ_ERR_NOMEM) when
+ * out of memory. */
+char *rq_path_join_alloc(const char *dir, const char *name, rq_err *err);
 
 /* Atomic directory: fill(user, tmp) writes the directory's files (each one of
  * files[0..n_files)) into tmp = "<dir>.tmp-<pid>", which is fsync'ed and renamed

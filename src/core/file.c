@@ -94,21 +94,23 @@ bool rq_dir_exists(const char *path) {
 }
 
 rq_status rq_mkdir_p(const char *path, rq_err *err) {
-    char buf[4096];
     size_t n = strlen(path);
-    if (n == 0 || n >= sizeof buf) return RQ_FAIL(err, RQ_ERR_ARG, "directory path too long or empty: '%s'", path);
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
+    if (n == 0) return RQ_FAIL(err, RQ_ERR_ARG, "directory path too long or empty: '%s'", path);
+    char *buf = rq_strdup(path, err);
+    if (!buf) return RQ_ERR_NOMEM;
+    rq_status s = RQ_OK;
+    for (size_t i = 1; i <= n && s == RQ_OK; i++) {
         if (buf[i] == '/' || buf[i] == 0) {
             char c = buf[i];
             buf[i] = 0;
             if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+                s = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
             buf[i] = c;
         }
     }
-    if (!rq_dir_exists(path)) return RQ_FAIL(err, RQ_ERR_IO, "%s: exists and is not a directory", path);
-    return RQ_OK;
+    free(buf);
+    if (s == RQ_OK && !rq_dir_exists(path)) s = RQ_FAIL(err, RQ_ERR_IO, "%s: exists and is not a directory", path);
+    return s;
 }
 
 bool rq_path_join(char *buf, size_t n, const char *dir, const char *name) {
@@ -197,27 +199,21 @@ static bool dir_is_empty(const char *dir) {
 }
 
 static void remove_dir_files(const char *dir, const char *const *files, int n_files) {
-    char p[4200];
-    for (int i = 0; i < n_files; i++)
-        if (rq_path_join(p, sizeof p, dir, files[i])) unlink(p);
+    for (int i = 0; i < n_files; i++) {
+        char *p = rq_path_join_alloc(dir, files[i], NULL);
+        if (p) unlink(p);
+        free(p);
+    }
     rmdir(dir);
 }
 
-rq_status rq_write_dir_atomic(const char *dir_in, const char *const *files, int n_files, rq_dir_fill_fn fill, void *user,
-                              rq_err *err) {
-    char dir[4096], tmp[4200], parent[4096];
-    size_t n = strlen(dir_in);
-    while (n > 1 && dir_in[n - 1] == '/') n--; /* "out/" and "out" name one directory */
-    if (n == 0 || n >= sizeof dir) return RQ_FAIL(err, RQ_ERR_ARG, "output directory path empty or too long");
-    memcpy(dir, dir_in, n);
-    dir[n] = 0;
+/* rq_write_dir_atomic with the paths worked out: dir (no trailing '/'), its
+ * temporary sibling and its parent. */
+static rq_status write_dir_atomic_at(const char *dir, const char *tmp, const char *parent, const char *const *files,
+                                     int n_files, rq_dir_fill_fn fill, void *user, rq_err *err) {
     if (rq_file_exists(dir)) return RQ_FAIL(err, RQ_ERR_ARG, "%s: exists and is a file, not a directory", dir);
     if (rq_dir_exists(dir) && !dir_is_empty(dir))
         return RQ_FAIL(err, RQ_ERR_ARG, "%s: directory exists and is not empty (remove it or choose another --out)", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
-    const char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) snprintf(parent, sizeof parent, "%.*s", (int)(slash - dir), dir);
-    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
     if (!rq_dir_exists(parent)) RQ_TRY(rq_mkdir_p(parent, err));
     remove_dir_files(tmp, files, n_files); /* a leftover of an earlier run with our pid */
     if (mkdir(tmp, 0755) != 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create directory: %s", tmp, strerror(errno));
@@ -229,5 +225,27 @@ rq_status rq_write_dir_atomic(const char *dir_in, const char *const *files, int 
         else fsync_dir(parent);
     }
     if (s != RQ_OK) remove_dir_files(tmp, files, n_files);
+    return s;
+}
+
+rq_status rq_write_dir_atomic(const char *dir_in, const char *const *files, int n_files, rq_dir_fill_fn fill, void *user,
+                              rq_err *err) {
+    size_t n = strlen(dir_in);
+    while (n > 1 && dir_in[n - 1] == '/') n--; /* "out/" and "out" name one directory */
+    if (n == 0) return RQ_FAIL(err, RQ_ERR_ARG, "output directory path empty or too long");
+    rq_buf dir = {0}, tmp = {0}, parent = {0};
+    if (rq_buf_append(&dir, dir_in, n)) {
+        rq_buf_appendf(&tmp, "%s.tmp-%ld", dir.data, (long)getpid());
+        const char *slash = strrchr(dir.data, '/');
+        if (slash && slash != dir.data) rq_buf_append(&parent, dir.data, (size_t)(slash - dir.data));
+        else rq_buf_puts(&parent, slash ? "/" : ".");
+    }
+    rq_status s = rq_buf_status(&dir, "an output path", err);
+    if (s == RQ_OK) s = rq_buf_status(&tmp, "an output path", err);
+    if (s == RQ_OK) s = rq_buf_status(&parent, "an output path", err);
+    if (s == RQ_OK) s = write_dir_atomic_at(dir.data, tmp.data, parent.data, files, n_files, fill, user, err);
+    rq_buf_free(&dir);
+    rq_buf_free(&tmp);
+    rq_buf_free(&parent);
     return s;
 }

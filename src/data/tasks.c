@@ -33,57 +33,18 @@ rq_status rq_task_lookup(const char *name, rq_task_id *out, rq_err *err) {
                    rq_task_known_names());
 }
 
-/* ---- small string builder -------------------------------------------------- */
-
-typedef struct strbuf {
-    char *data;
-    size_t len, cap;
-    bool failed; /* an allocation failed; later appends are ignored */
-} strbuf;
-
-static void sb_append(strbuf *sb, const char *s, size_t n) {
-    if (sb->failed) return;
-    if (n > SIZE_MAX / 2 - sb->len - 1) {
-        sb->failed = true;
-        return;
-    }
-    if (sb->len + n + 1 > sb->cap) {
-        size_t cap = sb->cap ? sb->cap : 64;
-        while (cap < sb->len + n + 1) cap *= 2;
-        char *p = realloc(sb->data, cap);
-        if (!p) {
-            sb->failed = true;
-            return;
-        }
-        sb->data = p;
-        sb->cap = cap;
-    }
-    if (n) memcpy(sb->data + sb->len, s, n);
-    sb->len += n;
-    sb->data[sb->len] = 0;
-}
-
-static void sb_puts(strbuf *sb, const char *s) { sb_append(sb, s, strlen(s)); }
+/* ---- string building --------------------------------------------------------- */
 
 /* Hand over the built string (never NULL on success, "" when nothing was appended). */
-static rq_status sb_finish(strbuf *sb, char **out, rq_err *err) {
-    *out = NULL;
-    if (!sb->failed && !sb->data) sb_append(sb, "", 0);
-    if (sb->failed) {
-        free(sb->data);
-        memset(sb, 0, sizeof *sb);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building a prompt string");
-    }
-    *out = sb->data;
-    memset(sb, 0, sizeof *sb);
-    return RQ_OK;
+static rq_status sb_finish(rq_buf *sb, char **out, rq_err *err) {
+    return rq_buf_finish(sb, out, NULL, "a prompt string", err);
 }
 
 static rq_status concat3(const char *a, const char *b, const char *c, char **out, rq_err *err) {
-    strbuf sb = {0};
-    sb_puts(&sb, a);
-    sb_puts(&sb, b);
-    sb_puts(&sb, c);
+    rq_buf sb = {0};
+    rq_buf_puts(&sb, a);
+    rq_buf_puts(&sb, b);
+    rq_buf_puts(&sb, c);
     return sb_finish(&sb, out, err);
 }
 
@@ -95,8 +56,8 @@ static rq_status strip_copy(const char *s, char **out, rq_err *err) {
     size_t n = strlen(s), a = 0;
     while (a < n && is_py_space((unsigned char)s[a])) a++;
     while (n > a && is_py_space((unsigned char)s[n - 1])) n--;
-    strbuf sb = {0};
-    sb_append(&sb, s + a, n - a);
+    rq_buf sb = {0};
+    rq_buf_append(&sb, s + a, n - a);
     return sb_finish(&sb, out, err);
 }
 
@@ -447,13 +408,13 @@ rq_status rq_hellaswag_clean(const char *text, char **out, rq_err *err) {
     char *stripped;
     RQ_TRY(strip_copy(text, &stripped, err));
     /* 1. " [title]" -> ". " */
-    strbuf a = {0};
+    rq_buf a = {0};
     for (const char *s = stripped; *s;) {
         if (strncmp(s, " [title]", 8) == 0) {
-            sb_puts(&a, ". ");
+            rq_buf_puts(&a, ". ");
             s += 8;
         } else {
-            sb_append(&a, s++, 1);
+            rq_buf_append(&a, s++, 1);
         }
     }
     free(stripped);
@@ -461,7 +422,7 @@ rq_status rq_hellaswag_clean(const char *text, char **out, rq_err *err) {
     RQ_TRY(sb_finish(&a, &titled, err));
     /* 2. re.sub("\\[.*?\\]", "", t): from each "[", delete through the first "]"
      * after it; "." does not cross a newline, and an unclosed "[" stays. */
-    strbuf b = {0};
+    rq_buf b = {0};
     for (const char *s = titled; *s;) {
         if (*s == '[') {
             const char *close = s + 1;
@@ -471,19 +432,19 @@ rq_status rq_hellaswag_clean(const char *text, char **out, rq_err *err) {
                 continue;
             }
         }
-        sb_append(&b, s++, 1);
+        rq_buf_append(&b, s++, 1);
     }
     free(titled);
     char *unbracketed;
     RQ_TRY(sb_finish(&b, &unbracketed, err));
     /* 3. str.replace("  ", " "): non-overlapping, left to right, one pass */
-    strbuf c = {0};
+    rq_buf c = {0};
     for (const char *s = unbracketed; *s;) {
         if (s[0] == ' ' && s[1] == ' ') {
-            sb_append(&c, " ", 1);
+            rq_buf_append(&c, " ", 1);
             s += 2;
         } else {
-            sb_append(&c, s++, 1);
+            rq_buf_append(&c, s++, 1);
         }
     }
     free(unbracketed);
@@ -522,9 +483,9 @@ rq_status rq_hellaswag_query_from_line(const char *line, char **out, rq_err *err
         for (size_t i = start + 1; i < n; i++)
             if (ctx[i] >= 'A' && ctx[i] <= 'Z') ctx[i] = (char)(ctx[i] - 'A' + 'a');
     }
-    strbuf sb = {0};
-    sb_append(&sb, line, (size_t)(sep - line) + 2);
-    sb_puts(&sb, ctx);
+    rq_buf sb = {0};
+    rq_buf_append(&sb, line, (size_t)(sep - line) + 2);
+    rq_buf_puts(&sb, ctx);
     free(ctx);
     char *query;
     RQ_TRY(sb_finish(&sb, &query, err));
@@ -588,68 +549,6 @@ rq_status rq_hellaswag_parse(const char *name, const char *text, size_t size, rq
     return finish_task(st, out);
 }
 
-/* ---- loading by name ------------------------------------------------------------------ */
-
-typedef struct file_text {
-    char path[4096];
-    char *data;
-    size_t size;
-} file_text;
-
-static rq_status read_dataset_file(const char *root, const char *rel, file_text *f, rq_err *err) {
-    f->data = NULL;
-    f->size = 0;
-    if (!rq_path_join(f->path, sizeof f->path, root, rel))
-        return RQ_FAIL(err, RQ_ERR_ARG, "dataset path too long: %s/%s", root, rel);
-    rq_status st = rq_file_read_all(f->path, &f->data, &f->size, err);
-    if (st != RQ_OK)
-        rq_err_prefix(err, "dataset file %s missing or unreadable (layout: datasets/README.md): ", rel);
-    return st;
-}
-
-rq_status rq_mc_task_load(const char *name, const char *dataset_root, rq_mc_task *out, rq_err *err) {
-    memset(out, 0, sizeof *out);
-    rq_task_id id;
-    RQ_TRY(rq_task_lookup(name, &id, err));
-    if (rq_task_kind_of(id) != RQ_TASK_MULTIPLE_CHOICE)
-        return RQ_FAIL(err, RQ_ERR_ARG, "task '%s' is a generation task, not multiple choice (use rq_gsm8k_load)",
-                       name);
-    if (!dataset_root) return RQ_FAIL(err, RQ_ERR_ARG, "no dataset root directory given");
-    file_text main_file = {0}, labels = {0};
-    rq_status st = RQ_OK;
-    switch (id) {
-    case RQ_TASK_ARC_EASY:
-    case RQ_TASK_ARC_CHALLENGE:
-        st = read_dataset_file(dataset_root,
-                               id == RQ_TASK_ARC_EASY ? "arc/ARC-Easy-Test.jsonl" : "arc/ARC-Challenge-Test.jsonl",
-                               &main_file, err);
-        if (st == RQ_OK) st = rq_arc_parse(main_file.path, main_file.data, main_file.size, id, out, err);
-        break;
-    case RQ_TASK_PIQA:
-        st = read_dataset_file(dataset_root, "piqa/valid.jsonl", &main_file, err);
-        if (st == RQ_OK) st = read_dataset_file(dataset_root, "piqa/valid-labels.lst", &labels, err);
-        if (st == RQ_OK)
-            st = rq_piqa_parse(main_file.path, main_file.data, main_file.size, labels.path, labels.data, labels.size,
-                               out, err);
-        break;
-    case RQ_TASK_HELLASWAG:
-        st = read_dataset_file(dataset_root, "hellaswag/hellaswag_val_full.txt", &main_file, err);
-        if (st == RQ_OK) st = rq_hellaswag_parse(main_file.path, main_file.data, main_file.size, out, err);
-        break;
-    case RQ_TASK_WINOGRANDE:
-        st = read_dataset_file(dataset_root, "winogrande/winogrande-dev.llmfoundry.jsonl", &main_file, err);
-        if (st == RQ_OK) st = read_dataset_file(dataset_root, "winogrande/dev-labels.lst", &labels, err);
-        if (st == RQ_OK)
-            st = rq_winogrande_parse(main_file.path, main_file.data, main_file.size, labels.path, labels.data,
-                                     labels.size, out, err);
-        break;
-    default: st = RQ_FAIL(err, RQ_ERR_INTERNAL, "task '%s' has no loader", name); break;
-    }
-    free(main_file.data);
-    free(labels.data);
-    return st;
-}
-
 /* ---- gsm8k -------------------------------------------------------------------------------- */
 
 void rq_gsm8k_set_free(rq_gsm8k_set *set) {
@@ -699,33 +598,6 @@ rq_status rq_gsm8k_parse(const char *name, const char *jsonl, size_t size, rq_gs
     return st;
 }
 
-rq_status rq_gsm8k_load_file(const char *path, rq_gsm8k_set *out, rq_err *err) {
-    memset(out, 0, sizeof *out);
-    char *data;
-    size_t size;
-    RQ_TRY(rq_file_read_all(path, &data, &size, err));
-    rq_status st = rq_gsm8k_parse(path, data, size, out, err);
-    free(data);
-    return st;
-}
-
-rq_status rq_gsm8k_load(const char *dataset_root, rq_gsm8k_set *test, rq_gsm8k_set *train, rq_err *err) {
-    memset(test, 0, sizeof *test);
-    if (train) memset(train, 0, sizeof *train);
-    if (!dataset_root) return RQ_FAIL(err, RQ_ERR_ARG, "no dataset root directory given");
-    file_text f = {0};
-    RQ_TRY(read_dataset_file(dataset_root, "gsm8k/test.jsonl", &f, err));
-    rq_status st = rq_gsm8k_parse(f.path, f.data, f.size, test, err);
-    free(f.data);
-    if (st == RQ_OK && train) {
-        st = read_dataset_file(dataset_root, "gsm8k/train.jsonl", &f, err);
-        if (st == RQ_OK) st = rq_gsm8k_parse(f.path, f.data, f.size, train, err);
-        free(f.data);
-        if (st != RQ_OK) rq_gsm8k_set_free(test);
-    }
-    return st;
-}
-
 rq_status rq_gsm8k_prompter_init(rq_gsm8k_prompter *p, const rq_gsm8k_set *train, rq_gsm8k_format format,
                                  size_t num_fewshot, uint64_t seed, rq_err *err) {
     memset(p, 0, sizeof *p);
@@ -745,16 +617,16 @@ rq_status rq_gsm8k_prompter_init(rq_gsm8k_prompter *p, const rq_gsm8k_set *train
     return RQ_OK;
 }
 
-static void append_question(strbuf *sb, const char *question) {
-    sb_puts(sb, "Question: ");
-    sb_puts(sb, question);
-    sb_puts(sb, "\nAnswer:");
+static void append_question(rq_buf *sb, const char *question) {
+    rq_buf_puts(sb, "Question: ");
+    rq_buf_puts(sb, question);
+    rq_buf_puts(sb, "\nAnswer:");
 }
 
 rq_status rq_gsm8k_prompter_next(rq_gsm8k_prompter *p, const rq_gsm8k_doc *doc, char **context,
                                  size_t *shot_indices, rq_err *err) {
     *context = NULL;
-    strbuf sb = {0};
+    rq_buf sb = {0};
     if (p->num_fewshot > 0) {
         size_t *picked = shot_indices ? shot_indices : rq_calloc(p->num_fewshot, sizeof(size_t), err);
         if (!picked) return RQ_ERR_NOMEM;
@@ -765,14 +637,14 @@ rq_status rq_gsm8k_prompter_next(rq_gsm8k_prompter *p, const rq_gsm8k_doc *doc, 
             for (size_t i = 0; i < p->num_fewshot; i++) {
                 const rq_gsm8k_doc *shot = &p->train->docs[picked[i]];
                 append_question(&sb, shot->question);
-                sb_puts(&sb, " "); /* target_delimiter */
-                sb_puts(&sb, shot->answer);
-                sb_puts(&sb, "\n\n"); /* fewshot_delimiter, also after the last shot */
+                rq_buf_puts(&sb, " "); /* target_delimiter */
+                rq_buf_puts(&sb, shot->answer);
+                rq_buf_puts(&sb, "\n\n"); /* fewshot_delimiter, also after the last shot */
             }
         }
         if (picked != shot_indices) free(picked);
         if (st != RQ_OK) {
-            free(sb.data);
+            rq_buf_free(&sb);
             return st;
         }
     }
@@ -783,7 +655,7 @@ rq_status rq_gsm8k_prompter_next(rq_gsm8k_prompter *p, const rq_gsm8k_doc *doc, 
 
 rq_status rq_gsm8k_finetune_pair(const rq_gsm8k_doc *doc, char **prompt, char **target, rq_err *err) {
     *prompt = *target = NULL;
-    strbuf sb = {0};
+    rq_buf sb = {0};
     append_question(&sb, doc->question);
     RQ_TRY(sb_finish(&sb, prompt, err));
     rq_status st = concat3(" ", doc->answer, "", target, err);

@@ -7,12 +7,14 @@
  * gsm8k is a generation task: documents plus the few-shot prompter (1.6, 1.8).
  *
  * Data location: every loader that takes `dataset_root` expects the layout of
- * datasets/README.md under it (callers pass $RILQ_DATA/datasets):
- *   arc/ARC-Easy-Test.jsonl, arc/ARC-Challenge-Test.jsonl
- *   piqa/valid.jsonl, piqa/valid-labels.lst
+ * datasets/README.md under it (callers pass $RILQ_DATA/datasets); evaluation
+ * and fine-tuning both load through rq_task_load_mc / rq_task_load_gsm8k
+ * (task_files.c), which know the file of every split:
+ *   arc/ARC-Easy-Test.jsonl, arc/ARC-Challenge-Test.jsonl   (train: *-Train.jsonl)
+ *   piqa/valid.jsonl, piqa/valid-labels.lst                 (train: a fold of the same)
  *   hellaswag/hellaswag_val_full.txt            (llama.cpp 6-line layout)
  *   winogrande/winogrande-dev.llmfoundry.jsonl, winogrande/dev-labels.lst
- *   gsm8k/test.jsonl, gsm8k/train.jsonl
+ *   gsm8k/test.jsonl                                        (train: gsm8k/train.jsonl)
  * The *_parse functions take file contents already in memory (tests, fuzzing);
  * `name` is only used in messages. Every error names the file, the line and
  * the field. */
@@ -76,8 +78,6 @@ typedef struct rq_mc_task {
     size_t n_docs;
 } rq_mc_task;
 
-/* Load a multiple-choice task by registry name (gsm8k is refused with a hint). */
-rq_status rq_mc_task_load(const char *name, const char *dataset_root, rq_mc_task *out, rq_err *err);
 void rq_mc_task_free(rq_mc_task *task);
 
 /* Per-dataset parsers. ARC: AI2 JSONL (question.stem, question.choices[].text
@@ -119,9 +119,6 @@ typedef struct rq_gsm8k_set {
 } rq_gsm8k_set;
 
 rq_status rq_gsm8k_parse(const char *name, const char *jsonl, size_t size, rq_gsm8k_set *out, rq_err *err);
-rq_status rq_gsm8k_load_file(const char *path, rq_gsm8k_set *out, rq_err *err);
-/* gsm8k/test.jsonl and gsm8k/train.jsonl under dataset_root; train may be NULL. */
-rq_status rq_gsm8k_load(const char *dataset_root, rq_gsm8k_set *test, rq_gsm8k_set *train, rq_err *err);
 void rq_gsm8k_set_free(rq_gsm8k_set *set);
 
 typedef enum rq_gsm8k_format {
@@ -155,5 +152,51 @@ rq_status rq_gsm8k_prompter_next(rq_gsm8k_prompter *p, const rq_gsm8k_doc *doc, 
 /* Training pair for the fine-tuned format: prompt "Question: q\nAnswer:" and
  * target " " + answer (the space is lm-eval's target delimiter). Both malloc'd. */
 rq_status rq_gsm8k_finetune_pair(const rq_gsm8k_doc *doc, char **prompt, char **target, rq_err *err);
+
+/* ---- loading from the dataset folder (task_files.c) ---------------------------------- */
+
+typedef enum rq_task_split {
+    RQ_SPLIT_EVAL = 0, /* what evaluation scores: test (arc, gsm8k) or validation (piqa, hellaswag, winogrande) */
+    RQ_SPLIT_TRAIN     /* what fine-tuning learns from; piqa has none locally: its validation file, cut by folds */
+} rq_task_split;
+
+/* The files of a split, relative to the dataset root: documents, and labels
+ * for piqa and winogrande (else NULL). False when the task has no such split
+ * here (hellaswag and winogrande have no training split). */
+bool rq_task_files(rq_task_id id, rq_task_split split, const char **docs, const char **labels);
+
+/* Malformed JSONL lines stop loading by default: a silently dropped document
+ * changes the score. With skip_bad_lines a line that is not one JSON object is
+ * skipped and counted instead (its document is gone, and for piqa and
+ * winogrande the matching line of the labels file too, so labels stay
+ * aligned); lines that parse but lack a field, have empty choices or an
+ * out-of-range label still stop loading, since those are not typos but a wrong
+ * file. hellaswag is not JSONL and is never skipped in. */
+typedef struct rq_skip_report {
+    size_t skipped_lines;
+    char first[320]; /* "file:line: why" of the first skipped line */
+} rq_skip_report;
+
+typedef struct rq_task_load_opts {
+    rq_task_split split;
+    bool skip_bad_lines;
+    rq_skip_report *skipped; /* counts are added to it (zero it first); may be NULL */
+} rq_task_load_opts;
+
+/* opts may be NULL: the evaluation split, stopping at the first malformed line. */
+rq_status rq_task_load_mc(const char *dataset_root, rq_task_id id, const rq_task_load_opts *opts, rq_mc_task *out,
+                          rq_err *err);
+rq_status rq_task_load_gsm8k(const char *dataset_root, const rq_task_load_opts *opts, rq_gsm8k_set *out, rq_err *err);
+/* gsm8k's test split and, unless train is NULL, its train split (the few-shot
+ * pool), both under opts' skip policy (opts->split is not used). */
+rq_status rq_gsm8k_load_with(const char *dataset_root, const rq_task_load_opts *opts, rq_gsm8k_set *test,
+                             rq_gsm8k_set *train, rq_err *err);
+
+/* Shorthands: a multiple-choice task's evaluation split by registry name (gsm8k
+ * is refused with a hint); rq_gsm8k_load_with stopping at malformed lines; a
+ * gsm8k file by path. */
+rq_status rq_mc_task_load(const char *name, const char *dataset_root, rq_mc_task *out, rq_err *err);
+rq_status rq_gsm8k_load(const char *dataset_root, rq_gsm8k_set *test, rq_gsm8k_set *train, rq_err *err);
+rq_status rq_gsm8k_load_file(const char *path, rq_gsm8k_set *out, rq_err *err);
 
 #endif /* RQ_DATA_TASKS_H */

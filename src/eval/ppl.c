@@ -120,11 +120,8 @@ static int default_ctx(const rq_model *m, const rq_ppl_opts *o) {
     return m->cfg.max_seq_len < 2048 ? m->cfg.max_seq_len : 2048;
 }
 
-static rq_status ppl_wikitext2(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r,
-                               rq_err *err) {
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, o->data_root, "wikitext2/wiki.test.raw"))
-        return RQ_FAIL(err, RQ_ERR_ARG, "data path too long: %s", o->data_root);
+static rq_status ppl_wikitext2(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, const char *path,
+                               rq_ppl_result *r, rq_err *err) {
     char *text = NULL;
     size_t len = 0;
     RQ_TRY(rq_wikitext2_text(path, &text, &len, err));
@@ -149,10 +146,8 @@ static rq_status ppl_wikitext2(const rq_model *m, rq_backend *be, const rq_ppl_o
  * randint until one has >= L tokens, then a start with randint(0, len - L - 1).
  * Documents are tokenized once, lazily, and only those in [doc_begin, doc_end)
  * can be drawn, so calibration documents can be kept out. */
-static rq_status ppl_c4(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r, rq_err *err) {
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, o->data_root, "c4/c4-validation-2k.jsonl"))
-        return RQ_FAIL(err, RQ_ERR_ARG, "data path too long: %s", o->data_root);
+static rq_status ppl_c4(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, const char *path, rq_ppl_result *r,
+                        rq_err *err) {
     rq_jsonl_reader jr;
     RQ_TRY(rq_jsonl_open(&jr, path, RQ_JSONL_STOP_ON_BAD_LINE, err));
     /* collect the texts of the documents in range */
@@ -248,13 +243,23 @@ static rq_status ppl_c4(const rq_model *m, rq_backend *be, const rq_ppl_opts *o,
     return st;
 }
 
+const char *rq_ppl_dataset_file(rq_ppl_dataset d) {
+    switch (d) {
+    case RQ_PPL_WIKITEXT2: return "wikitext2/wiki.test.raw";
+    case RQ_PPL_C4: return "c4/c4-validation-2k.jsonl";
+    }
+    return NULL;
+}
+
 rq_status rq_ppl_run(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r, rq_err *err) {
     memset(r, 0, sizeof *r);
     if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "perplexity needs a tokenizer and model '%s' has none", m->path);
     if (!o->data_root) return RQ_FAIL(err, RQ_ERR_ARG, "perplexity: no data directory (set RILQ_DATA or --data)");
-    switch (o->dataset) {
-    case RQ_PPL_WIKITEXT2: return ppl_wikitext2(m, be, o, r, err);
-    case RQ_PPL_C4: return ppl_c4(m, be, o, r, err);
-    }
-    return RQ_FAIL(err, RQ_ERR_ARG, "unknown perplexity dataset %d", (int)o->dataset);
+    const char *file = rq_ppl_dataset_file(o->dataset);
+    if (!file) return RQ_FAIL(err, RQ_ERR_ARG, "unknown perplexity dataset %d", (int)o->dataset);
+    char *path = rq_path_join_alloc(o->data_root, file, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status st = o->dataset == RQ_PPL_WIKITEXT2 ? ppl_wikitext2(m, be, o, path, r, err) : ppl_c4(m, be, o, path, r, err);
+    free(path);
+    return st;
 }

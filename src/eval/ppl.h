@@ -34,6 +34,8 @@ typedef struct rq_ppl_result {
 } rq_ppl_result;
 
 void rq_ppl_default_opts(rq_ppl_opts *o);
+/* The dataset's file under the datasets/ folder; NULL for an unknown dataset. */
+const char *rq_ppl_dataset_file(rq_ppl_dataset d);
 rq_status rq_ppl_run(const rq_model *m, rq_backend *be, const rq_ppl_opts *o, rq_ppl_result *r, rq_err *err);
 
 /* The window math alone, for tests: evaluate windows of tokens[n] given as

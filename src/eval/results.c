@@ -10,24 +10,19 @@
 typedef struct task_info {
     const char *dataset_path, *dataset_name, *split_key, *split, *doc_to_text, *doc_to_choice;
     double version;
-    const char *files[2];
 } task_info;
 
 static const task_info task_infos[RQ_TASK_COUNT] = {
     [RQ_TASK_PIQA] = {"baber/piqa", NULL, "validation_split", "validation", "Question: {{goal}}\nAnswer:",
-                      "{{[sol1, sol2]}}", 1.0, {"piqa/valid.jsonl", "piqa/valid-labels.lst"}},
+                      "{{[sol1, sol2]}}", 1.0},
     [RQ_TASK_ARC_EASY] = {"allenai/ai2_arc", "ARC-Easy", "test_split", "test", "Question: {{question}}\nAnswer:",
-                          "{{choices.text}}", 1.0, {"arc/ARC-Easy-Test.jsonl", NULL}},
+                          "{{choices.text}}", 1.0},
     [RQ_TASK_ARC_CHALLENGE] = {"allenai/ai2_arc", "ARC-Challenge", "test_split", "test",
-                               "Question: {{question}}\nAnswer:", "{{choices.text}}", 1.0,
-                               {"arc/ARC-Challenge-Test.jsonl", NULL}},
-    [RQ_TASK_HELLASWAG] = {"Rowan/hellaswag", NULL, "validation_split", "validation", "{{query}}", "choices", 1.0,
-                           {"hellaswag/hellaswag_val_full.txt", NULL}},
+                               "Question: {{question}}\nAnswer:", "{{choices.text}}", 1.0},
+    [RQ_TASK_HELLASWAG] = {"Rowan/hellaswag", NULL, "validation_split", "validation", "{{query}}", "choices", 1.0},
     [RQ_TASK_WINOGRANDE] = {"allenai/winogrande", "winogrande_xl", "validation_split", "validation",
-                            "partial context: sentence[:idx] + option", "partial target: sentence[idx+1:]", 1.0,
-                            {"winogrande/winogrande-dev.llmfoundry.jsonl", "winogrande/dev-labels.lst"}},
-    [RQ_TASK_GSM8K] = {"openai/gsm8k", "main", "test_split", "test", "Question: {{question}}\nAnswer:", NULL, 3.0,
-                       {"gsm8k/test.jsonl", "gsm8k/train.jsonl"}},
+                            "partial context: sentence[:idx] + option", "partial target: sentence[idx+1:]", 1.0},
+    [RQ_TASK_GSM8K] = {"openai/gsm8k", "main", "test_split", "test", "Question: {{question}}\nAnswer:", NULL, 3.0},
 };
 
 const char *rq_bos_mode_name(rq_bos_mode bos) {
@@ -50,9 +45,8 @@ const char *rq_gsm8k_format_name(rq_gsm8k_format f) {
 
 size_t rq_eval_task_files(rq_task_id id, const char *files[2]) {
     files[0] = files[1] = NULL;
-    if ((int)id < 0 || id >= RQ_TASK_COUNT) return 0;
-    files[0] = task_infos[id].files[0];
-    files[1] = task_infos[id].files[1];
+    if (!rq_task_files(id, RQ_SPLIT_EVAL, &files[0], &files[1])) return 0;
+    if (id == RQ_TASK_GSM8K) rq_task_files(id, RQ_SPLIT_TRAIN, &files[1], NULL); /* the few-shot pool */
     return files[1] ? 2 : 1;
 }
 
@@ -144,8 +138,9 @@ static cJSON *add_task_common(rq_eval_report *rep, rq_task_id id, const char *ou
     cJSON_AddNumberToObject(ns, "original", (double)n_original);
     cJSON_AddNumberToObject(ns, "effective", (double)n_effective);
     cJSON *files = cJSON_AddArrayToObject(rep->dataset_files, name);
-    for (int i = 0; i < 2; i++)
-        if (ti->files[i]) cJSON_AddItemToArray(files, cJSON_CreateString(ti->files[i]));
+    const char *file_names[2];
+    size_t n_files = rq_eval_task_files(id, file_names);
+    for (size_t i = 0; i < n_files; i++) cJSON_AddItemToArray(files, cJSON_CreateString(file_names[i]));
     cJSON_AddNumberToObject(rep->skipped_lines, name, (double)skipped_lines);
     cJSON_AddNumberToObject(rep->seconds, name, seconds);
     cJSON *res = cJSON_AddObjectToObject(rep->results, name);
@@ -252,8 +247,8 @@ rq_status rq_eval_report_add_ppl(rq_eval_report *rep, rq_ppl_dataset dataset, co
     cJSON_AddBoolToObject(hib, "ppl", false);
     cJSON_AddNumberToObject(rep->seconds, name, r->seconds);
     cJSON *files = cJSON_AddArrayToObject(rep->dataset_files, name);
-    cJSON_AddItemToArray(files, cJSON_CreateString(dataset == RQ_PPL_C4 ? "c4/c4-validation-2k.jsonl"
-                                                                         : "wikitext2/wiki.test.raw"));
+    cJSON_AddItemToArray(files,
+                         cJSON_CreateString(rq_ppl_dataset_file(dataset == RQ_PPL_C4 ? RQ_PPL_C4 : RQ_PPL_WIKITEXT2)));
     return check_built(files, err);
 }
 
@@ -269,39 +264,6 @@ rq_status rq_eval_report_write(const rq_eval_report *rep, const char *path, rq_e
 
 /* ---- the table ---------------------------------------------------------------- */
 
-typedef struct text_buf {
-    char *data;
-    size_t len, cap;
-    bool failed;
-} text_buf;
-
-static void tb_printf(text_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tb_printf(text_buf *b, const char *fmt, ...) {
-    if (b->failed) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->data ? b->data + b->len : NULL, b->data ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = true;
-            return;
-        }
-        if (b->data && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t ncap = (b->cap ? b->cap * 2 : 1024) + (size_t)n;
-        char *p = realloc(b->data, ncap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->data = p;
-        b->cap = ncap;
-    }
-}
-
 static void format_number(char *buf, size_t n, const cJSON *v) {
     if (cJSON_IsNumber(v)) snprintf(buf, n, fabs(v->valuedouble) >= 100.0 ? "%.2f" : "%.4f", v->valuedouble);
     else if (cJSON_IsString(v)) snprintf(buf, n, "%s", v->valuestring);
@@ -310,9 +272,9 @@ static void format_number(char *buf, size_t n, const cJSON *v) {
 
 rq_status rq_eval_report_table(const rq_eval_report *rep, char **out, rq_err *err) {
     *out = NULL;
-    text_buf b = {0};
-    tb_printf(&b, "|    Tasks    |Version|     Filter     |n-shot|  Metric   |   |  Value  |   | Stderr |\n");
-    tb_printf(&b, "|-------------|------:|----------------|-----:|-----------|---|--------:|---|-------:|\n");
+    rq_buf b = {0};
+    rq_buf_appendf(&b, "|    Tasks    |Version|     Filter     |n-shot|  Metric   |   |  Value  |   | Stderr |\n");
+    rq_buf_appendf(&b, "|-------------|------:|----------------|-----:|-----------|---|--------:|---|-------:|\n");
     const cJSON *task;
     cJSON_ArrayForEach(task, rep->results) {
         const char *name = task->string;
@@ -333,16 +295,11 @@ rq_status rq_eval_report_table(const rq_eval_report *rep, char **out, rq_err *er
             char version_text[16] = "", shots_text[16] = "";
             if (first && cJSON_IsNumber(version)) snprintf(version_text, sizeof version_text, "%g", version->valuedouble);
             if (first && cJSON_IsNumber(shots)) snprintf(shots_text, sizeof shots_text, "%d", (int)shots->valuedouble);
-            tb_printf(&b, "|%-13s|%7s|%-16s|%6s|%-11s|%-3s|%9s|%-3s|%8s|\n", first ? name : "", version_text,
+            rq_buf_appendf(&b, "|%-13s|%7s|%-16s|%6s|%-11s|%-3s|%9s|%-3s|%8s|\n", first ? name : "", version_text,
                       comma + 1, shots_text, metric_name, cJSON_IsTrue(hib) ? "^" : cJSON_IsFalse(hib) ? "v" : "",
                       value, "+-", stderr_text);
             first = false;
         }
     }
-    if (b.failed || !b.data) {
-        free(b.data);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory formatting the results table");
-    }
-    *out = b.data;
-    return RQ_OK;
+    return rq_buf_finish(&b, out, NULL, "the results table", err);
 }

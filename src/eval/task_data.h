@@ -1,12 +1,6 @@
-/* Evaluation data with the user's policy for malformed JSONL lines.
- *
- * The data layer (src/data/tasks.h) stops at the first malformed line, which
- * is the default here too: a silently dropped document changes the score.
- * With skip_bad_lines, a line that is not one JSON object is skipped and
- * counted instead (its document is gone, and for piqa and winogrande the
- * matching line of the labels file too, so labels stay aligned); lines that
- * parse but lack a field, have empty choices or an out-of-range label still
- * stop loading, since those are not typos but a wrong file. */
+/* Evaluation's names for the data layer's one task loader (src/data/tasks.h:
+ * rq_task_load_mc, rq_task_load_gsm8k, where the skip-bad-lines policy is
+ * described), kept for the callers written against them. */
 #ifndef RQ_EVAL_TASK_DATA_H
 #define RQ_EVAL_TASK_DATA_H
 
@@ -15,16 +9,23 @@
 
 #include "../data/tasks.h"
 
-typedef struct rq_skip_report {
-    size_t skipped_lines;
-    char first[320]; /* "file:line: why" of the first skipped line */
-} rq_skip_report;
+/* datasets: the datasets/ folder. skipped may be NULL; it is zeroed first. */
+static inline rq_status rq_eval_load_mc(const char *name, const char *datasets, bool skip_bad_lines, rq_mc_task *out,
+                                        rq_skip_report *skipped, rq_err *err) {
+    memset(out, 0, sizeof *out);
+    if (skipped) memset(skipped, 0, sizeof *skipped);
+    rq_task_id id;
+    RQ_TRY(rq_task_lookup(name, &id, err));
+    rq_task_load_opts opts = {.split = RQ_SPLIT_EVAL, .skip_bad_lines = skip_bad_lines, .skipped = skipped};
+    return rq_task_load_mc(datasets, id, &opts, out, err);
+}
 
-/* datasets: the datasets/ folder. skipped may be NULL when !skip_bad_lines. */
-rq_status rq_eval_load_mc(const char *name, const char *datasets, bool skip_bad_lines, rq_mc_task *out,
-                          rq_skip_report *skipped, rq_err *err);
-/* train may be NULL (zero-shot formats). */
-rq_status rq_eval_load_gsm8k(const char *datasets, bool skip_bad_lines, rq_gsm8k_set *test, rq_gsm8k_set *train,
-                             rq_skip_report *skipped, rq_err *err);
+/* gsm8k's test split, and its train split (the few-shot pool) unless train is NULL. */
+static inline rq_status rq_eval_load_gsm8k(const char *datasets, bool skip_bad_lines, rq_gsm8k_set *test,
+                                           rq_gsm8k_set *train, rq_skip_report *skipped, rq_err *err) {
+    if (skipped) memset(skipped, 0, sizeof *skipped);
+    rq_task_load_opts opts = {.skip_bad_lines = skip_bad_lines, .skipped = skipped};
+    return rq_gsm8k_load_with(datasets, &opts, test, train, err);
+}
 
 #endif /* RQ_EVAL_TASK_DATA_H */

@@ -66,11 +66,6 @@ static void copy_str(char *dst, size_t cap, const char *src) {
 
 /* ---- small file helpers ------------------------------------------------------------- */
 
-static rq_status join(char *buf, size_t cap, const char *dir, const char *name, rq_err *err) {
-    if (!rq_path_join(buf, cap, dir, name)) return RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s/%s", dir, name);
-    return RQ_OK;
-}
-
 static rq_status copy_file(const char *src, const char *dst, rq_err *err) {
     rq_file_view v;
     RQ_TRY(rq_file_map(src, &v, err));
@@ -182,20 +177,16 @@ static rq_status write_tokenizer(const rq_model *m, const char *dir, const char 
     if (!src[0] || !rq_file_exists(src))
         return RQ_FAIL(err, RQ_ERR_ARG,
                        "the model's tokenizer has no source file to carry into the artifact (tokenizer_path '%s')", src);
-    char dst[4200];
-    if (has_gguf_magic(src)) {
-        *name = "tokenizer.gguf";
-        RQ_TRY(join(dst, sizeof dst, dir, *name, err));
-        return write_tokenizer_gguf(src, dst, err);
-    }
-    *name = ends_with(src, ".json") ? "tokenizer.json" : "tokenizer.bin";
-    RQ_TRY(join(dst, sizeof dst, dir, *name, err));
-    return copy_file(src, dst, err);
+    const bool gguf = has_gguf_magic(src);
+    *name = gguf ? "tokenizer.gguf" : ends_with(src, ".json") ? "tokenizer.json" : "tokenizer.bin";
+    char *dst = rq_path_join_alloc(dir, *name, err);
+    if (!dst) return RQ_ERR_NOMEM;
+    rq_status s = gguf ? write_tokenizer_gguf(src, dst, err) : copy_file(src, dst, err);
+    free(dst);
+    return s;
 }
 
-static rq_status load_tokenizer(rq_model *m, const char *dir, const char *name, rq_err *err) {
-    char path[4200];
-    RQ_TRY(join(path, sizeof path, dir, name, err));
+static rq_status load_tokenizer_file(rq_model *m, const char *dir, const char *name, const char *path, rq_err *err) {
     if (!rq_file_exists(path))
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: config.json names tokenizer_file '%s' but it is missing", dir, name);
     if (!strcmp(name, "tokenizer.json")) RQ_TRY(rq_tokenizer_load_hf_json(path, &m->tok, err));
@@ -210,6 +201,14 @@ static rq_status load_tokenizer(rq_model *m, const char *dir, const char *name, 
     }
     copy_str(m->tokenizer_path, sizeof m->tokenizer_path, path);
     return RQ_OK;
+}
+
+static rq_status load_tokenizer(rq_model *m, const char *dir, const char *name, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status s = load_tokenizer_file(m, dir, name, path, err);
+    free(path);
+    return s;
 }
 
 /* ---- zstd ------------------------------------------------------------------------------ */
@@ -398,7 +397,7 @@ static cJSON *config_json(const rq_model *m, const rq_q2_tensor *ref, const char
     cJSON_AddNumberToObject(q, "bits", 2);
     cJSON_AddStringToObject(q, "method", m->quant.method[0] ? m->quant.method : "unknown");
     cJSON_AddBoolToObject(q, "clip_search", m->quant.clip_search);
-    int gs = ref ? ref->group_size : 64;
+    int gs = ref ? ref->group_size : RQ_DEFAULT_GROUP_SIZE;
     rq_q2_codebook_kind kind = ref ? ref->kind : RQ_Q2_INT2;
     float levels[4];
     if (ref) memcpy(levels, ref->codebook, sizeof levels);
@@ -438,6 +437,19 @@ static const void *plain_data(half_arena *a, rq_dtype dt, const float *src, size
     a->used += n;
     for (size_t i = 0; i < n; i++) dst[i] = dt == RQ_F16 ? rq_f32_to_f16(src[i]) : rq_f32_to_bf16(src[i]);
     return dst;
+}
+
+static rq_status write_config(const rq_model *m, const rq_q2_tensor *ref, const rq_artifact_opts *opts,
+                              const char *tok_name, const char *path, rq_err *err) {
+    cJSON *root = config_json(m, ref, opts && opts->compress ? TENSOR_FILE_ZST : TENSOR_FILE, tok_name);
+    char *text = root ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building config.json");
+    size_t len = strlen(text);
+    text[len] = '\n'; /* replace the NUL: the file ends with a newline */
+    rq_status s = rq_write_file_atomic(path, text, len + 1, err);
+    free(text);
+    return s;
 }
 
 /* Everything but the rename: the files of the artifact inside tmp. */
@@ -499,10 +511,10 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
         add_tensor(&tl, "lm_head.weight", pd, c->vocab_size, c->dim,
                    plain_data(&ha, pd, m->lm_head.w, (size_t)c->vocab_size * c->dim));
 
-    char st_path[4200], zst_path[4200], cfg_path[4200];
-    rq_status s = join(st_path, sizeof st_path, tmp, TENSOR_FILE, err);
-    if (s == RQ_OK) s = join(zst_path, sizeof zst_path, tmp, TENSOR_FILE_ZST, err);
-    if (s == RQ_OK) s = join(cfg_path, sizeof cfg_path, tmp, "config.json", err);
+    char *st_path = rq_path_join_alloc(tmp, TENSOR_FILE, err);
+    char *zst_path = st_path ? rq_path_join_alloc(tmp, TENSOR_FILE_ZST, err) : NULL;
+    char *cfg_path = zst_path ? rq_path_join_alloc(tmp, "config.json", err) : NULL;
+    rq_status s = cfg_path ? RQ_OK : RQ_ERR_NOMEM;
     const char *meta[] = {"rilq_quant_method", RQ_ARTIFACT_QUANT_METHOD};
     if (s == RQ_OK) s = rq_safetensors_write(st_path, tl.items, tl.n, meta, 1, err);
     free(ha.buf);
@@ -514,17 +526,11 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
     }
     const char *tok_name = NULL;
     if (s == RQ_OK) s = write_tokenizer(m, tmp, &tok_name, err);
-    if (s != RQ_OK) return s;
-
     /* config.json last: a directory without it is not a model */
-    cJSON *root = config_json(m, ref, opts && opts->compress ? TENSOR_FILE_ZST : TENSOR_FILE, tok_name);
-    char *text = root ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building config.json");
-    size_t len = strlen(text);
-    text[len] = '\n'; /* replace the NUL: the file ends with a newline */
-    s = rq_write_file_atomic(cfg_path, text, len + 1, err);
-    free(text);
+    if (s == RQ_OK) s = write_config(m, ref, opts, tok_name, cfg_path, err);
+    free(st_path);
+    free(zst_path);
+    free(cfg_path);
     return s;
 }
 
@@ -545,10 +551,12 @@ rq_status rq_artifact_write(const rq_model *m, const char *dir, const rq_artifac
 
 uint64_t rq_artifact_disk_bytes(const char *dir) {
     uint64_t total = 0;
-    char p[4200];
     struct stat st;
-    for (int i = 0; i < N_ARTIFACT_FILES; i++)
-        if (rq_path_join(p, sizeof p, dir, artifact_files[i]) && stat(p, &st) == 0) total += (uint64_t)st.st_size;
+    for (int i = 0; i < N_ARTIFACT_FILES; i++) {
+        char *p = rq_path_join_alloc(dir, artifact_files[i], NULL);
+        if (p && stat(p, &st) == 0) total += (uint64_t)st.st_size;
+        free(p);
+    }
     return total;
 }
 
@@ -569,9 +577,9 @@ static cJSON *read_json(const char *path, rq_err *err) {
 }
 
 bool rq_artifact_is_q2(const char *dir) {
-    char path[4200];
-    if (!rq_path_join(path, sizeof path, dir, "config.json")) return false;
-    cJSON *root = read_json(path, NULL);
+    char *path = rq_path_join_alloc(dir, "config.json", NULL);
+    cJSON *root = path ? read_json(path, NULL) : NULL;
+    free(path);
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
     const cJSON *qm = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
     bool yes = cJSON_IsString(qm) && strcmp(qm->valuestring, RQ_ARTIFACT_QUANT_METHOD) == 0;
@@ -735,10 +743,7 @@ static rq_status read_all_q2(const rq_config *c, const rq_tensor_table *tab, con
     return RQ_OK;
 }
 
-rq_status rq_artifact_load(const char *dir, rq_model **out, rq_err *err) {
-    *out = NULL;
-    char cfg_path[4200], st_path[4200];
-    RQ_TRY(join(cfg_path, sizeof cfg_path, dir, "config.json", err));
+static rq_status artifact_load(const char *dir, const char *cfg_path, rq_model **out, rq_err *err) {
     cJSON *root = read_json(cfg_path, err);
     if (!root) return err ? err->code : RQ_ERR_FORMAT;
     rq_config cfg;
@@ -759,7 +764,11 @@ rq_status rq_artifact_load(const char *dir, rq_model **out, rq_err *err) {
         q2 = rq_calloc((size_t)cfg.n_layers * RQ_N_PROJ, sizeof *q2, err);
         if (!q2) s = RQ_ERR_NOMEM;
     }
-    if (s == RQ_OK) s = join(st_path, sizeof st_path, dir, tensor_file, err);
+    char *st_path = NULL;
+    if (s == RQ_OK) {
+        st_path = rq_path_join_alloc(dir, tensor_file, err);
+        if (!st_path) s = RQ_ERR_NOMEM;
+    }
 
     rq_safetensors f = {0};
     rq_tensor_table tab = {0};
@@ -784,6 +793,7 @@ rq_status rq_artifact_load(const char *dir, rq_model **out, rq_err *err) {
     free(q2);
     rq_tensor_table_free(&tab);
     if (opened) rq_safetensors_close(&f);
+    free(st_path);
     cJSON_Delete(root); /* qb points into it: used up above */
     if (s == RQ_OK && tokenizer_file[0]) s = load_tokenizer(m, dir, tokenizer_file, err);
     if (s != RQ_OK) {
@@ -795,4 +805,13 @@ rq_status rq_artifact_load(const char *dir, rq_model **out, rq_err *err) {
     snprintf(m->path, sizeof m->path, "%s", dir);
     *out = m;
     return RQ_OK;
+}
+
+rq_status rq_artifact_load(const char *dir, rq_model **out, rq_err *err) {
+    *out = NULL;
+    char *cfg_path = rq_path_join_alloc(dir, "config.json", err);
+    if (!cfg_path) return RQ_ERR_NOMEM;
+    rq_status s = artifact_load(dir, cfg_path, out, err);
+    free(cfg_path);
+    return s;
 }

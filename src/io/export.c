@@ -601,12 +601,15 @@ static rq_status copy_tokenizer(const rq_model *m, const char *dir, rq_export_re
     if (!m->tok || !m->tokenizer_path[0]) return RQ_OK;
     const char *src = m->tokenizer_path;
     const char *name = has_gguf_magic(src) ? "tokenizer.gguf" : ends_with(src, ".json") ? "tokenizer.json" : "tokenizer.bin";
-    char dst[4200];
-    if (!rq_path_join(dst, sizeof dst, dir, name)) return RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s/%s", dir, name);
+    char *dst = rq_path_join_alloc(dir, name, err);
+    if (!dst) return RQ_ERR_NOMEM;
     rq_file_view v;
-    RQ_TRY(rq_file_map(src, &v, err));
-    rq_status s = rq_write_file_atomic(dst, v.data, v.size, err);
-    rq_file_unmap(&v);
+    rq_status s = rq_file_map(src, &v, err);
+    if (s == RQ_OK) {
+        s = rq_write_file_atomic(dst, v.data, v.size, err);
+        rq_file_unmap(&v);
+    }
+    free(dst);
     if (s == RQ_OK) snprintf(rep->tokenizer, sizeof rep->tokenizer, "%s copied", name);
     return s;
 }
@@ -694,10 +697,9 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
             rep->q_bytes += (uint64_t)h->R / 4 * (uint64_t)gs + 4 * (uint64_t)h->R;
         }
     }
-    char st_path[4200], cfg_path[4200];
-    if (s == RQ_OK && (!rq_path_join(st_path, sizeof st_path, tmp, "model.safetensors") ||
-                       !rq_path_join(cfg_path, sizeof cfg_path, tmp, "config.json")))
-        s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", tmp);
+    char *st_path = s == RQ_OK ? rq_path_join_alloc(tmp, "model.safetensors", err) : NULL;
+    char *cfg_path = st_path ? rq_path_join_alloc(tmp, "config.json", err) : NULL;
+    if (s == RQ_OK && !cfg_path) s = RQ_ERR_NOMEM;
     if (s == RQ_OK && l.overflow) s = RQ_FAIL(err, RQ_ERR_INTERNAL, "HQQ export: tensor list overflow (%d slots)", l.cap);
     if (s == RQ_OK) s = rq_safetensors_write(st_path, l.items, l.n, NULL, 0, err);
     for (int k = 0; parts && k < n_lin; k++) hqq_parts_free(&parts[k]);
@@ -717,6 +719,8 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
             free(text);
         }
     }
+    free(st_path);
+    free(cfg_path);
     free(skip);
     return s;
 }
@@ -738,10 +742,12 @@ rq_status rq_export_hqq(const rq_model *m, const char *dir_in, const rq_export_o
     memset(&rep, 0, sizeof rep);
     hqq_job j = {m, &rep};
     RQ_TRY(rq_write_dir_atomic(dir_in, hqq_files, N_HQQ_FILES, fill_hqq, &j, err));
-    char p[4200];
     struct stat st;
-    for (int i = 0; i < N_HQQ_FILES; i++)
-        if (rq_path_join(p, sizeof p, dir_in, hqq_files[i]) && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
+    for (int i = 0; i < N_HQQ_FILES; i++) {
+        char *p = rq_path_join_alloc(dir_in, hqq_files[i], NULL);
+        if (p && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
+        free(p);
+    }
     if (rep_out) *rep_out = rep;
     return RQ_OK;
 }

@@ -21,8 +21,7 @@ typedef struct writer_tensor {
 } writer_tensor;
 
 struct rq_gguf_writer {
-    uint8_t *kv;          /* encoded key/value pairs */
-    size_t kv_len, kv_cap;
+    rq_buf kv;            /* encoded key/value pairs */
     uint64_t n_kv;
     char **keys;          /* for the duplicate check */
     size_t keys_cap;
@@ -39,7 +38,7 @@ void rq_gguf_writer_free(rq_gguf_writer *w) {
     if (!w) return;
     for (uint64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
     free(w->keys);
-    free(w->kv);
+    rq_buf_free(&w->kv);
     free(w->tensors);
     free(w);
 }
@@ -47,22 +46,15 @@ void rq_gguf_writer_free(rq_gguf_writer *w) {
 /* ---- metadata encoding --------------------------------------------------------------- */
 
 static rq_status kv_reserve(rq_gguf_writer *w, uint64_t more, rq_err *err) {
-    if (more > SIZE_MAX / 2 - w->kv_len) return RQ_FAIL(err, RQ_ERR_NOMEM, "GGUF metadata too large");
-    if (w->kv_len + more <= w->kv_cap) return RQ_OK;
-    size_t cap = w->kv_cap ? w->kv_cap : 4096;
-    while (cap < w->kv_len + more) cap *= 2;
-    uint8_t *p = realloc(w->kv, cap);
-    if (!p) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory for %zu bytes of GGUF metadata", cap);
-    w->kv = p;
-    w->kv_cap = cap;
+    if (more > SIZE_MAX / 2 - w->kv.len) return RQ_FAIL(err, RQ_ERR_NOMEM, "GGUF metadata too large");
+    if (!rq_buf_reserve(&w->kv, (size_t)more))
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory for %zu bytes of GGUF metadata",
+                       w->kv.len + (size_t)more);
     return RQ_OK;
 }
 
-/* The caller reserved the room. */
-static void put(rq_gguf_writer *w, const void *p, size_t n) {
-    memcpy(w->kv + w->kv_len, p, n);
-    w->kv_len += n;
-}
+/* The caller reserved the room, so the append cannot fail. */
+static void put(rq_gguf_writer *w, const void *p, size_t n) { rq_buf_append(&w->kv, p, n); }
 static void put_u32(rq_gguf_writer *w, uint32_t v) {
     uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
     put(w, b, 4);
@@ -245,8 +237,8 @@ rq_status rq_gguf_writer_write(rq_gguf_writer *w, const char *path, rq_err *err)
     for (int k = 0; k < 8; k++) head[8 + k] = (uint8_t)((uint64_t)w->n_tensors >> (8 * k));
     for (int k = 0; k < 8; k++) head[16 + k] = (uint8_t)(w->n_kv >> (8 * k));
 
-    /* tensor infos, encoded after the KVs in the same buffer (kv_len restored after) */
-    size_t kv_end = w->kv_len;
+    /* tensor infos, encoded after the KVs in the same buffer (its length restored after) */
+    size_t kv_end = w->kv.len;
     RQ_TRY(kv_reserve(w, info_bytes + GGUF_ALIGNMENT, err));
     for (int64_t i = 0; i < w->n_tensors; i++) {
         const writer_tensor *t = &w->tensors[i];
@@ -256,11 +248,11 @@ rq_status rq_gguf_writer_write(rq_gguf_writer *w, const char *path, rq_err *err)
         put_u32(w, t->type);
         put_u64(w, t->offset);
     }
-    uint64_t header_len = 24 + w->kv_len;
-    size_t pad = (size_t)(align_up(header_len) - header_len);
-    memset(w->kv + w->kv_len, 0, pad);
-    size_t meta_len = w->kv_len + pad;
-    w->kv_len = kv_end;
+    uint64_t header_len = 24 + w->kv.len;
+    static const uint8_t zeros[GGUF_ALIGNMENT];
+    put(w, zeros, (size_t)(align_up(header_len) - header_len));
+    size_t meta_len = w->kv.len;
+    w->kv.len = kv_end; /* the infos stay in the buffer past its length until written below */
 
     uint8_t *buf = NULL;
     if (max_bytes > 0) {
@@ -275,7 +267,7 @@ rq_status rq_gguf_writer_write(rq_gguf_writer *w, const char *path, rq_err *err)
         return s;
     }
     s = rq_atomic_write(&af, head, sizeof head, err);
-    if (s == RQ_OK) s = rq_atomic_write(&af, w->kv, meta_len, err);
+    if (s == RQ_OK) s = rq_atomic_write(&af, w->kv.data, meta_len, err);
     for (int64_t i = 0; i < w->n_tensors && s == RQ_OK; i++) {
         const writer_tensor *t = &w->tensors[i];
         size_t padded = (size_t)(align_up(t->nbytes));

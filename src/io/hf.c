@@ -201,16 +201,12 @@ rq_status rq_hf_read_generation_config(const char *path, rq_config *cfg, rq_err 
     return s;
 }
 
-rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err) {
-    *out = NULL;
-    char path[4200];
+static rq_status hf_load(const char *dir, const char *cfg_path, const char *gen_path, const char *tok_path,
+                         rq_model **out, rq_err *err) {
     rq_config cfg;
-    if (!rq_path_join(path, sizeof path, dir, "config.json")) return RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-    RQ_TRY(rq_hf_read_config(path, &cfg, err));
-    rq_path_join(path, sizeof path, dir, "generation_config.json");
-    if (rq_file_exists(path)) RQ_TRY(rq_hf_read_generation_config(path, &cfg, err));
-    rq_path_join(path, sizeof path, dir, "config.json");
-    RQ_TRY(rq_config_validate(&cfg, path, err));
+    RQ_TRY(rq_hf_read_config(cfg_path, &cfg, err));
+    if (rq_file_exists(gen_path)) RQ_TRY(rq_hf_read_generation_config(gen_path, &cfg, err));
+    RQ_TRY(rq_config_validate(&cfg, cfg_path, err));
 
     rq_st_checkpoint ck;
     RQ_TRY(rq_st_checkpoint_open_dir(dir, &ck, err));
@@ -219,9 +215,8 @@ rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err) {
     rq_st_checkpoint_close(&ck);
     if (s != RQ_OK) return s;
 
-    rq_path_join(path, sizeof path, dir, "tokenizer.json");
-    if (rq_file_exists(path)) {
-        s = rq_tokenizer_load_hf_json(path, &m->tok, err);
+    if (rq_file_exists(tok_path)) {
+        s = rq_tokenizer_load_hf_json(tok_path, &m->tok, err);
         if (s != RQ_OK) {
             rq_model_free(m);
             return s;
@@ -229,6 +224,18 @@ rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err) {
     }
     *out = m;
     return RQ_OK;
+}
+
+rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err) {
+    *out = NULL;
+    char *cfg_path = rq_path_join_alloc(dir, "config.json", err);
+    char *gen_path = cfg_path ? rq_path_join_alloc(dir, "generation_config.json", err) : NULL;
+    char *tok_path = gen_path ? rq_path_join_alloc(dir, "tokenizer.json", err) : NULL;
+    rq_status s = tok_path ? hf_load(dir, cfg_path, gen_path, tok_path, out, err) : RQ_ERR_NOMEM;
+    free(cfg_path);
+    free(gen_path);
+    free(tok_path);
+    return s;
 }
 
 cJSON *rq_hf_config_json(const rq_config *c, const char *torch_dtype) {

@@ -146,20 +146,30 @@ void rq_llama2c_close(rq_llama2c *f) {
     memset(f, 0, sizeof *f);
 }
 
-/* tokenizer.bin or tok<vocab>.bin in the model's directory, or false. */
-static bool find_tokenizer_beside(const char *model_path, int vocab, char *buf, size_t cap) {
-    char dir[4096];
+/* tokenizer.bin or tok<vocab>.bin in the model's directory (malloc'd), or
+ * NULL in *found when there is neither. */
+static rq_status find_tokenizer_beside(const char *model_path, int vocab, char **found, rq_err *err) {
+    *found = NULL;
     const char *slash = strrchr(model_path, '/');
     size_t dlen = slash ? (size_t)(slash - model_path) : 0;
-    if (dlen >= sizeof dir) return false;
+    char *dir = malloc(dlen + 2);
+    if (!dir) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory looking for the tokenizer of %s", model_path);
     memcpy(dir, model_path, dlen);
     dir[dlen] = 0;
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (dlen == 0) snprintf(dir, sizeof dir, "/");
+    if (!slash) strcpy(dir, ".");
+    else if (dlen == 0) strcpy(dir, "/");
     char name[64];
-    if (rq_path_join(buf, cap, dir, "tokenizer.bin") && rq_file_exists(buf)) return true;
     snprintf(name, sizeof name, "tok%d.bin", vocab);
-    return rq_path_join(buf, cap, dir, name) && rq_file_exists(buf);
+    const char *const candidates[2] = {"tokenizer.bin", name};
+    rq_status s = RQ_OK;
+    for (int i = 0; i < 2 && s == RQ_OK && !*found; i++) {
+        char *p = rq_path_join_alloc(dir, candidates[i], err);
+        if (!p) s = RQ_ERR_NOMEM;
+        else if (rq_file_exists(p)) *found = p;
+        else free(p);
+    }
+    free(dir);
+    return s;
 }
 
 rq_status rq_llama2c_load(const char *path, const char *tokenizer_path, rq_model **out, rq_err *err) {
@@ -172,15 +182,14 @@ rq_status rq_llama2c_load(const char *path, const char *tokenizer_path, rq_model
     int vocab = f.cfg.vocab_size;
     rq_llama2c_close(&f);
     if (s != RQ_OK) return s;
-    char found[4200];
-    const char *tok = tokenizer_path;
-    if (!tok && find_tokenizer_beside(path, vocab, found, sizeof found)) tok = found;
-    if (tok) {
-        s = rq_tokenizer_load_llama2c(tok, vocab, &m->tok, err);
-        if (s != RQ_OK) {
-            rq_model_free(m);
-            return s;
-        }
+    char *found = NULL;
+    if (!tokenizer_path) s = find_tokenizer_beside(path, vocab, &found, err);
+    const char *tok = tokenizer_path ? tokenizer_path : found;
+    if (s == RQ_OK && tok) s = rq_tokenizer_load_llama2c(tok, vocab, &m->tok, err);
+    free(found);
+    if (s != RQ_OK) {
+        rq_model_free(m);
+        return s;
     }
     *out = m;
     return RQ_OK;

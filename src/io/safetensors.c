@@ -247,10 +247,13 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
         cJSON_Delete(root);
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a JSON object with a 'weight_map' object", index_path);
     }
-    char dir[4096];
     const char *slash = strrchr(index_path, '/');
     size_t dlen = slash ? (size_t)(slash - index_path) : 1;
-    if (dlen >= sizeof dir) dlen = sizeof dir - 1;
+    char *dir = malloc(dlen + 1);
+    if (!dir) {
+        cJSON_Delete(root);
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory opening %s", index_path);
+    }
     if (slash) memcpy(dir, index_path, dlen);
     else dir[0] = '.';
     dir[dlen] = 0;
@@ -274,13 +277,10 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
     }
     if (s == RQ_OK && n_shards == 0) s = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: weight_map is empty", index_path);
     for (int k = 0; k < n_shards && s == RQ_OK; k++) {
-        char path[4200];
-        if (!rq_path_join(path, sizeof path, dir, shards[k])) {
-            s = RQ_FAIL(err, RQ_ERR_ARG, "%s: shard path too long: %s", index_path, shards[k]);
-            break;
-        }
-        s = ck_add_file(ck, path, err);
+        char *path = rq_path_join_alloc(dir, shards[k], err);
+        s = path ? ck_add_file(ck, path, err) : RQ_ERR_NOMEM;
         if (s != RQ_OK) rq_err_prefix(err, "%s: shard %d of %d: ", index_path, k + 1, n_shards);
+        free(path);
     }
     if (s == RQ_OK) s = check_duplicates(&ck->table, 0, index_path, err);
     /* Every named tensor must be in the shard the index says. */
@@ -293,6 +293,7 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
                         e->valuestring, v ? "found in another shard" : "not found there");
     }
     free(shards);
+    free(dir);
     cJSON_Delete(root);
     if (s != RQ_OK) rq_st_checkpoint_close(ck);
     return s;
@@ -300,70 +301,36 @@ rq_status rq_st_checkpoint_open_index(const char *index_path, rq_st_checkpoint *
 
 rq_status rq_st_checkpoint_open_dir(const char *dir, rq_st_checkpoint *ck, rq_err *err) {
     memset(ck, 0, sizeof *ck);
-    char path[4200];
-    if (!rq_path_join(path, sizeof path, dir, "model.safetensors.index.json"))
-        return RQ_FAIL(err, RQ_ERR_ARG, "directory path too long: %s", dir);
-    if (rq_file_exists(path)) return rq_st_checkpoint_open_index(path, ck, err);
-    rq_path_join(path, sizeof path, dir, "model.safetensors");
-    if (!rq_file_exists(path))
-        return RQ_FAIL(err, RQ_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in the directory", dir);
-    rq_status s = ck_add_file(ck, path, err);
-    if (s != RQ_OK) rq_st_checkpoint_close(ck);
+    char *index = rq_path_join_alloc(dir, "model.safetensors.index.json", err);
+    char *single = index ? rq_path_join_alloc(dir, "model.safetensors", err) : NULL;
+    rq_status s = single ? RQ_OK : RQ_ERR_NOMEM;
+    if (s == RQ_OK && rq_file_exists(index)) s = rq_st_checkpoint_open_index(index, ck, err);
+    else if (s == RQ_OK && !rq_file_exists(single))
+        s = RQ_FAIL(err, RQ_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in the directory", dir);
+    else if (s == RQ_OK) {
+        s = ck_add_file(ck, single, err);
+        if (s != RQ_OK) rq_st_checkpoint_close(ck);
+    }
+    free(index);
+    free(single);
     return s;
 }
 
 /* ---- writing ------------------------------------------------------------------ */
 
-typedef struct strbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} strbuf;
-
-static void sb_put(strbuf *b, const char *s, size_t len) {
-    if (b->oom) return;
-    if (b->n + len + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap : 1024;
-        while (ncap < b->n + len + 1) ncap *= 2;
-        char *np = realloc(b->p, ncap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->n, s, len);
-    b->n += len;
-    b->p[b->n] = 0;
-}
-
-static void sb_puts(strbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(strbuf *b, const char *fmt, ...) {
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int w = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (w < 0 || (size_t)w >= sizeof tmp) b->oom = true;
-    else sb_put(b, tmp, (size_t)w);
-}
-
-static void sb_json_string(strbuf *b, const char *s) {
-    sb_put(b, "\"", 1);
+static void append_json_string(rq_buf *b, const char *s) {
+    rq_buf_append(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\') {
             char esc[2] = {'\\', (char)*p};
-            sb_put(b, esc, 2);
+            rq_buf_append(b, esc, 2);
         } else if (*p < 0x20) {
-            sb_printf(b, "\\u%04x", *p);
+            rq_buf_appendf(b, "\\u%04x", *p);
         } else {
-            sb_put(b, (const char *)p, 1);
+            rq_buf_append(b, (const char *)p, 1);
         }
     }
-    sb_put(b, "\"", 1);
+    rq_buf_append(b, "\"", 1);
 }
 
 typedef struct write_item {
@@ -422,30 +389,30 @@ rq_status rq_safetensors_write(const char *path, const rq_st_tensor *tensors, in
             return s;
         }
 
-    strbuf hdr = {0};
-    sb_puts(&hdr, "{\"__metadata__\":{\"format\":\"pt\"");
+    rq_buf hdr = {0};
+    rq_buf_puts(&hdr, "{\"__metadata__\":{\"format\":\"pt\"");
     for (int k = 0; k < n_meta; k++) {
         if (strcmp(meta[2 * k], "format") == 0) continue;
-        sb_puts(&hdr, ",");
-        sb_json_string(&hdr, meta[2 * k]);
-        sb_puts(&hdr, ":");
-        sb_json_string(&hdr, meta[2 * k + 1]);
+        rq_buf_puts(&hdr, ",");
+        append_json_string(&hdr, meta[2 * k]);
+        rq_buf_puts(&hdr, ":");
+        append_json_string(&hdr, meta[2 * k + 1]);
     }
-    sb_puts(&hdr, "}");
+    rq_buf_puts(&hdr, "}");
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         const rq_st_tensor *t = items[i].t;
-        sb_puts(&hdr, ",");
-        sb_json_string(&hdr, t->name);
-        sb_printf(&hdr, ":{\"dtype\":\"%s\",\"shape\":[", rq_dtype_name(t->dtype));
-        for (int d = 0; d < t->ndim; d++) sb_printf(&hdr, "%s%" PRId64, d ? "," : "", t->shape[d]);
-        sb_printf(&hdr, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + items[i].nbytes);
+        rq_buf_puts(&hdr, ",");
+        append_json_string(&hdr, t->name);
+        rq_buf_appendf(&hdr, ":{\"dtype\":\"%s\",\"shape\":[", rq_dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++) rq_buf_appendf(&hdr, "%s%" PRId64, d ? "," : "", t->shape[d]);
+        rq_buf_appendf(&hdr, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + items[i].nbytes);
         off += items[i].nbytes;
     }
-    sb_puts(&hdr, "}");
-    while (!hdr.oom && hdr.n % 8 != 0) sb_puts(&hdr, " ");
-    if (hdr.oom) {
-        free(hdr.p);
+    rq_buf_puts(&hdr, "}");
+    while (!hdr.failed && hdr.len % 8 != 0) rq_buf_puts(&hdr, " ");
+    if (hdr.failed) {
+        rq_buf_free(&hdr);
         free(items);
         return RQ_FAIL(err, RQ_ERR_NOMEM, "%s: out of memory building the header", path);
     }
@@ -454,14 +421,14 @@ rq_status rq_safetensors_write(const char *path, const rq_st_tensor *tensors, in
     s = rq_atomic_open(&af, path, err);
     if (s == RQ_OK) {
         uint8_t len8[8];
-        for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)hdr.n >> (8 * b));
+        for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)hdr.len >> (8 * b));
         s = rq_atomic_write(&af, len8, 8, err);
-        if (s == RQ_OK) s = rq_atomic_write(&af, hdr.p, hdr.n, err);
+        if (s == RQ_OK) s = rq_atomic_write(&af, hdr.data, hdr.len, err);
         for (int i = 0; i < n && s == RQ_OK; i++) s = rq_atomic_write(&af, items[i].t->data, (size_t)items[i].nbytes, err);
         if (s == RQ_OK) s = rq_atomic_commit(&af, err);
         else rq_atomic_abort(&af);
     }
-    free(hdr.p);
+    rq_buf_free(&hdr);
     free(items);
     return s;
 }
@@ -473,6 +440,14 @@ typedef struct name_shard {
 
 static int cmp_name_shard(const void *a, const void *b) {
     return strcmp(((const name_shard *)a)->name, ((const name_shard *)b)->name);
+}
+
+static rq_status write_in_dir(const char *dir, const char *name, const rq_st_tensor *tensors, int n, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status s = rq_safetensors_write(path, tensors, n, NULL, 0, err);
+    free(path);
+    return s;
 }
 
 rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tensors, int n, uint64_t max_shard_bytes,
@@ -498,10 +473,8 @@ rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tens
         shard_of[i] = n_shards - 1;
     }
     if (s == RQ_OK) s = rq_mkdir_p(dir, err);
-    char path[4200];
     if (s == RQ_OK && n_shards == 1) {
-        if (!rq_path_join(path, sizeof path, dir, "model.safetensors")) s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-        else s = rq_safetensors_write(path, tensors, n, NULL, 0, err);
+        s = write_in_dir(dir, "model.safetensors", tensors, n, err);
         free(shard_of);
         return s;
     }
@@ -513,8 +486,7 @@ rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tens
             if (shard_of[i] == k) sub[m++] = tensors[i];
         char fname[64];
         snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
-        if (!rq_path_join(path, sizeof path, dir, fname)) s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-        else s = rq_safetensors_write(path, sub, m, NULL, 0, err);
+        s = write_in_dir(dir, fname, sub, m, err);
     }
     free(sub);
     /* The index: weight_map sorted by name, as transformers writes it. */
@@ -523,19 +495,19 @@ rq_status rq_safetensors_write_sharded(const char *dir, const rq_st_tensor *tens
     if (s == RQ_OK) {
         for (int i = 0; i < n; i++) ns[i] = (name_shard){tensors[i].name, shard_of[i]};
         qsort(ns, (size_t)n, sizeof *ns, cmp_name_shard);
-        strbuf j = {0};
-        sb_printf(&j, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", total);
+        rq_buf j = {0};
+        rq_buf_appendf(&j, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", total);
         for (int i = 0; i < n; i++) {
-            sb_puts(&j, i ? ",\n    " : "\n    ");
-            sb_json_string(&j, ns[i].name);
-            sb_printf(&j, ": \"model-%05d-of-%05d.safetensors\"", ns[i].shard + 1, n_shards);
+            rq_buf_puts(&j, i ? ",\n    " : "\n    ");
+            append_json_string(&j, ns[i].name);
+            rq_buf_appendf(&j, ": \"model-%05d-of-%05d.safetensors\"", ns[i].shard + 1, n_shards);
         }
-        sb_puts(&j, "\n  }\n}\n");
-        if (j.oom) s = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building the shard index");
-        else if (!rq_path_join(path, sizeof path, dir, "model.safetensors.index.json"))
-            s = RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
-        else s = rq_write_file_atomic(path, j.p, j.n, err);
-        free(j.p);
+        rq_buf_puts(&j, "\n  }\n}\n");
+        char *path = j.failed ? NULL : rq_path_join_alloc(dir, "model.safetensors.index.json", err);
+        if (j.failed) s = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building the shard index");
+        else s = path ? rq_write_file_atomic(path, j.data, j.len, err) : RQ_ERR_NOMEM;
+        free(path);
+        rq_buf_free(&j);
     }
     free(ns);
     free(shard_of);

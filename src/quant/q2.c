@@ -84,7 +84,8 @@ rq_status rq_q2_create(int out, int in, int group_size, rq_q2_codebook_kind kind
     if (out <= 0 || in <= 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "q2 tensor of shape [%d][%d]: both dimensions must be at least 1", out, in);
     if (group_size <= 0)
-        return RQ_FAIL(err, RQ_ERR_ARG, "q2 tensor group size %d: must be at least 1 (the default is 64)", group_size);
+        return RQ_FAIL(err, RQ_ERR_ARG, "q2 tensor group size %d: must be at least 1 (the default is %d)", group_size,
+                       RQ_DEFAULT_GROUP_SIZE);
     if (kind != RQ_Q2_INT2 && kind != RQ_Q2_NF2)
         return RQ_FAIL(err, RQ_ERR_ARG, "q2 tensor: unknown codebook kind %d", (int)kind);
     size_t code_bytes, params;

@@ -21,6 +21,11 @@
 
 #include "../core/core.h"
 
+/* Columns per group unless a recipe or flag says otherwise: of q2 tensors, and
+ * of QA-LoRA's input pooling, which must equal the q2 group to merge. A plain
+ * number, so RQ_STR(RQ_DEFAULT_GROUP_SIZE) gives the text default. */
+#define RQ_DEFAULT_GROUP_SIZE 64
+
 typedef enum rq_q2_codebook_kind {
     RQ_Q2_INT2 = 0, /* levels {0, 1, 2, 3}: asymmetric min/max (RTN), the paper's Eq. 1 */
     RQ_Q2_NF2 = 1   /* levels {-1, 0, 0.3379152, 1}: LoftQ's NormalFloat-2, absmax scaling */
@@ -28,7 +33,7 @@ typedef enum rq_q2_codebook_kind {
 
 typedef struct rq_q2_tensor {
     int out, in;        /* W is [out][in] */
-    int group_size;     /* columns per group (default 64) */
+    int group_size;     /* columns per group (default RQ_DEFAULT_GROUP_SIZE) */
     int n_groups;       /* ceil(in / group_size) per row */
     int row_bytes;      /* ceil(in / 4): bytes of codes per row */
     rq_q2_codebook_kind kind;

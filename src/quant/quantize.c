@@ -13,7 +13,7 @@
 void rq_quant_opts_default(rq_quant_opts *o) {
     memset(o, 0, sizeof *o);
     o->method = RQ_QUANT_RTN;
-    o->group_size = 64;
+    o->group_size = RQ_DEFAULT_GROUP_SIZE;
     o->clip_search = false;
     o->clip_min_shrink = 0.20f;
     o->clip_step = 0.01f;
@@ -273,7 +273,7 @@ rq_status rq_quantize(const float *w, int out, int in, const rq_quant_opts *opts
 void rq_import_opts_default(rq_import_opts *o) {
     memset(o, 0, sizeof *o);
     o->kind = RQ_Q2_INT2;
-    o->group_size = 64;
+    o->group_size = RQ_DEFAULT_GROUP_SIZE;
     o->noise_rel = 1.0 / 128.0;
     o->n_threads = 0;
 }

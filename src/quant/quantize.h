@@ -20,7 +20,7 @@ typedef enum rq_quant_method {
 
 typedef struct rq_quant_opts {
     rq_quant_method method;
-    int group_size; /* 64 */
+    int group_size; /* RQ_DEFAULT_GROUP_SIZE */
     /* Clipping search, off by default. Per group, shrink factors
      * p = 1, 1 - clip_step, ..., down to clip_min_shrink are tried: RTN shrinks
      * [min, max] toward the group mean (for the usual zero-mean group this is
@@ -84,7 +84,7 @@ rq_quant_params rq_quant_group_params(const float *w, int n, const float cb[4], 
 
 typedef struct rq_import_opts {
     rq_q2_codebook_kind kind; /* the grid the weights lie on */
-    int group_size;           /* 64 */
+    int group_size;           /* RQ_DEFAULT_GROUP_SIZE */
     /* Values of a group closer than noise_rel * max|w| of the group are one
      * level (the storage noise of a checkpoint saved in fp16 or bf16 after fake
      * quantization). Default 2^-7: bf16 rounds to 2^-9 relative, so two copies

@@ -73,7 +73,8 @@ rq_status rq_model_quantize(rq_model *m, const rq_model_quant_opts *o, rq_model_
             if (numel > max_numel) max_numel = numel;
         }
     if (o->quant.group_size <= 0)
-        return RQ_FAIL(err, RQ_ERR_ARG, "group size %d: must be at least 1 (the default is 64)", o->quant.group_size);
+        return RQ_FAIL(err, RQ_ERR_ARG, "group size %d: must be at least 1 (the default is %d)", o->quant.group_size,
+                       RQ_DEFAULT_GROUP_SIZE);
     rq_q2_tensor **made = rq_calloc(n_slots, sizeof *made, err);
     float *scratch = made && max_numel ? rq_alloc_aligned(max_numel * sizeof(float), err) : NULL;
     if (!made || (max_numel && !scratch)) {

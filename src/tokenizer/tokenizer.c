@@ -585,35 +585,6 @@ rq_status rq_tokenizer_encode(const rq_tokenizer *t, const char *text, size_t le
 
 /* ---- decoding ----------------------------------------------------------------------- */
 
-typedef struct byte_buf {
-    char *data;
-    size_t n, cap;
-    bool failed;
-} byte_buf;
-
-static void bb_append(byte_buf *b, const void *p, size_t n) {
-    if (b->failed) return;
-    if (b->cap - b->n < n + 1) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap - b->n < n + 1) {
-            if (cap > SIZE_MAX / 2) {
-                b->failed = true;
-                return;
-            }
-            cap *= 2;
-        }
-        char *grown = realloc(b->data, cap);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->n, p, n);
-    b->n += n;
-}
-
 static const char replacement_char[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
 
 /* Bytes taken by the sequence at s: a whole character, or the maximal subpart of
@@ -649,13 +620,13 @@ static size_t utf8_subpart(const unsigned char *s, size_t n, bool *valid) {
 }
 
 /* Append bytes with every ill-formed part replaced by U+FFFD. */
-static void bb_append_lossy(byte_buf *b, const char *p, size_t n) {
+static void append_lossy(rq_buf *b, const char *p, size_t n) {
     size_t i = 0;
     while (i < n) {
         bool valid;
         size_t k = utf8_subpart((const unsigned char *)p + i, n - i, &valid);
-        if (valid) bb_append(b, p + i, k);
-        else bb_append(b, replacement_char, 3);
+        if (valid) rq_buf_append(b, p + i, k);
+        else rq_buf_append(b, replacement_char, 3);
         i += k;
     }
 }
@@ -674,13 +645,13 @@ static bool is_skipped(const struct rq_tokenizer *t, int id, bool skip_special) 
 }
 
 /* Append a token's text with "▁" turned into spaces. */
-static void append_spm_text(byte_buf *b, const char *s, size_t n) {
+static void append_spm_text(rq_buf *b, const char *s, size_t n) {
     for (size_t i = 0; i < n;) {
         if (i + 3 <= n && (unsigned char)s[i] == 0xE2 && (unsigned char)s[i + 1] == 0x96 && (unsigned char)s[i + 2] == 0x81) {
-            bb_append(b, " ", 1);
+            rq_buf_append(b, " ", 1);
             i += 3;
         } else {
-            bb_append(b, s + i, 1);
+            rq_buf_append(b, s + i, 1);
             i++;
         }
     }
@@ -688,41 +659,41 @@ static void append_spm_text(byte_buf *b, const char *s, size_t n) {
 
 /* HF's ByteFallback decoder: a run of <0xXX> tokens that is valid UTF-8 becomes
  * its text; otherwise every byte of the run becomes U+FFFD. */
-static void flush_bytes(byte_buf *out, const char *bytes, size_t n) {
-    if (utf8_all_valid(bytes, n)) bb_append(out, bytes, n);
+static void flush_bytes(rq_buf *out, const char *bytes, size_t n) {
+    if (utf8_all_valid(bytes, n)) rq_buf_append(out, bytes, n);
     else
-        for (size_t i = 0; i < n; i++) bb_append(out, replacement_char, 3);
+        for (size_t i = 0; i < n; i++) rq_buf_append(out, replacement_char, 3);
 }
 
-static void decode_spm(const struct rq_tokenizer *t, const int *ids, int n, bool skip_special, byte_buf *raw) {
-    byte_buf bytes = {0};
+static void decode_spm(const struct rq_tokenizer *t, const int *ids, int n, bool skip_special, rq_buf *raw) {
+    rq_buf bytes = {0};
     for (int i = 0; i < n; i++) {
         int id = ids[i];
         if (is_skipped(t, id, skip_special)) continue;
         if (t->byte_value[id] >= 0) {
             char c = (char)t->byte_value[id];
-            bb_append(&bytes, &c, 1);
+            rq_buf_append(&bytes, &c, 1);
             continue;
         }
-        if (bytes.n) flush_bytes(raw, bytes.data, bytes.n), bytes.n = 0;
+        if (bytes.len) flush_bytes(raw, bytes.data, bytes.len), rq_buf_clear(&bytes);
         append_spm_text(raw, rq_tok_str(t, id), (size_t)t->tok_len[id]);
     }
-    if (bytes.n) flush_bytes(raw, bytes.data, bytes.n);
+    if (bytes.len) flush_bytes(raw, bytes.data, bytes.len);
     if (bytes.failed) raw->failed = true;
-    free(bytes.data);
+    rq_buf_free(&bytes);
 }
 
 /* Byte-level token text back to bytes; chars outside the table (added tokens
  * written as plain text) pass through unchanged. */
-static void append_byte_level_text(const struct rq_tokenizer *t, byte_buf *b, const char *s, size_t n) {
+static void append_byte_level_text(const struct rq_tokenizer *t, rq_buf *b, const char *s, size_t n) {
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         int len = rq_utf8_decode((const unsigned char *)s + i, n - i, &cp);
         if (cp < 324 && t->char_to_byte[cp] >= 0) {
             char c = (char)t->char_to_byte[cp];
-            bb_append(b, &c, 1);
+            rq_buf_append(b, &c, 1);
         } else {
-            bb_append(b, s + i, (size_t)len);
+            rq_buf_append(b, s + i, (size_t)len);
         }
         i += (size_t)len;
     }
@@ -737,7 +708,7 @@ rq_status rq_tokenizer_decode(const rq_tokenizer *t, const int *ids, int n, bool
         if (ids[i] < 0 || ids[i] >= t->n_vocab)
             return RQ_FAIL(err, RQ_ERR_ARG, "decode: id %d at position %d is outside the vocabulary (size %d)", ids[i], i,
                            t->n_vocab);
-    byte_buf raw = {0}, out = {0};
+    rq_buf raw = {0}, out = {0};
     if (t->kind == RQ_TOK_SPM) {
         decode_spm(t, ids, n, skip_special, &raw);
     } else {
@@ -746,16 +717,15 @@ rq_status rq_tokenizer_decode(const rq_tokenizer *t, const int *ids, int n, bool
                 append_byte_level_text(t, &raw, rq_tok_str(t, ids[i]), (size_t)t->tok_len[ids[i]]);
     }
     size_t skip = 0;
-    if (t->kind == RQ_TOK_SPM && t->add_space_prefix && raw.n > 0 && raw.data[0] == ' ') skip = 1; /* HF Strip(" ", 1, 0) */
-    bb_append_lossy(&out, raw.data ? raw.data + skip : "", raw.n - skip);
-    bb_append(&out, "", 0);
+    if (t->kind == RQ_TOK_SPM && t->add_space_prefix && raw.len > 0 && raw.data[0] == ' ') skip = 1; /* HF Strip(" ", 1, 0) */
+    append_lossy(&out, raw.data ? raw.data + skip : "", raw.len - skip);
+    rq_buf_append(&out, "", 0);
     bool failed = raw.failed || out.failed;
-    free(raw.data);
-    if (failed || !out.data) {
-        free(out.data);
+    rq_buf_free(&raw);
+    if (failed) {
+        rq_buf_free(&out);
         return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory decoding %d tokens", n);
     }
-    out.data[out.n] = 0;
     *text = out.data;
     return RQ_OK;
 }
@@ -763,11 +733,11 @@ rq_status rq_tokenizer_decode(const rq_tokenizer *t, const int *ids, int n, bool
 size_t rq_tokenizer_piece(const rq_tokenizer *t, int prev, int id, char *buf, size_t cap) {
     if (!t || id < 0 || id >= t->n_vocab || !buf) return 0;
     if (t->types[id] == RQ_TOKTYPE_CONTROL || t->types[id] == RQ_TOKTYPE_UNKNOWN) return 0;
-    byte_buf b = {0};
+    rq_buf b = {0};
     if (t->kind == RQ_TOK_SPM) {
         if (t->byte_value[id] >= 0) {
             char c = (char)t->byte_value[id];
-            bb_append(&b, &c, 1);
+            rq_buf_append(&b, &c, 1);
         } else {
             append_spm_text(&b, rq_tok_str(t, id), (size_t)t->tok_len[id]);
         }
@@ -777,11 +747,11 @@ size_t rq_tokenizer_piece(const rq_tokenizer *t, int prev, int id, char *buf, si
     size_t skip = 0;
     /* the dummy prefix: the first piece of a text (after BOS or nothing) loses its leading space */
     bool text_start = prev < 0 || prev == t->bos_id;
-    if (t->kind == RQ_TOK_SPM && t->add_space_prefix && text_start && b.n > 0 && b.data[0] == ' ') skip = 1;
-    size_t n = b.failed ? 0 : b.n - skip;
+    if (t->kind == RQ_TOK_SPM && t->add_space_prefix && text_start && b.len > 0 && b.data[0] == ' ') skip = 1;
+    size_t n = b.failed ? 0 : b.len - skip;
     if (n > cap) n = cap;
     if (n) memcpy(buf, b.data + skip, n);
-    free(b.data);
+    rq_buf_free(&b);
     return n;
 }
 

@@ -390,7 +390,7 @@ rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_cal
 }
 
 struct rq_teacher_cache {
-    char path[4096];
+    char *path;
     rq_file_view view;
     int dim, T, n;
     const uint8_t *index; /* n + 1 little-endian u64 */
@@ -404,9 +404,10 @@ rq_status rq_teacher_cache_open(const char *path, uint64_t key, int dim, int T, 
     *stale = false;
     rq_teacher_cache *c = rq_calloc(1, sizeof *c, err);
     if (!c) return RQ_ERR_NOMEM;
-    snprintf(c->path, sizeof c->path, "%s", path);
-    rq_status st = rq_file_map(path, &c->view, err);
+    c->path = rq_strdup(path, err);
+    rq_status st = c->path ? rq_file_map(path, &c->view, err) : RQ_ERR_NOMEM;
     if (st != RQ_OK) {
+        free(c->path);
         free(c);
         return st;
     }
@@ -497,6 +498,7 @@ void rq_teacher_cache_close(rq_teacher_cache *c) {
     if (c->view.data) rq_file_unmap(&c->view);
     ZSTD_freeDCtx(c->dctx);
     free(c->raw);
+    free(c->path);
     free(c);
 }
 

@@ -91,44 +91,21 @@ rq_status rq_ft_set_load(const rq_tokenizer *tok, const rq_ft_opts *o, rq_ft_set
                        o->max_target);
     rq_task_id id;
     RQ_TRY(rq_task_lookup(o->task, &id, err));
-    char path[4096], labels[4096];
+    const char *docs_file;
+    if (!rq_task_files(id, RQ_SPLIT_TRAIN, &docs_file, NULL))
+        return RQ_FAIL(err, RQ_ERR_ARG, "fine-tuning supports arc_easy, arc_challenge, piqa and gsm8k, not '%s'", o->task);
+    if (id == RQ_TASK_PIQA && o->fold_end <= 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "piqa has no local training split: name a fold of the validation set "
+                                        "(e.g. --fold 0:1000) and evaluate on the other documents");
+    char *path = rq_path_join_alloc(o->dataset_root, docs_file, err); /* the file trained on, for messages */
+    if (!path) return RQ_ERR_NOMEM;
+    const rq_task_load_opts load = {.split = RQ_SPLIT_TRAIN};
     int64_t cap = 0;
     rq_status st = RQ_OK;
     size_t n_docs = 0;
-    if (id == RQ_TASK_ARC_EASY || id == RQ_TASK_ARC_CHALLENGE || id == RQ_TASK_PIQA) {
-        rq_mc_task task = {0};
-        char *text = NULL, *ltext = NULL;
-        size_t n = 0, nl = 0;
-        const char *file = id == RQ_TASK_ARC_EASY ? "arc/ARC-Easy-Train.jsonl"
-                           : id == RQ_TASK_ARC_CHALLENGE ? "arc/ARC-Challenge-Train.jsonl" : "piqa/valid.jsonl";
-        if (id == RQ_TASK_PIQA && o->fold_end <= 0)
-            return RQ_FAIL(err, RQ_ERR_ARG, "piqa has no local training split: name a fold of the validation set "
-                                            "(e.g. --fold 0:1000) and evaluate on the other documents");
-        if (!rq_path_join(path, sizeof path, o->dataset_root, file) ||
-            !rq_path_join(labels, sizeof labels, o->dataset_root, "piqa/valid-labels.lst"))
-            return RQ_FAIL(err, RQ_ERR_ARG, "dataset path too long: %s", o->dataset_root);
-        st = rq_file_read_all(path, &text, &n, err);
-        if (st == RQ_OK && id == RQ_TASK_PIQA) st = rq_file_read_all(labels, &ltext, &nl, err);
-        if (st == RQ_OK) {
-            if (id == RQ_TASK_PIQA) st = rq_piqa_parse(path, text, n, labels, ltext, nl, &task, err);
-            else st = rq_arc_parse(path, text, n, id, &task, err);
-        }
-        free(text);
-        free(ltext);
-        n_docs = st == RQ_OK ? task.n_docs : 0;
-        for (size_t i = 0; i < task.n_docs && st == RQ_OK; i++) {
-            if (!in_fold(o, i)) continue;
-            if (o->limit > 0 && set->n + set->skipped >= o->limit) break;
-            const rq_mc_doc *d = &task.docs[i];
-            st = add_pair(set, &cap, tok, o, rq_mc_doc_context(d, d->gold), rq_mc_doc_continuation(d, d->gold), err);
-        }
-        if (st == RQ_OK) rq_mc_task_free(&task);
-        else if (task.docs) rq_mc_task_free(&task);
-    } else if (id == RQ_TASK_GSM8K) {
+    if (id == RQ_TASK_GSM8K) {
         rq_gsm8k_set train = {0};
-        if (!rq_path_join(path, sizeof path, o->dataset_root, "gsm8k/train.jsonl"))
-            return RQ_FAIL(err, RQ_ERR_ARG, "dataset path too long: %s", o->dataset_root);
-        st = rq_gsm8k_load_file(path, &train, err);
+        st = rq_task_load_gsm8k(o->dataset_root, &load, &train, err);
         n_docs = train.n_docs;
         for (size_t i = 0; i < train.n_docs && st == RQ_OK; i++) {
             if (!in_fold(o, i)) continue;
@@ -141,18 +118,26 @@ rq_status rq_ft_set_load(const rq_tokenizer *tok, const rq_ft_opts *o, rq_ft_set
         }
         rq_gsm8k_set_free(&train);
     } else {
-        return RQ_FAIL(err, RQ_ERR_ARG, "fine-tuning supports arc_easy, arc_challenge, piqa and gsm8k, not '%s'", o->task);
+        rq_mc_task task = {0};
+        st = rq_task_load_mc(o->dataset_root, id, &load, &task, err);
+        n_docs = task.n_docs;
+        for (size_t i = 0; i < task.n_docs && st == RQ_OK; i++) {
+            if (!in_fold(o, i)) continue;
+            if (o->limit > 0 && set->n + set->skipped >= o->limit) break;
+            const rq_mc_doc *d = &task.docs[i];
+            st = add_pair(set, &cap, tok, o, rq_mc_doc_context(d, d->gold), rq_mc_doc_continuation(d, d->gold), err);
+        }
+        rq_mc_task_free(&task);
     }
     if (st == RQ_OK && (o->fold_begin < 0 || (size_t)o->fold_begin >= n_docs || (o->fold_end > 0 && (size_t)o->fold_end > n_docs)))
         st = RQ_FAIL(err, RQ_ERR_ARG, "%s: fold %d:%d outside its %zu documents", path, o->fold_begin, o->fold_end, n_docs);
     if (st == RQ_OK && set->n == 0) st = RQ_FAIL(err, RQ_ERR_ARG, "%s: no training examples", path);
-    if (st != RQ_OK) {
-        rq_ft_set_free(set);
-        return st;
-    }
-    snprintf(set->split, sizeof set->split, "%s docs %d:%d%s", path, o->fold_begin,
-             o->fold_end > 0 ? o->fold_end : (int)n_docs, o->limit > 0 ? " (limited)" : "");
-    return RQ_OK;
+    if (st == RQ_OK)
+        snprintf(set->split, sizeof set->split, "%s docs %d:%d%s", path, o->fold_begin,
+                 o->fold_end > 0 ? o->fold_end : (int)n_docs, o->limit > 0 ? " (limited)" : "");
+    free(path);
+    if (st != RQ_OK) rq_ft_set_free(set);
+    return st;
 }
 
 void rq_ft_set_free(rq_ft_set *set) {

@@ -320,12 +320,15 @@ typedef struct ckpt_header {
 
 static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *params, const float *best,
                            const rq_optim *opt, rq_err *err) {
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, dir, "checkpoint.bin"))
-        return RQ_FAIL(err, RQ_ERR_ARG, "checkpoint path too long: %s", dir);
+    char *path = rq_path_join_alloc(dir, "checkpoint.bin", err);
+    if (!path) return RQ_ERR_NOMEM;
     size_t n = h->n_params, ob = h->optim_bytes;
     uint8_t *obuf = malloc(ob ? ob : 1);
-    if (!obuf) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    if (!obuf) {
+        rq_status st = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+        free(path);
+        return st;
+    }
     rq_status st = rq_optim_state_save(opt, obuf, ob, err);
     rq_atomic_file af;
     if (st == RQ_OK) st = rq_atomic_open(&af, path, err);
@@ -338,6 +341,7 @@ static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *p
         else rq_atomic_abort(&af);
     }
     free(obuf);
+    free(path);
     return st;
 }
 
@@ -433,7 +437,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     float *best = NULL;        /* host: the best adapters so far */
     float *params_host = NULL; /* host: checkpoint transfers of ad->params (backend memory) */
     FILE *metrics = NULL;
-    char metrics_path[4096] = "", ckpt_path[4096] = "";
+    char *metrics_path = NULL, *ckpt_path = NULL;
     rq_forward_opts fo = {.max_batch = B, .max_seq = T, .train = true, .adapters = ad};
     scope_ctx sc = {.be = be, .scope = o->scope, .dim = dim, .n_heads = m->cfg.n_heads,
                     .n_kv_heads = m->cfg.n_kv_heads, .head_dim = m->cfg.head_dim, .hidden = m->cfg.hidden_dim,
@@ -463,9 +467,11 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     memcpy(h.magic, CKPT_MAGIC, 8);
     if (st == RQ_OK && o->out_dir) {
         st = rq_mkdir_p(o->out_dir, err);
-        if (st == RQ_OK && (!rq_path_join(metrics_path, sizeof metrics_path, o->out_dir, "metrics.jsonl") ||
-                            !rq_path_join(ckpt_path, sizeof ckpt_path, o->out_dir, "checkpoint.bin")))
-            st = RQ_FAIL(err, RQ_ERR_ARG, "output path too long: %s", o->out_dir);
+        if (st == RQ_OK) {
+            metrics_path = rq_path_join_alloc(o->out_dir, "metrics.jsonl", err);
+            ckpt_path = metrics_path ? rq_path_join_alloc(o->out_dir, "checkpoint.bin", err) : NULL;
+            if (!ckpt_path) st = RQ_ERR_NOMEM;
+        }
         if (st == RQ_OK && o->resume && rq_file_exists(ckpt_path)) {
             st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o->seed, err);
             if (st == RQ_OK) st = be->upload(be, ad->params, params_host, ad->n_params * sizeof(float), err);
@@ -570,6 +576,8 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     free(best);
     free(params_host);
     free(order.perm);
+    free(metrics_path);
+    free(ckpt_path);
     bufs_free(&bb);
     rq_optim_free(opt);
     rq_forward_free(fs);
