@@ -2,6 +2,9 @@
  * The conventions are documented at the top of adapter.h. */
 #include "adapter.h"
 
+#include "../model/bind.h"
+#include "../quant/q2.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -93,6 +96,12 @@ static void proj_shape(const rq_config *c, int proj, int *out, int *in) {
 }
 
 /* PEFT's key: base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight */
+/* The trained group scales of a projection: rilq's own tensor beside PEFT's. */
+static void scales_key(char *buf, size_t n, int layer, int proj) {
+    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.rilq_scales", layer,
+             proj <= RQ_PROJ_O ? "self_attn" : "mlp", rq_proj_names[proj]);
+}
+
 static void peft_key(char *buf, size_t n, int layer, int proj, char which) {
     const char *block = proj <= RQ_PROJ_O ? "self_attn" : "mlp";
     snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, block, rq_proj_names[proj],
@@ -142,6 +151,7 @@ size_t rq_adapter_set_bytes(const rq_adapter_set *s) { return s->n_params * size
 
 void rq_adapter_set_free(rq_adapter_set *s) {
     if (!s) return;
+    free(s->scale_scratch);
     if (s->be) {
         if (s->params) s->be->free(s->be, s->params);
         if (s->grads) s->be->free(s->be, s->grads);
@@ -162,6 +172,9 @@ static rq_status set_shape(const rq_config *mc, const rq_adapter_config *cfg, rq
     if (cfg->type != RQ_ADAPTER_LORA && cfg->type != RQ_ADAPTER_QALORA)
         return RQ_FAIL(err, RQ_ERR_ARG, "unknown adapter type %d", (int)cfg->type);
     if (mc->n_layers < 1) return RQ_FAIL(err, RQ_ERR_ARG, "model has %d layers", mc->n_layers);
+    if (cfg->train_scales && cfg->type != RQ_ADAPTER_QALORA)
+        return RQ_FAIL(err, RQ_ERR_ARG, "trainable group scales need QA-LoRA adapters (a plain LoRA update does not "
+                       "fold into the 2-bit groups); use --adapter qalora or leave --train-scales out");
 
     rq_adapter_set *s = rq_calloc(1, sizeof *s, err);
     if (!s) return RQ_ERR_NOMEM;
@@ -188,6 +201,7 @@ static rq_status set_shape(const rq_config *mc, const rq_adapter_config *cfg, rq
             a->a_cols = a->type == RQ_ADAPTER_QALORA ? (a->in + a->group_size - 1) / a->group_size : a->in;
             a->scaling = s->cfg.alpha / (float)s->cfg.r;
             total += (size_t)a->r * a->a_cols + (size_t)a->out * a->r;
+            if (s->cfg.train_scales) total += (size_t)a->out * a->a_cols;
         }
     s->n_params = total;
     *out = s;
@@ -225,6 +239,10 @@ rq_status rq_adapter_set_create(const rq_config *mc, const rq_adapter_config *cf
         a->A = s->params + off, a->dA = s->grads + off;
         a->B = s->params + off + na, a->dB = s->grads + off + na;
         off += na + nb;
+        if (s->cfg.train_scales) {
+            a->S = s->params + off, a->dS = s->grads + off;
+            off += (size_t)a->out * a->a_cols;
+        }
     }
     rq_status st = rq_adapter_set_init(s, s->cfg.init, s->cfg.seed, err);
     if (st != RQ_OK) {
@@ -317,6 +335,7 @@ static cJSON *config_to_json(const rq_adapter_config *c) {
             cJSON_AddStringToObject(ours, "pooling", "mean");
         }
         cJSON_AddNumberToObject(ours, "scaling", (double)(c->alpha / (float)c->r));
+        if (c->train_scales) cJSON_AddBoolToObject(ours, "train_scales", 1);
         cJSON_AddStringToObject(ours, "init", rq_adapter_init_name(c->init));
     }
     return root;
@@ -326,8 +345,8 @@ rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_
     RQ_TRY(rq_mkdir_p(dir, err));
     int n_adapters = rq_adapter_set_count(s);
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
-    rq_st_tensor *tensors = host ? rq_calloc((size_t)2 * n_adapters, sizeof *tensors, err) : NULL;
-    char(*names)[128] = tensors ? rq_calloc((size_t)2 * n_adapters, sizeof *names, err) : NULL;
+    rq_st_tensor *tensors = host ? rq_calloc((size_t)3 * n_adapters, sizeof *tensors, err) : NULL;
+    char(*names)[128] = tensors ? rq_calloc((size_t)3 * n_adapters, sizeof *names, err) : NULL;
     rq_status st = names ? RQ_OK : RQ_ERR_NOMEM;
     if (st == RQ_OK) st = s->be->download(s->be, host, s->params, sizeof(float) * s->n_params, err);
     int k = 0;
@@ -343,6 +362,12 @@ rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_
                 tensors[k].shape[0] = which ? a->out : a->r;
                 tensors[k].shape[1] = which ? a->r : a->a_cols;
                 tensors[k].data = host + ((which ? a->B : a->A) - s->params);
+            }
+            if (a->S) {
+                scales_key(names[k], sizeof names[k], l, p);
+                tensors[k] = (rq_st_tensor){.name = names[k], .dtype = RQ_F32, .ndim = 2,
+                                            .shape = {a->out, a->a_cols}, .data = host + (a->S - s->params)};
+                k++;
             }
         }
     if (st == RQ_OK) {
@@ -428,6 +453,10 @@ static rq_status config_read_file(const char *path, rq_adapter_config *cfg, rq_e
         } else if (!cJSON_IsString(type) || strcmp(type->valuestring, "lora") != 0) {
             st = RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: rilq_adapter.type must be \"lora\" or \"qalora\"", path);
         }
+        const cJSON *ts = cJSON_GetObjectItemCaseSensitive(ours, "train_scales");
+        if (st == RQ_OK && ts && !cJSON_IsBool(ts))
+            st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: rilq_adapter.train_scales must be true or false", path);
+        cfg->train_scales = cJSON_IsTrue(ts);
     }
     cJSON_Delete(root);
     return st;
@@ -453,6 +482,7 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
     RQ_TRY(rq_adapter_config_read_peft(dir, &fc, err));
     const rq_adapter_config *c = &s->cfg;
     if (fc.type != c->type || fc.r != c->r || fc.alpha != c->alpha || fc.targets != c->targets ||
+        fc.train_scales != c->train_scales ||
         (c->type == RQ_ADAPTER_QALORA && fc.group_size != c->group_size))
         return RQ_FAIL(err, RQ_ERR_FORMAT,
                        "%s/%s: adapter config (type %s, r %d, alpha %g, group size %d, targets 0x%x) differs from "
@@ -497,6 +527,22 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
                 st = rq_tensor_to_f32(v, host + ((which ? a->B : a->A) - s->params), err);
                 if (st != RQ_OK) rq_err_prefix(err, "%s: tensor %s: ", path, name);
             }
+            if (st == RQ_OK && a->S) {
+                scales_key(name, sizeof name, l, p);
+                expected++;
+                int64_t shape[2] = {a->out, a->a_cols};
+                shape_str(want, sizeof want, shape, 2);
+                const rq_tensor_view *v = rq_tensor_table_find(&tab, name);
+                if (!v) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: missing tensor %s (expected shape %s)", path, name, want);
+                else if (v->ndim != 2 || v->shape[0] != shape[0] || v->shape[1] != shape[1]) {
+                    shape_str(got, sizeof got, v->shape, v->ndim);
+                    st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s for this model", path,
+                                 name, got, want);
+                } else {
+                    st = rq_tensor_to_f32(v, host + (a->S - s->params), err);
+                    if (st != RQ_OK) rq_err_prefix(err, "%s: tensor %s: ", path, name);
+                }
+            }
         }
     /* A tensor the model has no place for (another layer count, another
      * target list) is an error rather than silently dropped. */
@@ -504,9 +550,11 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
         bool known = false;
         for (int l = 0; !known && l < s->model.n_layers; l++)
             for (int p = 0; !known && p < RQ_N_PROJ; p++)
-                for (int which = 0; !known && which < 2; which++) {
-                    if (!s->items[(size_t)l * RQ_N_PROJ + p].A) continue;
-                    peft_key(name, sizeof name, l, p, which ? 'B' : 'A');
+                for (int which = 0; !known && which < 3; which++) {
+                    const rq_adapter *a = &s->items[(size_t)l * RQ_N_PROJ + p];
+                    if (!a->A || (which == 2 && !a->S)) continue;
+                    if (which == 2) scales_key(name, sizeof name, l, p);
+                    else peft_key(name, sizeof name, l, p, which ? 'B' : 'A');
                     known = strcmp(name, tab.items[i].name) == 0;
                 }
         if (!known)
@@ -514,6 +562,7 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
                          "targets from %s/" ADAPTER_CONFIG_FILE ")", path, tab.items[i].name, s->model.n_layers, dir);
     }
     if (st == RQ_OK) st = s->be->upload(s->be, s->params, host, sizeof(float) * s->n_params, err);
+    if (st == RQ_OK && s->cfg.train_scales) s->scales_loaded = true;
     free(host);
     free(path);
     rq_safetensors_close(&file);
@@ -535,4 +584,84 @@ rq_status rq_adapter_set_open_peft(const char *dir, const rq_config *mc, rq_back
     }
     *out = s;
     return RQ_OK;
+}
+
+/* ---- trained group scales ------------------------------------------------------------------- */
+
+rq_status rq_adapter_set_attach_scales(rq_adapter_set *s, rq_model *m, rq_err *err) {
+    if (!s->cfg.train_scales) return RQ_OK;
+    if (!s->be->caps.weights_on_host)
+        return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "trainable group scales run on the CPU backend only (for now)");
+    size_t max_numel = 0;
+    for (int l = 0; l < s->model.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            rq_adapter *a = &s->items[(size_t)l * RQ_N_PROJ + p];
+            if (!a->S) continue;
+            rq_q2_tensor *t = rq_layer_proj(&m->layers[l], p)->q2;
+            if (!t || t->group_size != a->group_size)
+                return RQ_FAIL(err, RQ_ERR_ARG, "trainable group scales: model.layers.%d.%s.%s must be 2-bit with "
+                               "group size %d (the adapters' pooling group); it is %s", l,
+                               p <= RQ_PROJ_O ? "self_attn" : "mlp", rq_proj_names[p], a->group_size,
+                               t ? "2-bit with another group size" : "not quantized");
+            a->q2 = t;
+            if ((size_t)a->out * a->in > max_numel) max_numel = (size_t)a->out * a->in;
+        }
+    free(s->scale_scratch);
+    s->scale_scratch = rq_calloc(max_numel ? max_numel : 1, sizeof(float), err);
+    if (!s->scale_scratch) return RQ_ERR_NOMEM;
+    s->scales_model = m;
+    if (s->scales_loaded) return rq_adapter_set_sync_scales(s, err);
+    /* a fresh set starts at the model's scales */
+    for (int l = 0; l < s->model.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            rq_adapter *a = &s->items[(size_t)l * RQ_N_PROJ + p];
+            if (!a->S) continue;
+            for (size_t k = 0; k < (size_t)a->out * a->a_cols; k++) a->S[k] = rq_f16_to_f32(a->q2->scales[k]);
+        }
+    s->scales_loaded = true;
+    return RQ_OK;
+}
+
+rq_status rq_adapter_set_sync_scales(rq_adapter_set *s, rq_err *err) {
+    if (!s->cfg.train_scales || !s->scales_model) return RQ_OK;
+    for (int l = 0; l < s->model.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            rq_adapter *a = &s->items[(size_t)l * RQ_N_PROJ + p];
+            if (!a->S || !a->q2) continue;
+            for (size_t k = 0; k < (size_t)a->out * a->a_cols; k++) {
+                if (!(fabsf(a->S[k]) <= 65504.0f))
+                    return RQ_FAIL(err, RQ_ERR_ARG, "trained scale of model.layers.%d.%s row %zu group %zu is %g: "
+                                   "not an fp16 value", l, rq_proj_names[p], k / (size_t)a->a_cols,
+                                   k % (size_t)a->a_cols, a->S[k]);
+                a->q2->scales[k] = rq_f32_to_f16(a->S[k]);
+            }
+        }
+    return rq_model_rebind(s->scales_model, s->be, err);
+}
+
+void rq_adapter_scale_backward(rq_backend *be, const rq_adapter_set *s, const rq_adapter *a, const float *x,
+                               const float *dout, int N) {
+    const rq_q2_tensor *t = a->q2;
+    float *dW = s->scale_scratch;
+    if (!t || !dW) return;
+    memset(dW, 0, sizeof(float) * (size_t)a->out * a->in);
+    be->matmul_tn_acc(be, dW, dout, x, N, a->out, a->in);
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < a->out; o++)
+        for (int g = 0; g < a->a_cols; g++) {
+            const int c0 = g * a->group_size, c1 = c0 + a->group_size < a->in ? c0 + a->group_size : a->in;
+            double acc = 0;
+            for (int i = c0; i < c1; i++) acc += (double)dW[(size_t)o * a->in + i] * t->codebook[rq_q2_get_code(t, o, i)];
+            a->dS[(size_t)o * a->a_cols + g] += (float)acc;
+        }
+}
+
+rq_status rq_adapter_set_open_for(const char *dir, rq_model *m, rq_backend *be, rq_adapter_set **out, rq_err *err) {
+    RQ_TRY(rq_adapter_set_open_peft(dir, &m->cfg, be, out, err));
+    rq_status st = rq_adapter_set_attach_scales(*out, m, err);
+    if (st != RQ_OK) {
+        rq_adapter_set_free(*out);
+        *out = NULL;
+    }
+    return st;
 }

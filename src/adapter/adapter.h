@@ -58,6 +58,11 @@ typedef struct rq_adapter {
     float scaling;  /* alpha / r */
     float *A, *B;   /* [r][a_cols], [out][r] on the backend */
     float *dA, *dB; /* gradients, same shapes */
+    /* trained group scales (a set with train_scales): the scale of every (row, group)
+       of the 2-bit weight under the adapter, [out][a_cols] fp32 masters on the backend;
+       q2 is that weight (rq_adapter_set_attach_scales), whose fp16 scales follow them */
+    float *S, *dS;
+    struct rq_q2_tensor *q2;
 } rq_adapter;
 
 /* ---- one adapter: forward and backward ---------------------------------------- */
@@ -93,6 +98,10 @@ typedef struct rq_adapter_config {
     unsigned targets;    /* bit (1u << RQ_PROJ_x) for each adapted projection */
     rq_adapter_init init;
     uint64_t seed;
+    /* PEQA / EfficientQAT's end-to-end step: the per-(row, group) scales of the 2-bit
+       weights train beside the adapters (QA-LoRA whose pooling group is the
+       quantization group only; saved with the adapters; folded by the merge) */
+    bool train_scales;
 } rq_adapter_config;
 
 #define RQ_ADAPTER_ALL_PROJ ((1u << RQ_N_PROJ) - 1u)
@@ -105,6 +114,11 @@ typedef struct rq_adapter_set {
     float *params;      /* n_params floats on the backend */
     float *grads;       /* n_params floats on the backend, zeroed at creation */
     size_t n_params;
+    /* train_scales: the model whose q2 scales the set's S hold (attach), whether S
+       came from a file (else attach takes the model's), a host scratch */
+    rq_model *scales_model;
+    bool scales_loaded;
+    float *scale_scratch;
 } rq_adapter_set;
 
 /* "q_proj,k_proj,..." or "all" -> target bits; RQ_ERR_ARG naming the unknown name. */
@@ -136,6 +150,22 @@ rq_status rq_adapter_set_assign(rq_adapter_set *s, int layer, int proj, const fl
 int rq_adapter_set_count(const rq_adapter_set *s);
 size_t rq_adapter_set_bytes(const rq_adapter_set *s);
 
+/* ---- trained group scales (cfg.train_scales) ---------------------------------------- */
+
+/* Tie the set's scales to model m's 2-bit weights: every adapted projection must
+ * be q2 with the adapters' group size. A set whose scales came from a file writes
+ * them (rounded to fp16) into m's q2 tensors; a fresh set takes m's. A set without
+ * train_scales: nothing to do. */
+rq_status rq_adapter_set_attach_scales(rq_adapter_set *s, rq_model *m, rq_err *err);
+/* After the scales changed (an optimizer step, a restore): the attached q2
+ * tensors' fp16 scales <- fp16(S), and the model rebound to the backend. */
+rq_status rq_adapter_set_sync_scales(rq_adapter_set *s, rq_err *err);
+/* dS += d/dS of the projection's output given its input x [N][in] and its output's
+ * gradient dout [N][out]: dS[o][g] += sum over i in g of (dout^T x)[o][i] cb[code[o][i]]
+ * (the codes and offsets fixed). Host memory only (a backend with weights on the host). */
+void rq_adapter_scale_backward(rq_backend *be, const rq_adapter_set *s, const rq_adapter *a, const float *x,
+                               const float *dout, int N);
+
 /* ---- PEFT files ------------------------------------------------------------------ */
 
 /* Write dir/adapter_config.json and dir/adapter_model.safetensors (fp32, PEFT
@@ -157,5 +187,10 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
 /* rq_adapter_config_read_peft + rq_adapter_set_create + rq_adapter_set_load_peft. */
 rq_status rq_adapter_set_open_peft(const char *dir, const rq_config *mc, rq_backend *be, rq_adapter_set **out,
                                    rq_err *err);
+
+/* rq_adapter_set_open_peft for model m, with trained group scales (if the set has
+ * them) attached to m's 2-bit weights: what every command that puts adapters on a
+ * model calls. */
+rq_status rq_adapter_set_open_for(const char *dir, rq_model *m, rq_backend *be, rq_adapter_set **out, rq_err *err);
 
 #endif

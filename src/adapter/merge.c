@@ -562,7 +562,7 @@ rq_status rq_merge_artifact(const char *in_dir, const char *adapter_dir, const c
     r = rq_backend_create(device ? device : "cpu", n_threads, &be, err);
     if (r == RQ_OK) r = rq_artifact_load(in_dir, &m, err);
     if (r == RQ_OK) {
-        r = rq_adapter_set_open_peft(adir, &m->cfg, be, &s, err);
+        r = rq_adapter_set_open_for(adir, m, be, &s, err);
         if (r != RQ_OK) rq_err_prefix(err, "adapters for %s: ", in_dir);
     }
     if (r == RQ_OK) r = rq_merge_model(m, s, be, o, rep, err);

@@ -80,7 +80,7 @@ int cmd_ppl(int argc, char **argv) {
     rq_adapter_set *ad = NULL;
     if (rq_model_load(path, args.common.tokenizer, &m, &err) != RQ_OK) return cli_fail("ppl", &err);
     if (rq_backend_create(args.common.device, (int)args.common.threads, &be, &err) != RQ_OK ||
-        (adapter && rq_adapter_set_open_peft(adapter, &m->cfg, be, &ad, &err) != RQ_OK) ||
+        (adapter && rq_adapter_set_open_for(adapter, m, be, &ad, &err) != RQ_OK) ||
         (m->adapters = ad, rq_ppl_run(m, be, &o, &r, &err)) != RQ_OK) {
         rc = cli_fail("ppl", &err);
     } else {

@@ -599,6 +599,7 @@ static void proj_backward(rq_forward_state *s, int l, int p, float *din, const f
     if (!ad) return;
     const float *xt = ad->type == RQ_ADAPTER_QALORA ? a->xt[p] : in;
     rq_adapter_backward(s->be, ad, din, dout, xt, a->u[p], N, s->d_adapter);
+    if (ad->S) rq_adapter_scale_backward(s->be, s->adapters, ad, in, dout, N); /* trained group scales */
 }
 
 /* y = a - b over n floats (the output of o_proj / down_proj, recovered from the

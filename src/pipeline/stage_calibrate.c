@@ -32,6 +32,9 @@ static const rq_opt opts[] = {
     RQ_OPT_N("--alpha", "adapter.alpha", O, adapter.alpha, "16", 1e-6, 1e6, "A", "alpha (scaling alpha / r)"),
     RQ_OPT_I("--group-size", "adapter.group_size", O, adapter.group_size, "0", 0, 1 << 20, "G",
              "QA-LoRA pooling group (0: the student's quantization group, which a merge needs)"),
+    RQ_OPT_B("--train-scales", "adapter.train_scales", O, adapter.train_scales, "false",
+             "the student's group scales train beside the QA-LoRA adapters (PEQA / EfficientQAT's\n"
+             "end-to-end step); saved with the adapters, folded by the merge; CPU backend"),
     RQ_OPT_S("--init", NULL, O, adapter.init, "gaussian", "gaussian|svd|loftq", NULL,
              "gaussian: A ~ N(0, 1/r^2), B = 0 (RILQ); svd: rank-R SVD of the quantization\n"
              "error W - Q (LoftQ baseline, 1 alternation; plain LoRA only)"),
@@ -85,6 +88,9 @@ rq_status rq_stage_calibrate_check(const rq_stage_calibrate_opts *o, rq_err *err
         return RQ_FAIL(err, RQ_ERR_ARG, "the logits Model-Loss belongs to the model scope");
     if (!parse_range(o->c4_docs, &a, &b))
         return RQ_FAIL(err, RQ_ERR_ARG, "c4_docs expects A:B with 0 <= A < B, got '%s'", o->c4_docs);
+    if (o->adapter.train_scales && strcmp(o->adapter.type, "qalora") != 0)
+        return RQ_FAIL(err, RQ_ERR_ARG, "trainable group scales need QA-LoRA adapters (a plain LoRA update does not "
+                       "fold into the 2-bit groups)");
     if ((!strcmp(o->adapter.init, "svd") || !strcmp(o->adapter.init, "loftq")) && strcmp(o->adapter.type, "lora") != 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "the svd init needs lora adapters (a QA-LoRA A reads group means)");
     return RQ_OK;
@@ -133,6 +139,7 @@ static cJSON *summary(const rq_stage_calibrate_opts *o, const rq_calib_opts *co,
     cJSON_AddNumberToObject(sum, "alpha", ac->alpha);
     cJSON_AddNumberToObject(sum, "group_size", ac->group_size);
     cJSON_AddStringToObject(sum, "init", svd_init ? "svd" : "gaussian");
+    cJSON_AddBoolToObject(sum, "train_scales", ac->train_scales);
     cJSON_AddStringToObject(sum, "scope", o->scope);
     cJSON_AddStringToObject(sum, "model_loss", o->model_loss);
     cJSON_AddNumberToObject(sum, "model_weight", o->model_weight);
@@ -177,7 +184,8 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     rq_adapter_config ac = {.r = (int)o->adapter.rank, .alpha = (float)o->adapter.alpha,
                             .group_size = (int)o->adapter.group_size, .seed = (uint64_t)o->seed,
                             .targets = RQ_ADAPTER_ALL_PROJ, .init = RQ_INIT_GAUSSIAN,
-                            .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA};
+                            .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA,
+                            .train_scales = o->adapter.train_scales};
     rq_quant_method qmethod = RQ_QUANT_RTN;
     if (o->quantize) RQ_TRY(rq_quant_method_parse(o->quantize, &qmethod, err));
 
@@ -304,6 +312,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
                 raw / mib, rep->teacher_cache_reused ? ", reused" : "");
     }
     CHECK(rq_adapter_set_create(&student->cfg, &ac, be, &ad, err));
+    CHECK(rq_adapter_set_attach_scales(ad, student, err));
     if (svd_init) CHECK(rq_calib_svd_init(teacher, student, ad, (uint64_t)o->seed, false, err));
     /* the teacher's weights are never needed again, except by the layer / linear scope ablation,
        whose per-layer targets are too large to cache: there the teacher runs alongside */
@@ -333,9 +342,9 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     to.checkpoint_every = (int)o->eval_every;
     to.out_dir = o->out;
     to.resume = o->resume;
-    rq_info("student: %s r=%d alpha=%g (scaling %g) on %d projections, %zu parameters, init %s",
+    rq_info("student: %s r=%d alpha=%g (scaling %g) on %d projections, %zu parameters, init %s%s",
             rq_adapter_type_name(ac.type), ac.r, ac.alpha, ac.alpha / ac.r, rq_adapter_set_count(ad), ad->n_params,
-            svd_init ? "svd" : "gaussian");
+            svd_init ? "svd" : "gaussian", ac.train_scales ? ", group scales trained too" : "");
     rq_info("loss: %g * MSE(final hidden) + %g * CE; Adam lr %g, %lld x %lld per update, <= %lld updates, "
             "validate every %lld, patience %lld",
             o->model_weight, o->gt_weight, o->lr, (long long)o->micro_batch, (long long)o->accum, (long long)to.max_steps,

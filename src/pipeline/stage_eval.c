@@ -171,7 +171,7 @@ rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_r
     if (st == RQ_OK) st = rq_backend_create(a->common.device, (int)a->common.threads, &be, err);
     rq_adapter_set *adapters = NULL;
     if (st == RQ_OK && a->adapter) { /* attached to the model: every forward of this run applies them */
-        st = rq_adapter_set_open_peft(a->adapter, &m->cfg, be, &adapters, err);
+        st = rq_adapter_set_open_for(a->adapter, m, be, &adapters, err);
         if (st == RQ_OK) m->adapters = adapters;
     }
     if (st == RQ_OK) {

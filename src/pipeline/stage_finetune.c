@@ -22,6 +22,9 @@ static const rq_opt opts[] = {
     RQ_OPT_I("--group-size", "adapter.group_size", O, adapter.group_size, "0", 0, 1 << 20, "G",
              "fresh adapters: QA-LoRA pooling group (0: the model's quantization group)"),
     RQ_OPT_S("--init", NULL, O, adapter.init, "gaussian", NULL, NULL, "fresh adapters: gaussian, kaiming or xavier"),
+    RQ_OPT_B("--train-scales", "adapter.train_scales", O, adapter.train_scales, "false",
+             "the model's group scales train beside the QA-LoRA adapters (adapters from --adapter\n"
+             "keep training them when they were trained with them); CPU backend"),
     RQ_OPT_I("--epochs", "stage2.epochs", O, epochs, "3", 1, 1 << 20, "N", "epochs"),
     RQ_OPT_N("--lr", "stage2.lr", O, lr, "1e-4", 0, 10, "LR", "peak learning rate"),
     RQ_OPT_S("--optim", "stage2.optim", O, optim, "adam", "adam|adamw", NULL, "optimizer (adamw: decoupled weight decay)"),
@@ -143,15 +146,22 @@ rq_status rq_stage_finetune(const rq_stage_finetune_opts *o, rq_stage_finetune_r
     fo.max_source = (int)o->max_source;
     fo.max_target = (int)o->max_target;
     CHECK(rq_ft_set_load(m->tok, &fo, &set, err));
-    if (o->adapter_dir) CHECK(rq_adapter_set_open_peft(o->adapter_dir, &m->cfg, be, &ad, err));
+    if (o->adapter_dir) {
+        CHECK(rq_adapter_set_open_for(o->adapter_dir, m, be, &ad, err));
+        if (o->adapter.train_scales && !ad->cfg.train_scales)
+            CHECK(RQ_FAIL(err, RQ_ERR_ARG, "--train-scales: the adapters in %s were trained without group scales; "
+                          "start fresh adapters to train them", o->adapter_dir));
+    }
     else {
         int gs = (int)o->adapter.group_size;
         if (gs <= 0) gs = rq_model_q2_group_size(m) > 0 ? rq_model_q2_group_size(m) : 64;
         rq_adapter_config ac = {.r = (int)o->adapter.rank, .alpha = (float)o->adapter.alpha, .group_size = gs,
                                 .seed = (uint64_t)o->seed, .targets = RQ_ADAPTER_ALL_PROJ,
-                                .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA};
+                                .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA,
+                                .train_scales = o->adapter.train_scales};
         CHECK(rq_adapter_init_parse(o->adapter.init, &ac.init, err));
         CHECK(rq_adapter_set_create(&m->cfg, &ac, be, &ad, err));
+        CHECK(rq_adapter_set_attach_scales(ad, m, err));
     }
     const int64_t steps_per_epoch = (set.n + o->batch - 1) / o->batch;
     rq_train_opts to;

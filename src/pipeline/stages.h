@@ -42,6 +42,7 @@ typedef struct rq_adapter_opts {
     double alpha;
     int64_t group_size; /* QA-LoRA pooling group; 0: the quantization group of the 2-bit model */
     const char *init;   /* gaussian (RILQ), svd (LoftQ, calibrate), kaiming, xavier */
+    bool train_scales;  /* the 2-bit weights' group scales train beside the adapters */
 } rq_adapter_opts;
 
 /* ---- quantize ----------------------------------------------------------------------------- */

@@ -475,6 +475,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (st == RQ_OK && o->resume && rq_file_exists(ckpt_path)) {
             st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o->seed, err);
             if (st == RQ_OK) st = be->upload(be, ad->params, params_host, ad->n_params * sizeof(float), err);
+            if (st == RQ_OK) st = rq_adapter_set_sync_scales(ad, err); /* trained group scales, if any */
             if (st == RQ_OK) {
                 res->resumed = true;
                 res->resumed_at = h.step;
@@ -516,6 +517,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (st != RQ_OK) break;
         double lr = rq_schedule_lr(&o->schedule, h.step), gnorm = 0.0;
         st = rq_optim_step(opt, ad->params, ad->grads, lr, &gnorm, err);
+        if (st == RQ_OK) st = rq_adapter_set_sync_scales(ad, err); /* the 2-bit weights follow trained scales */
         if (st != RQ_OK) break;
         be->fill_zero(be, ad->grads, ad->n_params);
         h.step++;
@@ -563,8 +565,10 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         }
     }
     if (st == RQ_OK && !o->quiet) rq_progress_finish(&prog, h.step, "steps");
-    if (st == RQ_OK && h.has_best && o->patience > 0) /* restore the best adapters */
+    if (st == RQ_OK && h.has_best && o->patience > 0) { /* restore the best adapters */
         st = be->upload(be, ad->params, best, ad->n_params * sizeof(float), err);
+        if (st == RQ_OK) st = rq_adapter_set_sync_scales(ad, err);
+    }
     res->steps = h.step;
     res->best_val = h.has_best ? h.best_val : NAN;
     res->best_step = h.best_step;
