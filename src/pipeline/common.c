@@ -17,6 +17,15 @@ int rq_model_q2_group_size(const rq_model *m) {
     return 0;
 }
 
+rq_adapter_config rq_adapter_opts_config(const rq_adapter_opts *a, uint64_t seed) {
+    rq_adapter_config c = {.type = !strcmp(a->type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA,
+                           .r = (int)a->rank, .alpha = (float)a->alpha, .group_size = (int)a->group_size,
+                           .targets = RQ_ADAPTER_ALL_PROJ, .init = RQ_INIT_GAUSSIAN, .seed = seed,
+                           .train_scales = a->train_scales};
+    rq_adapter_init_parse(a->init, &c.init, NULL); /* svd / loftq: not a set init; the caller handles it */
+    return c;
+}
+
 rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident, bool disabled,
                                 rq_err *err) {
     o->device = be->caps.device_memory ? RQ_PLAN_CUDA : RQ_PLAN_CPU;

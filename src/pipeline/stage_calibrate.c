@@ -27,14 +27,7 @@ static const rq_opt opts[] = {
     RQ_OPT_I("--val-windows", "stage1.val_windows", O, val_windows, "64", 0, 1 << 24, "N",
              "windows held out for validation (the last drawn)"),
     RQ_OPT_I("--seed", "stage1.seed", O, seed, "42", 0, 9007199254740991.0, "S", "sampling and initialization seed"),
-    RQ_OPT_S("--adapter", "adapter.type", O, adapter.type, "qalora", "qalora|lora", NULL, "qalora (mergeable) or lora"),
-    RQ_OPT_I("--rank", "adapter.rank", O, adapter.rank, "64", 1, 4096, "R", "rank r"),
-    RQ_OPT_N("--alpha", "adapter.alpha", O, adapter.alpha, "16", 1e-6, 1e6, "A", "alpha (scaling alpha / r)"),
-    RQ_OPT_I("--group-size", "adapter.group_size", O, adapter.group_size, "0", 0, 1 << 20, "G",
-             "QA-LoRA pooling group (0: the student's quantization group, which a merge needs)"),
-    RQ_OPT_B("--train-scales", "adapter.train_scales", O, adapter.train_scales, "false",
-             "the student's group scales train beside the QA-LoRA adapters (PEQA / EfficientQAT's\n"
-             "end-to-end step); saved with the adapters, folded by the merge; CPU backend"),
+    RQ_ADAPTER_OPT_LINES(O, "--adapter"),
     RQ_OPT_S("--init", NULL, O, adapter.init, "gaussian", "gaussian|svd|loftq", NULL,
              "gaussian: A ~ N(0, 1/r^2), B = 0 (RILQ); svd: rank-R SVD of the quantization\n"
              "error W - Q (LoftQ baseline, 1 alternation; plain LoRA only)"),
@@ -181,11 +174,8 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     const bool svd_init = !strcmp(o->adapter.init, "svd") || !strcmp(o->adapter.init, "loftq");
     rq_loss_scope loss_scope = !strcmp(o->scope, "layer") ? RQ_SCOPE_LAYER : !strcmp(o->scope, "linear") ? RQ_SCOPE_LINEAR
                                                                                                          : RQ_SCOPE_MODEL;
-    rq_adapter_config ac = {.r = (int)o->adapter.rank, .alpha = (float)o->adapter.alpha,
-                            .group_size = (int)o->adapter.group_size, .seed = (uint64_t)o->seed,
-                            .targets = RQ_ADAPTER_ALL_PROJ, .init = RQ_INIT_GAUSSIAN,
-                            .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA,
-                            .train_scales = o->adapter.train_scales};
+    rq_adapter_config ac = rq_adapter_opts_config(&o->adapter, (uint64_t)o->seed);
+    ac.init = RQ_INIT_GAUSSIAN;
     rq_quant_method qmethod = RQ_QUANT_RTN;
     if (o->quantize) RQ_TRY(rq_quant_method_parse(o->quantize, &qmethod, err));
 
@@ -246,7 +236,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         rq_model_quant_opts qo;
         rq_model_quant_opts_default(&qo);
         qo.quant.method = qmethod;
-        qo.quant.group_size = ac.group_size > 0 ? ac.group_size : 64;
+        qo.quant.group_size = ac.group_size > 0 ? ac.group_size : RQ_DEFAULT_GROUP_SIZE;
         CHECK(rq_model_load(o->model, o->common.tokenizer, &student, err));
         CHECK(rq_model_quantize(student, &qo, NULL, err));
     }
@@ -256,7 +246,8 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
                       student->path, student->cfg.dim, student->cfg.n_layers, student->cfg.vocab_size, teacher->path,
                       teacher->cfg.dim, teacher->cfg.n_layers, teacher->cfg.vocab_size));
     /* the pooling group follows the student's quantization group unless given */
-    if (ac.group_size <= 0) ac.group_size = rq_model_q2_group_size(student) > 0 ? rq_model_q2_group_size(student) : 64;
+    if (ac.group_size <= 0)
+        ac.group_size = rq_model_q2_group_size(student) > 0 ? rq_model_q2_group_size(student) : RQ_DEFAULT_GROUP_SIZE;
     rq_info("calibrate: teacher %s (%s), student %s", teacher->path, teacher->format, student->path);
     CHECK(rq_calib_windows_build(teacher->tok, &co, &w, err));
     rep->windows = w.n, rep->seq_len = w.T, rep->val_windows = w.n_val;

@@ -16,15 +16,8 @@ static const rq_opt opts[] = {
     RQ_OPT_S("--adapter", NULL, O, adapter_dir, NULL, NULL, "DIR",
              "start from these adapters (stage-1 RILQ output, DIR/adapter); without it\n"
              "the adapters start fresh (the no-RILQ baseline)"),
-    RQ_OPT_S("--type", "adapter.type", O, adapter.type, "qalora", "qalora|lora", NULL, "fresh adapters: qalora or lora"),
-    RQ_OPT_I("--rank", "adapter.rank", O, adapter.rank, "64", 1, 4096, "R", "fresh adapters: rank r"),
-    RQ_OPT_N("--alpha", "adapter.alpha", O, adapter.alpha, "16", 1e-6, 1e6, "A", "fresh adapters: alpha (scaling alpha / r)"),
-    RQ_OPT_I("--group-size", "adapter.group_size", O, adapter.group_size, "0", 0, 1 << 20, "G",
-             "fresh adapters: QA-LoRA pooling group (0: the model's quantization group)"),
-    RQ_OPT_S("--init", NULL, O, adapter.init, "gaussian", NULL, NULL, "fresh adapters: gaussian, kaiming or xavier"),
-    RQ_OPT_B("--train-scales", "adapter.train_scales", O, adapter.train_scales, "false",
-             "the model's group scales train beside the QA-LoRA adapters (adapters from --adapter\n"
-             "keep training them when they were trained with them); CPU backend"),
+    RQ_ADAPTER_OPT_LINES(O, "--type"),
+    RQ_OPT_S("--init", NULL, O, adapter.init, "gaussian", NULL, NULL, "fresh adapters: gaussian, kaiming_uniform or xavier_uniform"),
     RQ_OPT_I("--epochs", "stage2.epochs", O, epochs, "3", 1, 1 << 20, "N", "epochs"),
     RQ_OPT_N("--lr", "stage2.lr", O, lr, "1e-4", 0, 10, "LR", "peak learning rate"),
     RQ_OPT_S("--optim", "stage2.optim", O, optim, "adam", "adam|adamw", NULL, "optimizer (adamw: decoupled weight decay)"),
@@ -153,12 +146,8 @@ rq_status rq_stage_finetune(const rq_stage_finetune_opts *o, rq_stage_finetune_r
                           "start fresh adapters to train them", o->adapter_dir));
     }
     else {
-        int gs = (int)o->adapter.group_size;
-        if (gs <= 0) gs = rq_model_q2_group_size(m) > 0 ? rq_model_q2_group_size(m) : 64;
-        rq_adapter_config ac = {.r = (int)o->adapter.rank, .alpha = (float)o->adapter.alpha, .group_size = gs,
-                                .seed = (uint64_t)o->seed, .targets = RQ_ADAPTER_ALL_PROJ,
-                                .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA,
-                                .train_scales = o->adapter.train_scales};
+        rq_adapter_config ac = rq_adapter_opts_config(&o->adapter, (uint64_t)o->seed);
+        if (ac.group_size <= 0) ac.group_size = rq_model_q2_group_size(m) > 0 ? rq_model_q2_group_size(m) : RQ_DEFAULT_GROUP_SIZE;
         CHECK(rq_adapter_init_parse(o->adapter.init, &ac.init, err));
         CHECK(rq_adapter_set_create(&m->cfg, &ac, be, &ad, err));
         CHECK(rq_adapter_set_attach_scales(ad, m, err));

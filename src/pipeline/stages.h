@@ -45,6 +45,20 @@ typedef struct rq_adapter_opts {
     bool train_scales;  /* the 2-bit weights' group scales train beside the adapters */
 } rq_adapter_opts;
 
+/* The adapter options' table lines (recipe section "adapter") for a stage struct O
+ * with a member `adapter`; type_flag chooses the type ("--adapter" in calibrate,
+ * "--type" in finetune, whose --adapter names a directory). */
+#define RQ_ADAPTER_OPT_LINES(O, type_flag)                                                                        \
+    RQ_OPT_S(type_flag, "adapter.type", O, adapter.type, "qalora", "qalora|lora", NULL, "qalora (mergeable) or lora"), \
+        RQ_OPT_I("--rank", "adapter.rank", O, adapter.rank, "64", 1, 4096, "R", "rank r"),                          \
+        RQ_OPT_N("--alpha", "adapter.alpha", O, adapter.alpha, "16", 1e-6, 1e6, "A", "alpha (scaling alpha / r)"),  \
+        RQ_OPT_I("--group-size", "adapter.group_size", O, adapter.group_size, "0", 0, 1 << 20, "G",               \
+                 "QA-LoRA pooling group (0: the model's quantization group, which a merge needs)"),            \
+        RQ_OPT_B("--train-scales", "adapter.train_scales", O, adapter.train_scales, "false",                      \
+                 "the 2-bit weights' group scales train beside the QA-LoRA adapters (PEQA /\n"                    \
+                 "EfficientQAT's end-to-end step); saved with the adapters, folded by the merge;\n"               \
+                 "CPU backend")
+
 /* ---- quantize ----------------------------------------------------------------------------- */
 
 typedef struct rq_stage_quantize_opts {
