@@ -9,7 +9,8 @@ static const char *usage =
     "gold answer (gsm8k: the full solution with its final \"#### N\"), tokenized as the evaluation\n"
     "tokenizes (context, continuation); the loss counts the answer tokens only.\n"
     "DIR receives adapter/ (PEFT layout, at the end), adapter-epoch-K/ after each epoch,\n"
-    "checkpoint.bin (every epoch; --resume continues from it), metrics.jsonl, finetune.json.\n\n";
+    "checkpoint.bin (every epoch; --resume continues from it), metrics.jsonl, finetune.json.\n"
+    "--type, --rank, --alpha, --group-size and --init shape fresh adapters (no --adapter).\n\n";
 
 int cmd_finetune(int argc, char **argv) {
     rq_stage_finetune_opts o;
