@@ -26,13 +26,13 @@ static const rq_opt opts[] = {
              "projections to quantize (the rest stay in full precision)"),
     RQ_OPT_B("--compress", NULL, O, compress, "false", "store model.safetensors.zst (zstd) instead of model.safetensors"),
     RQ_OPT_I("--calib-windows", "quantize.calib_windows", O, calib_windows, "128", 1, 1 << 20, "N",
-             "gptq: calibration windows (C4, drawn as stage 1 draws them)"),
+             "gptq and refine: calibration windows (C4, drawn as stage 1 draws them)"),
     RQ_OPT_I("--calib-seq-len", "quantize.calib_seq_len", O, calib_seq_len, "512", 2, 1 << 20, "T",
-             "gptq: tokens per calibration window"),
+             "gptq and refine: tokens per calibration window"),
     RQ_OPT_S("--c4-docs", "quantize.c4_docs", O, c4_docs, "0:1000", NULL, "A:B",
-             "gptq: C4 documents the windows may come from (those of stage 1, so C4\n"
+             "gptq and refine: C4 documents the windows may come from (those of stage 1, so C4\n"
              "perplexity on 1000:2000 stays clean)"),
-    RQ_OPT_I("--seed", "quantize.seed", O, seed, "42", 0, 9007199254740991.0, "S", "gptq: window sampling seed"),
+    RQ_OPT_I("--seed", "quantize.seed", O, seed, "42", 0, 9007199254740991.0, "S", "gptq and refine: window sampling seed"),
     RQ_OPT_N("--damp", "quantize.damp", O, damp, "0.01", 0, 10, "X", "gptq: H += X * mean(diag H) * I"),
     RQ_OPT_I("--gptq-block", "quantize.gptq_block", O, gptq_block, "128", 1, 1 << 20, "N",
              "gptq: columns per lazy block (a multiple of the group size)"),
