@@ -315,7 +315,11 @@ static void prepare_export(const run_ctx *c, const char *dir) {
 static const char *row_label(const rq_recipe *r, const char *id, char *buf, size_t n) {
     if (!strcmp(id, "fp")) snprintf(buf, n, "full precision");
     else if (!strcmp(id, "q2"))
-        snprintf(buf, n, "2-bit %s g%lld%s", !strcmp(r->quantize.method, "rtn") ? "RTN" : "NF2",
+        snprintf(buf, n, "2-bit %s%s g%lld%s",
+                 !strcmp(r->quantize.method, "rtn") ? "RTN" : !strcmp(r->quantize.method, "nf2") ? "NF2"
+                 : !strcmp(r->quantize.method, "gptq")                                        ? "GPTQ"
+                                                                                               : r->quantize.method,
+                 !strcmp(r->quantize.refine, "weights") ? " + Block-AP" : !strcmp(r->quantize.refine, "clip") ? " + LWC" : "",
                  (long long)r->quantize.group_size, r->quantize.clip_search ? " + clip" : "");
     else if (!strcmp(id, "rilq")) snprintf(buf, n, "2-bit + RILQ");
     else if (!strcmp(id, "finetuned"))
