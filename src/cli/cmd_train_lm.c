@@ -32,7 +32,7 @@ static const rq_opt opts[] = {
     RQ_OPT_S("--adapter", NULL, O, adapter, "qalora", "lora|qalora", NULL, "adapter type"),
     RQ_OPT_I("--rank", NULL, O, rank, "16", 1, 4096, "R", "adapter rank"),
     RQ_OPT_N("--alpha", NULL, O, alpha, "16", 1e-6, 1e6, "A", "adapter alpha, scaling alpha / r"),
-    RQ_OPT_I("--group-size", NULL, O, group_size, "64", 1, 1 << 20, "G", "QA-LoRA pooling group"),
+    RQ_OPT_I("--group-size", NULL, O, group_size, RQ_STR(RQ_DEFAULT_GROUP_SIZE), 1, 1 << 20, "G", "QA-LoRA pooling group"),
     RQ_OPT_S("--targets", NULL, O, targets, "all", NULL, "LIST", "projections, e.g. q_proj,v_proj; all: the seven"),
     RQ_OPT_S("--init", NULL, O, init, "gaussian", NULL, "gaussian|kaiming_uniform|xavier_uniform",
              "initialization of the adapters"),

@@ -238,7 +238,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         rq_model_quant_opts qo;
         rq_model_quant_opts_default(&qo);
         qo.quant.method = qmethod;
-        qo.quant.group_size = ac.group_size > 0 ? ac.group_size : 64;
+        qo.quant.group_size = ac.group_size > 0 ? ac.group_size : RQ_DEFAULT_GROUP_SIZE;
         CHECK(rq_model_load(o->model, o->common.tokenizer, &student, err));
         CHECK(rq_model_quantize(student, &qo, NULL, err));
     }
@@ -248,7 +248,8 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
                       student->path, student->cfg.dim, student->cfg.n_layers, student->cfg.vocab_size, teacher->path,
                       teacher->cfg.dim, teacher->cfg.n_layers, teacher->cfg.vocab_size));
     /* the pooling group follows the student's quantization group unless given */
-    if (ac.group_size <= 0) ac.group_size = rq_model_q2_group_size(student) > 0 ? rq_model_q2_group_size(student) : 64;
+    if (ac.group_size <= 0)
+        ac.group_size = rq_model_q2_group_size(student) > 0 ? rq_model_q2_group_size(student) : RQ_DEFAULT_GROUP_SIZE;
     rq_info("calibrate: teacher %s (%s), student %s", teacher->path, teacher->format, student->path);
     CHECK(rq_calib_windows_build(teacher->tok, &co, &w, err));
     rep->windows = w.n, rep->seq_len = w.T, rep->val_windows = w.n_val;

@@ -146,7 +146,7 @@ rq_status rq_stage_finetune(const rq_stage_finetune_opts *o, rq_stage_finetune_r
     if (o->adapter_dir) CHECK(rq_adapter_set_open_peft(o->adapter_dir, &m->cfg, be, &ad, err));
     else {
         int gs = (int)o->adapter.group_size;
-        if (gs <= 0) gs = rq_model_q2_group_size(m) > 0 ? rq_model_q2_group_size(m) : 64;
+        if (gs <= 0) gs = rq_model_q2_group_size(m) > 0 ? rq_model_q2_group_size(m) : RQ_DEFAULT_GROUP_SIZE;
         rq_adapter_config ac = {.r = (int)o->adapter.rank, .alpha = (float)o->adapter.alpha, .group_size = gs,
                                 .seed = (uint64_t)o->seed, .targets = RQ_ADAPTER_ALL_PROJ,
                                 .type = !strcmp(o->adapter.type, "lora") ? RQ_ADAPTER_LORA : RQ_ADAPTER_QALORA};
