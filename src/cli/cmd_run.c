@@ -87,15 +87,13 @@ static void rm_tree(const char *path) {
 static rq_status write_json(const char *path, const cJSON *o, rq_err *err) {
     char *t = cJSON_Print(o);
     if (!t) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    size_t n = strlen(t);
-    char *t2 = realloc(t, n + 2);
-    if (!t2) {
-        cJSON_free(t);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    }
-    t2[n] = '\n';
-    rq_status st = rq_write_file_atomic(path, t2, n + 1, err);
-    free(t2);
+    rq_buf b = {0};
+    rq_buf_puts(&b, t);
+    rq_buf_puts(&b, "\n");
+    cJSON_free(t);
+    rq_status st = b.failed ? RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path)
+                            : rq_write_file_atomic(path, b.data, b.len, err);
+    rq_buf_free(&b);
     return st;
 }
 
@@ -538,7 +536,7 @@ static cJSON *build_results(const run_ctx *c) {
 }
 
 /* Append a stage's metrics.jsonl, each line tagged {"stage": ...} first. */
-static void append_stage_metrics(char **buf, size_t *len, const char *dir, const char *stage) {
+static void append_stage_metrics(rq_buf *metrics, const char *dir, const char *stage) {
     char sub[128], path[4096];
     snprintf(sub, sizeof sub, "%s/metrics.jsonl", stage);
     join(path, sizeof path, dir, sub);
@@ -549,55 +547,36 @@ static void append_stage_metrics(char **buf, size_t *len, const char *dir, const
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         if (line[0] != '{') continue;
-        size_t ll = strlen(line), need = ll + strlen(stage) + 16;
-        char *nb = realloc(*buf, *len + need + 1);
-        if (!nb) break;
-        *buf = nb;
-        *len += (size_t)sprintf(*buf + *len, "{\"stage\":\"%s\",%s\n", stage, line + 1);
+        rq_buf_appendf(metrics, "{\"stage\":\"%s\",%s\n", stage, line + 1);
     }
     free(text);
 }
 
 static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *err) {
     char path[4096];
-    char *metrics = calloc(1, 1);
-    size_t len = 0;
-    if (!metrics) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
-    append_stage_metrics(&metrics, &len, c->dir, "calibrate");
-    append_stage_metrics(&metrics, &len, c->dir, "finetune");
+    rq_buf lines = {0};
+    append_stage_metrics(&lines, c->dir, "calibrate");
+    append_stage_metrics(&lines, c->dir, "finetune");
     /* evaluation numbers and stage timings, one line each */
     const cJSON *row, *task, *m, *st;
     cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(results, "rows")) {
         cJSON_ArrayForEach(task, cJSON_GetObjectItemCaseSensitive(row, "results")) {
             cJSON_ArrayForEach(m, task) {
-                char line[512];
-                int w = snprintf(line, sizeof line,
-                                 "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%.9g}\n",
-                                 cJSON_GetObjectItemCaseSensitive(row, "id")->valuestring, task->string, m->string,
-                                 m->valuedouble);
-                char *nb = w > 0 ? realloc(metrics, len + (size_t)w + 1) : NULL;
-                if (!nb) continue;
-                metrics = nb;
-                memcpy(metrics + len, line, (size_t)w + 1);
-                len += (size_t)w;
+                rq_buf_appendf(&lines,
+                               "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%.9g}\n",
+                               cJSON_GetObjectItemCaseSensitive(row, "id")->valuestring, task->string, m->string,
+                               m->valuedouble);
             }
         }
     }
     cJSON_ArrayForEach(st, cJSON_GetObjectItemCaseSensitive(results, "stages")) {
         const cJSON *sec = cJSON_GetObjectItemCaseSensitive(st, "seconds");
-        char line[256];
-        int w = snprintf(line, sizeof line, "{\"stage\":\"%s\",\"status\":\"%s\",\"seconds\":%.3f}\n",
-                         cJSON_GetObjectItemCaseSensitive(st, "name")->valuestring,
-                         cJSON_GetObjectItemCaseSensitive(st, "status")->valuestring,
-                         cJSON_IsNumber(sec) ? sec->valuedouble : -1.0);
-        char *nb = w > 0 ? realloc(metrics, len + (size_t)w + 1) : NULL;
-        if (!nb) continue;
-        metrics = nb;
-        memcpy(metrics + len, line, (size_t)w + 1);
-        len += (size_t)w;
+        rq_buf_appendf(&lines, "{\"stage\":\"%s\",\"status\":\"%s\",\"seconds\":%.3f}\n",
+                       cJSON_GetObjectItemCaseSensitive(st, "name")->valuestring,
+                       cJSON_GetObjectItemCaseSensitive(st, "status")->valuestring,
+                       cJSON_IsNumber(sec) ? sec->valuedouble : -1.0);
     }
     /* quantize's weight error and the merge's logit check, from their logs */
-    char extra[1024] = "";
     {
         char qpath[4096];
         join(qpath, sizeof qpath, c->dir, "quantize/stage.json");
@@ -606,26 +585,22 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
         const cJSON *mean = cJSON_GetObjectItemCaseSensitive(qr, "mean_rel_weight_err");
         const cJSON *max = cJSON_GetObjectItemCaseSensitive(qr, "max_rel_weight_err");
         if (cJSON_IsNumber(mean) && cJSON_IsNumber(max))
-            snprintf(extra, sizeof extra, "{\"stage\":\"quantize\",\"mean_rel_weight_err\":%.9g,\"max_rel_weight_err\":%.9g}\n",
-                     mean->valuedouble, max->valuedouble);
+            rq_buf_appendf(&lines, "{\"stage\":\"quantize\",\"mean_rel_weight_err\":%.9g,\"max_rel_weight_err\":%.9g}\n",
+                           mean->valuedouble, max->valuedouble);
         cJSON_Delete(q);
         const cJSON *mg = cJSON_GetObjectItemCaseSensitive(results, "merge");
         const cJSON *ma = cJSON_GetObjectItemCaseSensitive(mg, "max_abs_logit_diff");
         const cJSON *mr = cJSON_GetObjectItemCaseSensitive(mg, "max_rel_logit_diff");
         const cJSON *mb = cJSON_GetObjectItemCaseSensitive(mg, "rel_bound");
         if (cJSON_IsNumber(ma) && cJSON_IsNumber(mr) && cJSON_IsNumber(mb))
-            snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
-                     "{\"stage\":\"merge\",\"max_abs_logit_diff\":%.9g,\"max_rel_logit_diff\":%.9g,\"rel_bound\":%.9g}\n",
-                     ma->valuedouble, mr->valuedouble, mb->valuedouble);
-        size_t w = strlen(extra);
-        char *nb = w ? realloc(metrics, len + w + 1) : NULL;
-        if (nb) {
-            metrics = nb;
-            memcpy(metrics + len, extra, w + 1);
-            len += w;
-        }
+            rq_buf_appendf(&lines,
+                           "{\"stage\":\"merge\",\"max_abs_logit_diff\":%.9g,\"max_rel_logit_diff\":%.9g,\"rel_bound\":%.9g}\n",
+                           ma->valuedouble, mr->valuedouble, mb->valuedouble);
     }
-    rq_status s = RQ_OK;
+    char *metrics;
+    size_t len;
+    rq_status s = rq_buf_finish(&lines, &metrics, &len, "metrics.jsonl", err);
+    if (s != RQ_OK) return s;
     join(path, sizeof path, c->dir, "metrics.jsonl");
     s = rq_write_file_atomic(path, metrics, len, err);
     join(path, sizeof path, c->dir, "results.json");
