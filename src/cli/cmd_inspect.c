@@ -68,15 +68,20 @@ static bool ends_with(const char *s, const char *suffix) {
 static int inspect_plan(const char *path, const inspect_opts *a) {
     rq_err err = {0};
     rq_config c;
-    char cfg_path[4200];
+    char *cfg_path = NULL;
     const char *from = a->config;
-    if (!from && path && rq_dir_exists(path) && rq_path_join(cfg_path, sizeof cfg_path, path, "config.json") &&
-        rq_file_exists(cfg_path))
-        from = cfg_path;
+    if (!from && path && rq_dir_exists(path)) {
+        cfg_path = rq_path_join_alloc(path, "config.json", &err);
+        if (!cfg_path) return cli_fail("inspect", &err);
+        if (rq_file_exists(cfg_path)) from = cfg_path;
+    }
     if (!from && path && ends_with(path, ".json")) from = path;
     if (from) {
-        if (rq_hf_read_config(from, &c, &err) || rq_config_validate(&c, from, &err)) return cli_fail("inspect", &err);
+        bool bad = rq_hf_read_config(from, &c, &err) || rq_config_validate(&c, from, &err);
+        free(cfg_path);
+        if (bad) return cli_fail("inspect", &err);
     } else {
+        free(cfg_path);
         rq_model *m = NULL;
         if (rq_model_load(path, a->common.tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
         c = m->cfg;
