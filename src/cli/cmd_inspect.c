@@ -36,12 +36,13 @@ static const rq_opt opts[] = {
     RQ_OPT_S("--scope", NULL, O, scope, "model", "model|layer|linear", NULL, "plan: calibration scope"),
     RQ_OPT_S("--adapter", NULL, O, adapter, "qalora", "qalora|lora", NULL, "plan: adapter type"),
     RQ_OPT_I("--rank", NULL, O, rank, "64", 1, 1 << 16, "R", "plan: adapter rank"),
-    RQ_OPT_I("--group-size", NULL, O, group_size, "64", 1, 1 << 20, "G", "plan: QA-LoRA pooling group"),
+    RQ_OPT_I("--group-size", NULL, O, group_size, RQ_STR(RQ_DEFAULT_GROUP_SIZE), 1, 1 << 20, "G",
+             "plan: QA-LoRA pooling group"),
     RQ_OPT_I("--seq-len", NULL, O, seq_len, "512", 1, 1 << 20, "T", "plan: tokens per sequence"),
     RQ_OPT_I("--micro-batch", NULL, O, micro_batch, "1", 1, 1 << 16, "B", "plan: sequences per forward"),
     RQ_OPT_I("--accum", NULL, O, accum, "8", 1, 1 << 20, "K", "plan: micro-batches per update, for the FLOPs per update"),
     RQ_OPT_I("--windows", NULL, O, windows, "320", 1, 1 << 24, "N", "plan: calibration windows in the teacher cache"),
-    RQ_OPT_I("--q2-group-size", NULL, O, q2_group_size, "64", 0, 1 << 20, "G",
+    RQ_OPT_I("--q2-group-size", NULL, O, q2_group_size, RQ_STR(RQ_DEFAULT_GROUP_SIZE), 0, 1 << 20, "G",
              "plan: group size of the student's 2-bit weights, 0: an fp32 student"),
     RQ_OPT_B("--teacher-cached", NULL, O, teacher_cached, "false", "plan: the teacher cache exists: no teacher pass"),
     RQ_COMMON_OPT_LINES(O),
@@ -67,15 +68,20 @@ static bool ends_with(const char *s, const char *suffix) {
 static int inspect_plan(const char *path, const inspect_opts *a) {
     rq_err err = {0};
     rq_config c;
-    char cfg_path[4200];
+    char *cfg_path = NULL;
     const char *from = a->config;
-    if (!from && path && rq_dir_exists(path) && rq_path_join(cfg_path, sizeof cfg_path, path, "config.json") &&
-        rq_file_exists(cfg_path))
-        from = cfg_path;
+    if (!from && path && rq_dir_exists(path)) {
+        cfg_path = rq_path_join_alloc(path, "config.json", &err);
+        if (!cfg_path) return cli_fail("inspect", &err);
+        if (rq_file_exists(cfg_path)) from = cfg_path;
+    }
     if (!from && path && ends_with(path, ".json")) from = path;
     if (from) {
-        if (rq_hf_read_config(from, &c, &err) || rq_config_validate(&c, from, &err)) return cli_fail("inspect", &err);
+        bool bad = rq_hf_read_config(from, &c, &err) || rq_config_validate(&c, from, &err);
+        free(cfg_path);
+        if (bad) return cli_fail("inspect", &err);
     } else {
+        free(cfg_path);
         rq_model *m = NULL;
         if (rq_model_load(path, a->common.tokenizer, &m, &err) != RQ_OK) return cli_fail("inspect", &err);
         c = m->cfg;

@@ -70,15 +70,18 @@ int cmd_ppl(int argc, char **argv) {
     const char *path = pos[0], *adapter = args.adapter;
     const char *root = args.data && *args.data ? args.data : getenv("RILQ_DATA");
     if (!root || !*root) return cli_usage_error("ppl", "no data: set RILQ_DATA or pass --data DIR (a folder holding datasets/)");
-    char datasets[4096];
-    if (!rq_path_join(datasets, sizeof datasets, root, "datasets")) return cli_usage_error("ppl", "data path too long");
+    char *datasets = rq_path_join_alloc(root, "datasets", &err);
+    if (!datasets) return cli_fail("ppl", &err);
     o.data_root = datasets;
     rq_model *m = NULL;
     rq_backend *be = NULL;
     int rc = 0;
     rq_ppl_result r;
     rq_adapter_set *ad = NULL;
-    if (rq_model_load(path, args.common.tokenizer, &m, &err) != RQ_OK) return cli_fail("ppl", &err);
+    if (rq_model_load(path, args.common.tokenizer, &m, &err) != RQ_OK) {
+        free(datasets);
+        return cli_fail("ppl", &err);
+    }
     if (rq_backend_create(args.common.device, (int)args.common.threads, &be, &err) != RQ_OK ||
         (adapter && rq_adapter_set_open_for(adapter, m, be, &ad, &err) != RQ_OK) ||
         (m->adapters = ad, rq_ppl_run(m, be, &o, &r, &err)) != RQ_OK) {
@@ -92,5 +95,6 @@ int cmd_ppl(int argc, char **argv) {
     rq_adapter_set_free(ad);
     rq_backend_destroy(be);
     rq_model_free(m);
+    free(datasets);
     return rc;
 }

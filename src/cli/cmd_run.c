@@ -69,9 +69,8 @@ static bool stage_ok(const run_ctx *c, const char *name) {
     return s && (!strcmp(s->status, "done") || !strcmp(s->status, "skipped") || !strcmp(s->status, "planned"));
 }
 
-static void join(char *buf, size_t n, const char *a, const char *b) {
-    if (!rq_path_join(buf, n, a, b)) buf[0] = 0;
-}
+/* a/b, malloc'd; NULL only when out of memory. */
+static char *join(const char *a, const char *b) { return rq_path_join_alloc(a, b, NULL); }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
@@ -87,15 +86,13 @@ static void rm_tree(const char *path) {
 static rq_status write_json(const char *path, const cJSON *o, rq_err *err) {
     char *t = cJSON_Print(o);
     if (!t) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    size_t n = strlen(t);
-    char *t2 = realloc(t, n + 2);
-    if (!t2) {
-        cJSON_free(t);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    }
-    t2[n] = '\n';
-    rq_status st = rq_write_file_atomic(path, t2, n + 1, err);
-    free(t2);
+    rq_buf b = {0};
+    rq_buf_puts(&b, t);
+    rq_buf_puts(&b, "\n");
+    cJSON_free(t);
+    rq_status st = b.failed ? RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path)
+                            : rq_write_file_atomic(path, b.data, b.len, err);
+    rq_buf_free(&b);
     return st;
 }
 
@@ -107,6 +104,22 @@ static cJSON *read_json(const char *path) {
     cJSON *o = cJSON_ParseWithLength(text, n);
     free(text);
     return o;
+}
+
+/* dir/name as JSON; NULL when absent, not JSON, or out of memory. */
+static cJSON *read_json_in(const char *dir, const char *name) {
+    char *path = join(dir, name);
+    cJSON *o = path ? read_json(path) : NULL;
+    free(path);
+    return o;
+}
+
+static rq_status write_file_in(const char *dir, const char *name, const void *data, size_t n, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status st = rq_write_file_atomic(path, data, n, err);
+    free(path);
+    return st;
 }
 
 /* A stage of the run: its options (with the table that describes them), its
@@ -190,9 +203,6 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
     stage_rec *rec = &c->stages[c->n_stages++];
     snprintf(rec->name, sizeof rec->name, "%s", name);
     rec->seconds = NAN;
-    char dir[4096], marker[4096], path[4096];
-    join(dir, sizeof dir, c->dir, subdir);
-    join(marker, sizeof marker, dir, "stage.json");
     for (int i = 0; deps && deps[i]; i++) {
         if (!stage_ok(c, deps[i])) {
             rec->status = "blocked";
@@ -202,11 +212,20 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
         }
     }
     char *cmdline = rq_opts_command_line(call->cmd, call->table, call->opts, call->pos, call->n_pos);
+    char *dir = NULL, *marker = NULL, *path = NULL;
+    rq_err err = {0};
     if (c->dry_run) {
         rec->status = "planned";
         printf("%-16s %s\n", name, cmdline ? cmdline : call->cmd);
-        free(cmdline);
-        return;
+        goto done;
+    }
+    dir = rq_path_join_alloc(c->dir, subdir, &err);
+    marker = dir ? rq_path_join_alloc(dir, "stage.json", &err) : NULL;
+    if (!marker) {
+        fprintf(stderr, "rilq run: %s: %s\n", name, err.msg);
+        rec->status = "failed";
+        c->n_failed++;
+        goto done;
     }
     if (rq_file_exists(marker)) {
         cJSON *m = read_json(marker);
@@ -215,20 +234,17 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
         cJSON_Delete(m);
         rec->status = "skipped";
         printf("%-16s finished earlier (%s), skipped\n", name, marker);
-        free(cmdline);
-        return;
+        goto done;
     }
-    rq_err err = {0};
     if (rq_mkdir_p(dir, &err) != RQ_OK) {
         fprintf(stderr, "rilq run: %s: %s\n", name, err.msg);
         rec->status = "failed";
         c->n_failed++;
-        free(cmdline);
-        return;
+        goto done;
     }
     if (prepare) prepare(c, dir);
-    join(path, sizeof path, dir, "command.txt");
-    if (cmdline) {
+    path = join(dir, "command.txt");
+    if (cmdline && path) {
         size_t n = strlen(cmdline);
         cmdline[n] = 0;
         FILE *cf = fopen(path, "w");
@@ -237,10 +253,11 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
             fclose(cf);
         }
     }
+    free(path);
     printf("%-16s running: %s\n", name, cmdline ? cmdline : call->cmd);
     fflush(stdout);
-    join(path, sizeof path, dir, "log.txt");
-    run_log rl = {fopen(path, "a"), c->verbose};
+    path = join(dir, "log.txt");
+    run_log rl = {path ? fopen(path, "a") : NULL, c->verbose};
     rq_log_set(run_log_sink, &rl);
     double t0 = rq_now_seconds();
     cJSON *report = NULL;
@@ -254,9 +271,8 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
         fprintf(stderr, "rilq run: %s: error: %s\n", name, err.msg[0] ? err.msg : rq_status_name(err.code));
         rec->status = "failed";
         c->n_failed++;
-        printf("%-16s FAILED after %.1fs; its output: %s\n", name, secs, path);
-        free(cmdline);
-        return;
+        printf("%-16s FAILED after %.1fs; its output: %s\n", name, secs, path ? path : "");
+        goto done;
     }
     /* written last: the stage's outputs are complete once this exists */
     cJSON *m = cJSON_CreateObject();
@@ -275,6 +291,10 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
         printf("%-16s done in %.1fs\n", name, secs);
     }
     cJSON_Delete(m);
+done:
+    free(path);
+    free(marker);
+    free(dir);
     free(cmdline);
 }
 
@@ -288,19 +308,19 @@ static void remove_partials(const char *dir) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (!strstr(e->d_name, ".tmp")) continue;
-        char p[4096];
-        join(p, sizeof p, dir, e->d_name);
-        rm_tree(p);
+        char *p = join(dir, e->d_name);
+        if (p) rm_tree(p);
+        free(p);
     }
     closedir(d);
 }
 
 static void prepare_fresh(const run_ctx *c, const char *dir, const char *name) {
     (void)c;
-    char p[4096];
     remove_partials(dir);
-    join(p, sizeof p, dir, name);
-    rm_tree(p);
+    char *p = join(dir, name);
+    if (p) rm_tree(p);
+    free(p);
 }
 static void prepare_quantize(const run_ctx *c, const char *dir) {
     (void)c;
@@ -345,13 +365,14 @@ static void set_common(const run_ctx *c, rq_common_opts *o, bool fp_model) {
 
 static void plan_and_run(run_ctx *c) {
     const rq_recipe *r = c->r;
-    char art[4096], cal[4096], ft[4096], merged[4096], cal_ad[4200], ft_ad[4200];
-    join(art, sizeof art, c->dir, "quantize/artifact");
-    join(cal, sizeof cal, c->dir, "calibrate");
-    join(ft, sizeof ft, c->dir, "finetune");
-    join(merged, sizeof merged, c->dir, "merge/artifact");
-    join(cal_ad, sizeof cal_ad, cal, "adapter");
-    join(ft_ad, sizeof ft_ad, ft, "adapter");
+    char *art = join(c->dir, "quantize/artifact"), *cal = join(c->dir, "calibrate"), *ft = join(c->dir, "finetune");
+    char *merged = join(c->dir, "merge/artifact");
+    char *cal_ad = cal ? join(cal, "adapter") : NULL, *ft_ad = ft ? join(ft, "adapter") : NULL;
+    if (!art || !cal || !ft || !merged || !cal_ad || !ft_ad) {
+        fprintf(stderr, "rilq run: out of memory\n");
+        c->n_failed++;
+        goto done;
+    }
 
     rq_stage_quantize_opts q = r->quantize;
     q.model = r->model.path;
@@ -399,11 +420,16 @@ static void plan_and_run(run_ctx *c) {
 
     for (int i = 0; i < r->export_.formats.n; i++) {
         const char *f = r->export_.formats.item[i];
-        char name[64], sub[64], p[4096], out[4200];
+        char name[64], sub[64];
         snprintf(name, sizeof name, "export-%s", f);
         snprintf(sub, sizeof sub, "export/%s", f);
-        join(p, sizeof p, c->dir, sub);
-        join(out, sizeof out, p, !strcmp(f, "gguf") ? "model.gguf" : "hqq");
+        char *p = join(c->dir, sub), *out = p ? join(p, !strcmp(f, "gguf") ? "model.gguf" : "hqq") : NULL;
+        free(p);
+        if (!out) {
+            fprintf(stderr, "rilq run: %s: out of memory\n", name);
+            c->n_failed++;
+            continue;
+        }
         rq_stage_export_opts o = r->export_;
         o.artifact = r->merge.enabled ? merged : art;
         o.format = f;
@@ -412,16 +438,22 @@ static void plan_and_run(run_ctx *c) {
         stage_call sc = {"export", rq_stage_export_table, &o, {o.artifact}, 1, call_export};
         const char *deps[] = {r->merge.enabled ? "merge" : "quantize", NULL};
         run_stage(c, name, sub, &sc, deps, prepare_export);
+        free(out);
     }
 
     for (int i = 0; i < r->eval.models.n; i++) {
         const char *id = r->eval.models.item[i];
         if (!row_enabled(r, id)) continue;
-        char name[64], sub[64], p[4096], out[4200];
+        char name[64], sub[64];
         snprintf(name, sizeof name, "eval-%s", id);
         snprintf(sub, sizeof sub, "eval/%s", id);
-        join(p, sizeof p, c->dir, sub);
-        join(out, sizeof out, p, "results.json");
+        char *p = join(c->dir, sub), *out = p ? join(p, "results.json") : NULL;
+        free(p);
+        if (!out) {
+            fprintf(stderr, "rilq run: %s: out of memory\n", name);
+            c->n_failed++;
+            continue;
+        }
         rq_stage_eval_opts o = r->eval;
         const char *dep = NULL;
         if (!strcmp(id, "fp")) o.model = r->model.path;
@@ -440,7 +472,15 @@ static void plan_and_run(run_ctx *c) {
         const char *extra = !strcmp(id, "rilq") ? "calibrate" : !strcmp(id, "finetuned") ? "finetune" : NULL;
         const char *deps[] = {dep ? dep : extra, dep ? extra : NULL, NULL};
         run_stage(c, name, sub, &sc, deps, NULL);
+        free(out);
     }
+done:
+    free(art);
+    free(cal);
+    free(ft);
+    free(merged);
+    free(cal_ad);
+    free(ft_ad);
 }
 
 /* ---- results, metrics, report ---------------------------------------------------------------- */
@@ -451,9 +491,7 @@ static bool has_acc_norm(const char *task) {
 
 /* The merge's figures, from its stage.json (written from the stage's report). */
 static cJSON *merge_summary(const char *dir) {
-    char path[4096];
-    join(path, sizeof path, dir, "merge/stage.json");
-    cJSON *m = read_json(path);
+    cJSON *m = read_json_in(dir, "merge/stage.json");
     cJSON *rep = cJSON_DetachItemFromObjectCaseSensitive(m, "report");
     cJSON_Delete(m);
     return rep;
@@ -490,7 +528,7 @@ static cJSON *build_results(const run_ctx *c) {
     for (int i = 0; i < r->eval.models.n; i++) {
         const char *id = r->eval.models.item[i];
         if (!row_enabled(r, id)) continue;
-        char label[256], path[4096], sub[128];
+        char label[256], sub[128];
         cJSON *row = cJSON_CreateObject();
         cJSON_AddStringToObject(row, "id", id);
         cJSON_AddStringToObject(row, "label", row_label(r, id, label, sizeof label));
@@ -498,15 +536,16 @@ static cJSON *build_results(const run_ctx *c) {
         const char *model_rel = !strcmp(id, "fp") ? NULL : !strcmp(id, "merged") ? "merge/artifact" : "quantize/artifact";
         const char *adapter_rel = !strcmp(id, "rilq") ? "calibrate/adapter" : !strcmp(id, "finetuned") ? "finetune/adapter"
                                                                                                       : NULL;
-        if (model_rel) join(path, sizeof path, c->dir, model_rel);
-        cJSON_AddStringToObject(row, "model", model_rel ? path : r->model.path);
+        char *model = model_rel ? join(c->dir, model_rel) : NULL;
+        cJSON_AddStringToObject(row, "model", !model_rel ? r->model.path : model ? model : "");
+        free(model);
         if (adapter_rel) {
-            join(path, sizeof path, c->dir, adapter_rel);
-            cJSON_AddStringToObject(row, "adapter", path);
+            char *adapter = join(c->dir, adapter_rel);
+            cJSON_AddStringToObject(row, "adapter", adapter ? adapter : "");
+            free(adapter);
         } else cJSON_AddNullToObject(row, "adapter");
         snprintf(sub, sizeof sub, "eval/%s/results.json", id);
-        join(path, sizeof path, c->dir, sub);
-        cJSON *ev = read_json(path);
+        cJSON *ev = read_json_in(c->dir, sub);
         cJSON *out = cJSON_AddObjectToObject(row, "results");
         const cJSON *task;
         cJSON_ArrayForEach(task, cJSON_GetObjectItemCaseSensitive(ev, "results")) {
@@ -542,102 +581,78 @@ static cJSON *build_results(const run_ctx *c) {
 }
 
 /* Append a stage's metrics.jsonl, each line tagged {"stage": ...} first. */
-static void append_stage_metrics(char **buf, size_t *len, const char *dir, const char *stage) {
-    char sub[128], path[4096];
+static void append_stage_metrics(rq_buf *metrics, const char *dir, const char *stage) {
+    char sub[128];
     snprintf(sub, sizeof sub, "%s/metrics.jsonl", stage);
-    join(path, sizeof path, dir, sub);
-    char *text = NULL;
+    char *path = join(dir, sub), *text = NULL;
     size_t n = 0;
     rq_err err = {0};
-    if (rq_file_read_all(path, &text, &n, &err) != RQ_OK) return;
+    rq_status st = path ? rq_file_read_all(path, &text, &n, &err) : RQ_ERR_NOMEM;
+    free(path);
+    if (st != RQ_OK) return;
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         if (line[0] != '{') continue;
-        size_t ll = strlen(line), need = ll + strlen(stage) + 16;
-        char *nb = realloc(*buf, *len + need + 1);
-        if (!nb) break;
-        *buf = nb;
-        *len += (size_t)sprintf(*buf + *len, "{\"stage\":\"%s\",%s\n", stage, line + 1);
+        rq_buf_appendf(metrics, "{\"stage\":\"%s\",%s\n", stage, line + 1);
     }
     free(text);
 }
 
 static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *err) {
-    char path[4096];
-    char *metrics = calloc(1, 1);
-    size_t len = 0;
-    if (!metrics) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
-    append_stage_metrics(&metrics, &len, c->dir, "calibrate");
-    append_stage_metrics(&metrics, &len, c->dir, "finetune");
+    rq_buf lines = {0};
+    append_stage_metrics(&lines, c->dir, "calibrate");
+    append_stage_metrics(&lines, c->dir, "finetune");
     /* evaluation numbers and stage timings, one line each */
     const cJSON *row, *task, *m, *st;
     cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(results, "rows")) {
         cJSON_ArrayForEach(task, cJSON_GetObjectItemCaseSensitive(row, "results")) {
             cJSON_ArrayForEach(m, task) {
-                char line[512];
-                int w = snprintf(line, sizeof line,
-                                 "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%.9g}\n",
-                                 cJSON_GetObjectItemCaseSensitive(row, "id")->valuestring, task->string, m->string,
-                                 m->valuedouble);
-                char *nb = w > 0 ? realloc(metrics, len + (size_t)w + 1) : NULL;
-                if (!nb) continue;
-                metrics = nb;
-                memcpy(metrics + len, line, (size_t)w + 1);
-                len += (size_t)w;
+                rq_buf_appendf(&lines,
+                               "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%.9g}\n",
+                               cJSON_GetObjectItemCaseSensitive(row, "id")->valuestring, task->string, m->string,
+                               m->valuedouble);
             }
         }
     }
     cJSON_ArrayForEach(st, cJSON_GetObjectItemCaseSensitive(results, "stages")) {
         const cJSON *sec = cJSON_GetObjectItemCaseSensitive(st, "seconds");
-        char line[256];
-        int w = snprintf(line, sizeof line, "{\"stage\":\"%s\",\"status\":\"%s\",\"seconds\":%.3f}\n",
-                         cJSON_GetObjectItemCaseSensitive(st, "name")->valuestring,
-                         cJSON_GetObjectItemCaseSensitive(st, "status")->valuestring,
-                         cJSON_IsNumber(sec) ? sec->valuedouble : -1.0);
-        char *nb = w > 0 ? realloc(metrics, len + (size_t)w + 1) : NULL;
-        if (!nb) continue;
-        metrics = nb;
-        memcpy(metrics + len, line, (size_t)w + 1);
-        len += (size_t)w;
+        rq_buf_appendf(&lines, "{\"stage\":\"%s\",\"status\":\"%s\",\"seconds\":%.3f}\n",
+                       cJSON_GetObjectItemCaseSensitive(st, "name")->valuestring,
+                       cJSON_GetObjectItemCaseSensitive(st, "status")->valuestring,
+                       cJSON_IsNumber(sec) ? sec->valuedouble : -1.0);
     }
     /* quantize's weight error and the merge's logit check, from their logs */
-    char extra[1024] = "";
     {
-        char qpath[4096];
-        join(qpath, sizeof qpath, c->dir, "quantize/stage.json");
-        cJSON *q = read_json(qpath);
+        cJSON *q = read_json_in(c->dir, "quantize/stage.json");
         const cJSON *qr = cJSON_GetObjectItemCaseSensitive(q, "report");
         const cJSON *mean = cJSON_GetObjectItemCaseSensitive(qr, "mean_rel_weight_err");
         const cJSON *max = cJSON_GetObjectItemCaseSensitive(qr, "max_rel_weight_err");
         if (cJSON_IsNumber(mean) && cJSON_IsNumber(max))
-            snprintf(extra, sizeof extra, "{\"stage\":\"quantize\",\"mean_rel_weight_err\":%.9g,\"max_rel_weight_err\":%.9g}\n",
-                     mean->valuedouble, max->valuedouble);
+            rq_buf_appendf(&lines, "{\"stage\":\"quantize\",\"mean_rel_weight_err\":%.9g,\"max_rel_weight_err\":%.9g}\n",
+                           mean->valuedouble, max->valuedouble);
         cJSON_Delete(q);
         const cJSON *mg = cJSON_GetObjectItemCaseSensitive(results, "merge");
         const cJSON *ma = cJSON_GetObjectItemCaseSensitive(mg, "max_abs_logit_diff");
         const cJSON *mr = cJSON_GetObjectItemCaseSensitive(mg, "max_rel_logit_diff");
         const cJSON *mb = cJSON_GetObjectItemCaseSensitive(mg, "rel_bound");
         if (cJSON_IsNumber(ma) && cJSON_IsNumber(mr) && cJSON_IsNumber(mb))
-            snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
-                     "{\"stage\":\"merge\",\"max_abs_logit_diff\":%.9g,\"max_rel_logit_diff\":%.9g,\"rel_bound\":%.9g}\n",
-                     ma->valuedouble, mr->valuedouble, mb->valuedouble);
-        size_t w = strlen(extra);
-        char *nb = w ? realloc(metrics, len + w + 1) : NULL;
-        if (nb) {
-            metrics = nb;
-            memcpy(metrics + len, extra, w + 1);
-            len += w;
-        }
+            rq_buf_appendf(&lines,
+                           "{\"stage\":\"merge\",\"max_abs_logit_diff\":%.9g,\"max_rel_logit_diff\":%.9g,\"rel_bound\":%.9g}\n",
+                           ma->valuedouble, mr->valuedouble, mb->valuedouble);
     }
-    rq_status s = RQ_OK;
-    join(path, sizeof path, c->dir, "metrics.jsonl");
-    s = rq_write_file_atomic(path, metrics, len, err);
-    join(path, sizeof path, c->dir, "results.json");
-    if (s == RQ_OK) s = write_json(path, results, err);
+    char *metrics;
+    size_t len;
+    rq_status s = rq_buf_finish(&lines, &metrics, &len, "metrics.jsonl", err);
+    if (s != RQ_OK) return s;
+    s = write_file_in(c->dir, "metrics.jsonl", metrics, len, err);
+    if (s == RQ_OK) {
+        char *path = rq_path_join_alloc(c->dir, "results.json", err);
+        s = path ? write_json(path, results, err) : RQ_ERR_NOMEM;
+        free(path);
+    }
     char *recipe = rq_recipe_to_json(c->r), *html = NULL;
     if (s == RQ_OK) s = rq_report_html(results, metrics, recipe, &html, err);
-    join(path, sizeof path, c->dir, "report.html");
-    if (s == RQ_OK) s = rq_write_file_atomic(path, html, strlen(html), err);
+    if (s == RQ_OK) s = write_file_in(c->dir, "report.html", html, strlen(html), err);
     free(html);
     free(recipe);
     free(metrics);
@@ -646,28 +661,29 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
 
 /* recipe.json: written on the first run; a later run must bring the same recipe. */
 static rq_status check_or_write_recipe(const run_ctx *c, rq_err *err) {
-    char path[4096], where[256];
-    join(path, sizeof path, c->dir, "recipe.json");
+    char where[256];
+    char *path = rq_path_join_alloc(c->dir, "recipe.json", err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status st = RQ_OK;
     if (rq_file_exists(path)) {
         cJSON *old = read_json(path);
-        if (!old) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not valid JSON", path);
-        bool same = rq_recipe_same(old, c->r->root, where, sizeof where);
+        if (!old) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not valid JSON", path);
+        else if (!rq_recipe_same(old, c->r->root, where, sizeof where))
+            st = RQ_FAIL(err, RQ_ERR_ARG, "%s holds a different recipe (first difference: %s); resume it with the "
+                                          "same recipe and overrides, or choose another --out", path, where);
         cJSON_Delete(old);
-        if (!same)
-            return RQ_FAIL(err, RQ_ERR_ARG, "%s holds a different recipe (first difference: %s); resume it with the "
-                                            "same recipe and overrides, or choose another --out", path, where);
-        return RQ_OK;
+    } else {
+        char *text = rq_recipe_to_json(c->r);
+        st = text ? rq_write_file_atomic(path, text, strlen(text), err) : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+        free(text);
     }
-    char *text = rq_recipe_to_json(c->r);
-    if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
-    rq_status st = rq_write_file_atomic(path, text, strlen(text), err);
-    free(text);
+    free(path);
     return st;
 }
 
 static rq_status write_versions(const run_ctx *c, int argc, char **argv, rq_err *err) {
-    char path[4096];
-    join(path, sizeof path, c->dir, "versions.json");
+    char *path = rq_path_join_alloc(c->dir, "versions.json", err);
+    if (!path) return RQ_ERR_NOMEM;
     cJSON *v = read_json(path);
     if (!v) v = cJSON_CreateObject();
     cJSON_DeleteItemFromObjectCaseSensitive(v, "rilq");
@@ -698,6 +714,7 @@ static rq_status write_versions(const run_ctx *c, int argc, char **argv, rq_err 
     cJSON_AddItemToArray(inv, e);
     rq_status st = write_json(path, v, err);
     cJSON_Delete(v);
+    free(path);
     return st;
 }
 
@@ -750,9 +767,14 @@ int cmd_run(int argc, char **argv) {
     if (!recipe_path) return cli_usage_error("run", "missing RECIPE (a recipes/*.json file)");
     rq_recipe r;
     if (rq_recipe_load(recipe_path, overrides, n_over, &r, &err) != RQ_OK) return cli_fail("run", &err);
-    char dir[4096];
-    if (out) snprintf(dir, sizeof dir, "%s", out);
-    else snprintf(dir, sizeof dir, "runs/%s", r.name);
+    rq_buf dir_text = {0};
+    if (out) rq_buf_puts(&dir_text, out);
+    else rq_buf_appendf(&dir_text, "runs/%s", r.name);
+    char *dir;
+    if (rq_buf_finish(&dir_text, &dir, NULL, "the run directory's path", &err) != RQ_OK) {
+        rq_recipe_free(&r);
+        return cli_fail("run", &err);
+    }
     c.r = &r;
     c.dir = dir;
     double t0 = rq_now_seconds();
@@ -764,12 +786,17 @@ int cmd_run(int argc, char **argv) {
         free(text);
         plan_and_run(&c);
         rq_recipe_free(&r);
+        free(dir);
         return 0;
     }
     /* one run per directory at a time: a POSIX record lock, released when the process ends (also by a kill) */
-    char lock_path[4200];
     int lock_fd = -1;
-    join(lock_path, sizeof lock_path, dir, ".lock");
+    char *lock_path = rq_path_join_alloc(dir, ".lock", &err);
+    if (!lock_path) {
+        rq_recipe_free(&r);
+        free(dir);
+        return cli_fail("run", &err);
+    }
     if (rq_mkdir_p(dir, &err) == RQ_OK) {
         lock_fd = open(lock_path, O_RDWR | O_CREAT, 0644);
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
@@ -778,13 +805,17 @@ int cmd_run(int argc, char **argv) {
                     dir, lock_path);
             if (lock_fd >= 0) close(lock_fd);
             rq_recipe_free(&r);
+            free(lock_path);
+            free(dir);
             return cli_fail("run", &err);
         }
     }
+    free(lock_path);
     if (rq_mkdir_p(dir, &err) || check_or_write_recipe(&c, &err) || write_versions(&c, argc, argv, &err)) {
         rc = cli_fail("run", &err);
         rq_recipe_free(&r);
         if (lock_fd >= 0) close(lock_fd);
+        free(dir);
         return rc;
     }
     plan_and_run(&c);
@@ -806,5 +837,6 @@ int cmd_run(int argc, char **argv) {
     cJSON_Delete(results);
     rq_recipe_free(&r);
     if (lock_fd >= 0) close(lock_fd);
+    free(dir);
     return rc;
 }

@@ -32,7 +32,7 @@ static const rq_opt opts[] = {
     RQ_OPT_S("--adapter", NULL, O, adapter, "qalora", "lora|qalora", NULL, "adapter type"),
     RQ_OPT_I("--rank", NULL, O, rank, "16", 1, 4096, "R", "adapter rank"),
     RQ_OPT_N("--alpha", NULL, O, alpha, "16", 1e-6, 1e6, "A", "adapter alpha, scaling alpha / r"),
-    RQ_OPT_I("--group-size", NULL, O, group_size, "64", 1, 1 << 20, "G", "QA-LoRA pooling group"),
+    RQ_OPT_I("--group-size", NULL, O, group_size, RQ_STR(RQ_DEFAULT_GROUP_SIZE), 1, 1 << 20, "G", "QA-LoRA pooling group"),
     RQ_OPT_S("--targets", NULL, O, targets, "all", NULL, "LIST", "projections, e.g. q_proj,v_proj; all: the seven"),
     RQ_OPT_S("--init", NULL, O, init, "gaussian", NULL, "gaussian|kaiming_uniform|xavier_uniform",
              "initialization of the adapters"),
@@ -112,18 +112,18 @@ int cmd_train_lm(int argc, char **argv) {
     o.out_dir = out;
     o.resume = a.resume;
 
-    char default_text[4096];
+    char *default_text = NULL;
     if (!text_path) {
         const char *root = getenv("RILQ_DATA");
         if (!root || !*root) return cli_usage_error("train-lm", "no --text FILE and no RILQ_DATA to find WikiText-2 in");
-        if (!rq_path_join(default_text, sizeof default_text, root, "datasets/wikitext2/wiki.valid.raw"))
-            return cli_usage_error("train-lm", "data path too long");
+        default_text = rq_path_join_alloc(root, "datasets/wikitext2/wiki.valid.raw", &err);
+        if (!default_text) return cli_fail("train-lm", &err);
         text_path = default_text;
     }
     rq_model *m = NULL;
     rq_backend *be = NULL;
     rq_adapter_set *ad = NULL;
-    char *text = NULL;
+    char *text = NULL, *adir = NULL;
     int *ids = NULL, n_ids = 0, rc = 0;
     size_t text_len = 0;
     if (rq_model_load(path, a.common.tokenizer, &m, &err) ||
@@ -174,8 +174,8 @@ int cmd_train_lm(int argc, char **argv) {
         rc = cli_fail("train-lm", &err);
         goto done;
     }
-    char adir[4096];
-    if (!rq_path_join(adir, sizeof adir, out, "adapter") || rq_adapter_set_save_peft(ad, adir, &err)) {
+    adir = rq_path_join_alloc(out, "adapter", &err);
+    if (!adir || rq_adapter_set_save_peft(ad, adir, &err)) {
         rc = cli_fail("train-lm", &err);
         goto done;
     }
@@ -186,6 +186,8 @@ int cmd_train_lm(int argc, char **argv) {
                (long long)res.best_step);
     printf("adapters: %s\n", adir);
 done:
+    free(adir);
+    free(default_text);
     free(text);
     free(ids);
     rq_adapter_set_free(ad);

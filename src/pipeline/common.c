@@ -56,19 +56,19 @@ rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts 
 }
 
 rq_status rq_stage_write_json(const char *dir, const char *name, const cJSON *o, rq_err *err) {
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, dir, name)) return RQ_FAIL(err, RQ_ERR_ARG, "path too long: %s", dir);
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) return RQ_ERR_NOMEM;
     char *text = cJSON_Print(o);
-    if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    size_t n = strlen(text);
-    char *t2 = realloc(text, n + 2);
-    if (!t2) {
+    rq_buf b = {0};
+    if (text) {
+        rq_buf_puts(&b, text);
+        rq_buf_puts(&b, "\n");
         cJSON_free(text);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
     }
-    t2[n] = '\n';
-    rq_status st = rq_write_file_atomic(path, t2, n + 1, err);
-    free(t2);
+    rq_status st = !text || b.failed ? RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path)
+                                     : rq_write_file_atomic(path, b.data, b.len, err);
+    rq_buf_free(&b);
+    free(path);
     return st;
 }
 

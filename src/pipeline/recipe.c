@@ -278,18 +278,13 @@ static rq_status apply_override(cJSON *root, const char *ov, const char *file, r
 }
 
 rq_status rq_recipe_substitute(const char *in, const char *key, const char *file, char **out, rq_err *err) {
-    size_t cap = strlen(in) + 1, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    rq_buf b = {0};
     const char *p = in;
     while (*p) {
-        const char *piece = p;
-        size_t plen = 1;
-        char value_buf[4096];
         if (p[0] == '$' && p[1] == '{') {
             const char *close = strchr(p + 2, '}');
             if (!close) {
-                free(buf);
+                rq_buf_free(&b);
                 return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: '${' without a closing '}' in \"%s\"", file, key, in);
             }
             char name[256];
@@ -304,38 +299,23 @@ rq_status rq_recipe_substitute(const char *in, const char *key, const char *file
                 if (!(*c == '_' || (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9')))
                     name_ok = false;
             if (!name_ok) {
-                free(buf);
+                rq_buf_free(&b);
                 return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: %s: bad variable name in \"%s\"", file, key, in);
             }
             const char *v = getenv(name);
             if (dflt && (!v || !*v)) v = dflt;
             if (!v) {
-                free(buf);
+                rq_buf_free(&b);
                 return RQ_FAIL(err, RQ_ERR_ARG, "%s: %s: environment variable %s is not set (used in \"%s\"; "
                                                 "write ${%s:-default} for a fallback)", file, key, name, in, name);
             }
-            snprintf(value_buf, sizeof value_buf, "%s", v);
-            piece = value_buf;
-            plen = strlen(value_buf);
+            rq_buf_puts(&b, v); /* here, while name (where a default lives) is in scope */
             p = close + 1;
         } else {
-            p++;
+            rq_buf_append(&b, p++, 1);
         }
-        if (len + plen + 1 > cap) {
-            cap = (len + plen + 1) * 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
-            }
-            buf = nb;
-        }
-        memcpy(buf + len, piece, plen);
-        len += plen;
     }
-    buf[len] = 0;
-    *out = buf;
-    return RQ_OK;
+    return rq_buf_finish(&b, out, NULL, "a recipe value", err);
 }
 
 static rq_status substitute_item(cJSON *item, const char *key, const char *file, rq_err *err) {
@@ -528,46 +508,30 @@ void rq_recipe_free(rq_recipe *r) {
 char *rq_recipe_to_json(const rq_recipe *r) {
     char *t = cJSON_Print(r->root);
     if (!t) return NULL;
-    size_t n = strlen(t);
-    char *o = realloc(t, n + 2);
-    if (!o) {
-        cJSON_free(t);
-        return NULL;
-    }
-    o[n] = '\n';
-    o[n + 1] = 0;
-    return o;
+    rq_buf b = {0};
+    rq_buf_puts(&b, t);
+    rq_buf_puts(&b, "\n");
+    cJSON_free(t);
+    char *text;
+    if (rq_buf_finish(&b, &text, NULL, "the recipe's text", NULL) != RQ_OK) return NULL;
+    return text;
 }
 
 char *rq_recipe_schema_help(void) {
     build_schema();
-    size_t cap = 16384, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) return NULL;
-    buf[0] = 0;
+    rq_buf b = {0};
     for (size_t i = 0; i < N_SCHEMA; i++) {
         const key_spec *s = &schema[i];
-        char line[1024];
-        if (s->kind == K_OBJ) snprintf(line, sizeof line, "%s: %s\n", s->key, s->help);
+        if (s->kind == K_OBJ) rq_buf_appendf(&b, "%s: %s\n", s->key, s->help);
         else
-            snprintf(line, sizeof line, "  %-24s %-8s %-22s %s\n", s->key,
-                     s->kind == K_STR ? "string" : s->kind == K_INT ? "integer" : s->kind == K_NUM ? "number"
-                     : s->kind == K_BOOL ? "bool" : "list",
-                     s->def ? (*s->def ? s->def : "\"\"") : "(required)", s->help);
-        size_t l = strlen(line);
-        if (len + l + 1 > cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                return NULL;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        memcpy(buf + len, line, l + 1);
-        len += l;
+            rq_buf_appendf(&b, "  %-24s %-8s %-22s %s\n", s->key,
+                           s->kind == K_STR ? "string" : s->kind == K_INT ? "integer" : s->kind == K_NUM ? "number"
+                           : s->kind == K_BOOL ? "bool" : "list",
+                           s->def ? (*s->def ? s->def : "\"\"") : "(required)", s->help);
     }
-    return buf;
+    char *help;
+    if (rq_buf_finish(&b, &help, NULL, "the recipe keys' help", NULL) != RQ_OK) return NULL;
+    return help;
 }
 
 bool rq_recipe_same(const cJSON *a, const cJSON *b, char *where, size_t where_size) {

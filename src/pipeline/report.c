@@ -2,67 +2,18 @@
 #include "report.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    char tmp[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if ((size_t)n < sizeof tmp) {
-        sb_put(b, tmp, (size_t)n);
-        return;
-    }
-    char *big = malloc((size_t)n + 1);
-    if (!big) {
-        b->oom = true;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_put(b, big, (size_t)n);
-    free(big);
-}
-
-static void sb_html(sbuf *b, const char *s) {
+static void put_html(rq_buf *b, const char *s) {
     for (; s && *s; s++) {
         switch (*s) {
-        case '<': sb_put(b, "&lt;", 4); break;
-        case '>': sb_put(b, "&gt;", 4); break;
-        case '&': sb_put(b, "&amp;", 5); break;
-        case '"': sb_put(b, "&quot;", 6); break;
-        default: sb_put(b, s, 1);
+        case '<': rq_buf_puts(b, "&lt;"); break;
+        case '>': rq_buf_puts(b, "&gt;"); break;
+        case '&': rq_buf_puts(b, "&amp;"); break;
+        case '"': rq_buf_puts(b, "&quot;"); break;
+        default: rq_buf_append(b, s, 1);
         }
     }
 }
@@ -96,34 +47,32 @@ static void col_title(char *buf, size_t n, const cJSON *col) {
 char *rq_report_table(const cJSON *results) {
     const cJSON *cols = cJSON_GetObjectItemCaseSensitive(results, "columns");
     const cJSON *rows = cJSON_GetObjectItemCaseSensitive(results, "rows");
-    sbuf b = {0};
+    rq_buf b = {0};
     int label_w = 5;
     const cJSON *row, *col;
     cJSON_ArrayForEach(row, rows) {
         int l = (int)strlen(str_of(row, "label"));
         if (l > label_w) label_w = l;
     }
-    sb_printf(&b, "%-*s", label_w, "model");
+    rq_buf_appendf(&b, "%-*s", label_w, "model");
     cJSON_ArrayForEach(col, cols) {
         char t[128];
         col_title(t, sizeof t, col);
-        sb_printf(&b, "  %16s", t);
+        rq_buf_appendf(&b, "  %16s", t);
     }
-    sb_put(&b, "\n", 1);
+    rq_buf_puts(&b, "\n");
     cJSON_ArrayForEach(row, rows) {
-        sb_printf(&b, "%-*s", label_w, str_of(row, "label"));
+        rq_buf_appendf(&b, "%-*s", label_w, str_of(row, "label"));
         cJSON_ArrayForEach(col, cols) {
             char v[64];
             fmt_cell(v, sizeof v, cell(row, col), str_of(col, "metric"));
-            sb_printf(&b, "  %16s", v);
+            rq_buf_appendf(&b, "  %16s", v);
         }
-        sb_put(&b, "\n", 1);
+        rq_buf_puts(&b, "\n");
     }
-    if (b.oom || !b.p) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
+    char *table;
+    if (rq_buf_finish(&b, &table, NULL, "the results table", NULL) != RQ_OK) return NULL;
+    return table;
 }
 
 /* ---- curves ------------------------------------------------------------------------------- */
@@ -157,7 +106,7 @@ static void series_free(series *s) {
 }
 
 /* One line chart: x = update, y = loss, linear axes with 5 ticks each. */
-static void svg_chart(sbuf *b, const char *title, series *ss, int n_series) {
+static void svg_chart(rq_buf *b, const char *title, series *ss, int n_series) {
     const double W = 640, H = 300, L = 64, R = 16, T = 28, B = 40;
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     size_t pts = 0;
@@ -167,55 +116,55 @@ static void svg_chart(sbuf *b, const char *title, series *ss, int n_series) {
             y0 = fmin(y0, ss[i].y[k]), y1 = fmax(y1, ss[i].y[k]);
             pts++;
         }
-    sb_printf(b, "<h3>");
-    sb_html(b, title);
-    sb_printf(b, "</h3>\n");
+    rq_buf_puts(b, "<h3>");
+    put_html(b, title);
+    rq_buf_puts(b, "</h3>\n");
     if (!pts) {
-        sb_printf(b, "<p>(no points)</p>\n");
+        rq_buf_puts(b, "<p>(no points)</p>\n");
         return;
     }
     if (x1 <= x0) x1 = x0 + 1;
     if (y1 <= y0) y1 = y0 + fmax(fabs(y0) * 0.01, 1e-6);
     double pad = (y1 - y0) * 0.05;
     y0 -= pad, y1 += pad;
-    sb_printf(b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
-                 "font-family=\"sans-serif\" font-size=\"11\">\n", W, H, W, H);
-    sb_printf(b, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"#fff\" stroke=\"#888\"/>\n", L, T,
-              W - L - R, H - T - B);
+    rq_buf_appendf(b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+                      "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"11\">\n", W, H, W, H);
+    rq_buf_appendf(b, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"#fff\" stroke=\"#888\"/>\n",
+                   L, T, W - L - R, H - T - B);
     for (int t = 0; t <= 4; t++) {
         double fx = L + (W - L - R) * t / 4.0, vx = x0 + (x1 - x0) * t / 4.0;
         double fy = H - B - (H - T - B) * t / 4.0, vy = y0 + (y1 - y0) * t / 4.0;
-        sb_printf(b, "<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#eee\"/>"
-                     "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.4g</text>\n",
-                  fx, T, fx, H - B, fx, H - B + 14, vx);
-        sb_printf(b, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#eee\"/>"
-                     "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n",
-                  L, fy, W - R, fy, L - 4, fy + 4, vy);
+        rq_buf_appendf(b, "<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#eee\"/>"
+                          "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.4g</text>\n",
+                       fx, T, fx, H - B, fx, H - B + 14, vx);
+        rq_buf_appendf(b, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#eee\"/>"
+                          "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n",
+                       L, fy, W - R, fy, L - 4, fy + 4, vy);
     }
-    sb_printf(b, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">update</text>\n", (L + W - R) / 2, H - 6);
+    rq_buf_appendf(b, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">update</text>\n", (L + W - R) / 2, H - 6);
     double lx = L + 8;
     for (int i = 0; i < n_series; i++) {
         if (!ss[i].n) continue;
-        sb_printf(b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", ss[i].color);
+        rq_buf_appendf(b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", ss[i].color);
         for (size_t k = 0; k < ss[i].n; k++)
-            sb_printf(b, "%.1f,%.1f ", L + (W - L - R) * (ss[i].x[k] - x0) / (x1 - x0),
-                      H - B - (H - T - B) * (ss[i].y[k] - y0) / (y1 - y0));
-        sb_printf(b, "\"/>\n");
+            rq_buf_appendf(b, "%.1f,%.1f ", L + (W - L - R) * (ss[i].x[k] - x0) / (x1 - x0),
+                           H - B - (H - T - B) * (ss[i].y[k] - y0) / (y1 - y0));
+        rq_buf_puts(b, "\"/>\n");
         if (ss[i].n == 1) /* a single point draws no line */
-            sb_printf(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n",
-                      L + (W - L - R) * (ss[i].x[0] - x0) / (x1 - x0), H - B - (H - T - B) * (ss[i].y[0] - y0) / (y1 - y0),
-                      ss[i].color);
-        sb_printf(b, "<rect x=\"%.0f\" y=\"10\" width=\"12\" height=\"4\" fill=\"%s\"/><text x=\"%.0f\" y=\"16\">", lx,
-                  ss[i].color, lx + 16);
-        sb_html(b, ss[i].name);
-        sb_printf(b, "</text>\n");
+            rq_buf_appendf(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n",
+                           L + (W - L - R) * (ss[i].x[0] - x0) / (x1 - x0),
+                           H - B - (H - T - B) * (ss[i].y[0] - y0) / (y1 - y0), ss[i].color);
+        rq_buf_appendf(b, "<rect x=\"%.0f\" y=\"10\" width=\"12\" height=\"4\" fill=\"%s\"/><text x=\"%.0f\" y=\"16\">",
+                       lx, ss[i].color, lx + 16);
+        put_html(b, ss[i].name);
+        rq_buf_puts(b, "</text>\n");
         lx += 24 + 7.0 * (double)strlen(ss[i].name);
     }
-    sb_printf(b, "</svg>\n");
+    rq_buf_puts(b, "</svg>\n");
 }
 
 /* The curves of one stage from the tagged metrics lines. */
-static void stage_curves(sbuf *b, const char *metrics, const char *stage, const char *title) {
+static void stage_curves(rq_buf *b, const char *metrics, const char *stage, const char *title) {
     series ss[2] = {{.name = "training loss", .color = "#1f77b4"}, {.name = "validation loss", .color = "#d62728"}};
     const char *p = metrics;
     while (p && *p) {
@@ -240,75 +189,70 @@ static void stage_curves(sbuf *b, const char *metrics, const char *stage, const 
 rq_status rq_report_html(const cJSON *results, const char *metrics_jsonl, const char *recipe_json, char **out,
                          rq_err *err) {
     *out = NULL;
-    sbuf b = {0};
+    rq_buf b = {0};
     const char *name = str_of(results, "recipe");
-    sb_printf(&b, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>rilq run: ");
-    sb_html(&b, name);
-    sb_printf(&b, "</title>\n<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
-                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px}"
-                  "td.n{text-align:right;font-family:monospace}th{background:#f4f4f4}"
-                  "pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:12px}</style></head><body>\n");
-    sb_printf(&b, "<h1>rilq run: ");
-    sb_html(&b, name);
-    sb_printf(&b, "</h1>\n<p>");
-    sb_html(&b, str_of(results, "notes"));
-    sb_printf(&b, "</p>\n<h2>Results</h2>\n<table><tr><th>model</th>");
+    rq_buf_puts(&b, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>rilq run: ");
+    put_html(&b, name);
+    rq_buf_puts(&b, "</title>\n<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
+                    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px}"
+                    "td.n{text-align:right;font-family:monospace}th{background:#f4f4f4}"
+                    "pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:12px}</style></head><body>\n");
+    rq_buf_puts(&b, "<h1>rilq run: ");
+    put_html(&b, name);
+    rq_buf_puts(&b, "</h1>\n<p>");
+    put_html(&b, str_of(results, "notes"));
+    rq_buf_puts(&b, "</p>\n<h2>Results</h2>\n<table><tr><th>model</th>");
     const cJSON *cols = cJSON_GetObjectItemCaseSensitive(results, "columns");
     const cJSON *rows = cJSON_GetObjectItemCaseSensitive(results, "rows");
     const cJSON *row, *col, *st;
     cJSON_ArrayForEach(col, cols) {
         char t[128];
         col_title(t, sizeof t, col);
-        sb_printf(&b, "<th>");
-        sb_html(&b, t);
-        sb_printf(&b, "</th>");
+        rq_buf_puts(&b, "<th>");
+        put_html(&b, t);
+        rq_buf_puts(&b, "</th>");
     }
-    sb_printf(&b, "</tr>\n");
+    rq_buf_puts(&b, "</tr>\n");
     cJSON_ArrayForEach(row, rows) {
-        sb_printf(&b, "<tr><td>");
-        sb_html(&b, str_of(row, "label"));
-        sb_printf(&b, "</td>");
+        rq_buf_puts(&b, "<tr><td>");
+        put_html(&b, str_of(row, "label"));
+        rq_buf_puts(&b, "</td>");
         cJSON_ArrayForEach(col, cols) {
             char v[64];
             fmt_cell(v, sizeof v, cell(row, col), str_of(col, "metric"));
-            sb_printf(&b, "<td class=\"n\">%s</td>", v);
+            rq_buf_appendf(&b, "<td class=\"n\">%s</td>", v);
         }
-        sb_printf(&b, "</tr>\n");
+        rq_buf_puts(&b, "</tr>\n");
     }
-    sb_printf(&b, "</table>\n<p>acc: lm-eval accuracy; ppl: perplexity (lower is better); gsm8k: exact match. "
-                  "Every row is evaluated with the same settings (see the recipe's eval section).</p>\n");
+    rq_buf_puts(&b, "</table>\n<p>acc: lm-eval accuracy; ppl: perplexity (lower is better); gsm8k: exact match. "
+                    "Every row is evaluated with the same settings (see the recipe's eval section).</p>\n");
     const cJSON *merge = cJSON_GetObjectItemCaseSensitive(results, "merge");
     if (cJSON_IsObject(merge)) {
         char *mt = cJSON_Print(merge);
-        sb_printf(&b, "<h2>Merge check</h2>\n<pre>");
-        sb_html(&b, mt);
-        sb_printf(&b, "</pre>\n");
+        rq_buf_puts(&b, "<h2>Merge check</h2>\n<pre>");
+        put_html(&b, mt);
+        rq_buf_puts(&b, "</pre>\n");
         cJSON_free(mt);
     }
-    sb_printf(&b, "<h2>Training curves</h2>\n");
+    rq_buf_puts(&b, "<h2>Training curves</h2>\n");
     stage_curves(&b, metrics_jsonl, "calibrate", "Stage 1: RILQ calibration (0.5 Model-Loss + 0.5 GT-Loss)");
     stage_curves(&b, metrics_jsonl, "finetune", "Stage 2: task fine-tuning (cross-entropy on the answers)");
-    sb_printf(&b, "<h2>Stages</h2>\n<table><tr><th>stage</th><th>status</th><th>seconds</th></tr>\n");
+    rq_buf_puts(&b, "<h2>Stages</h2>\n<table><tr><th>stage</th><th>status</th><th>seconds</th></tr>\n");
     cJSON_ArrayForEach(st, cJSON_GetObjectItemCaseSensitive(results, "stages")) {
         const cJSON *sec = cJSON_GetObjectItemCaseSensitive(st, "seconds");
-        sb_printf(&b, "<tr><td>");
-        sb_html(&b, str_of(st, "name"));
-        sb_printf(&b, "</td><td>");
-        sb_html(&b, str_of(st, "status"));
-        if (cJSON_IsNumber(sec)) sb_printf(&b, "</td><td class=\"n\">%.1f</td></tr>\n", sec->valuedouble);
-        else sb_printf(&b, "</td><td class=\"n\">-</td></tr>\n");
+        rq_buf_puts(&b, "<tr><td>");
+        put_html(&b, str_of(st, "name"));
+        rq_buf_puts(&b, "</td><td>");
+        put_html(&b, str_of(st, "status"));
+        if (cJSON_IsNumber(sec)) rq_buf_appendf(&b, "</td><td class=\"n\">%.1f</td></tr>\n", sec->valuedouble);
+        else rq_buf_puts(&b, "</td><td class=\"n\">-</td></tr>\n");
     }
-    sb_printf(&b, "</table>\n");
+    rq_buf_puts(&b, "</table>\n");
     if (recipe_json) {
-        sb_printf(&b, "<h2>Recipe (resolved)</h2>\n<pre>");
-        sb_html(&b, recipe_json);
-        sb_printf(&b, "</pre>\n");
+        rq_buf_puts(&b, "<h2>Recipe (resolved)</h2>\n<pre>");
+        put_html(&b, recipe_json);
+        rq_buf_puts(&b, "</pre>\n");
     }
-    sb_printf(&b, "</body></html>\n");
-    if (b.oom || !b.p) {
-        free(b.p);
-        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building report.html");
-    }
-    *out = b.p;
-    return RQ_OK;
+    rq_buf_puts(&b, "</body></html>\n");
+    return rq_buf_finish(&b, out, NULL, "report.html", err);
 }

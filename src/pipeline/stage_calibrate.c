@@ -181,7 +181,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
 
     const char *root = o->data_root && *o->data_root ? o->data_root : getenv("RILQ_DATA");
     if (root && !*root) root = NULL;
-    char data_path[4096];
+    char *data_path = NULL;
     rq_calib_opts co;
     rq_calib_default_opts(&co);
     long doc_a = 0, doc_b = 0;
@@ -195,25 +195,26 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     if (!strcmp(o->data, "c4")) {
         co.source = RQ_CALIB_C4;
         if (!root) return RQ_FAIL(err, RQ_ERR_ARG, "no --data-root and no RILQ_DATA to find C4 in");
-        if (!rq_path_join(data_path, sizeof data_path, root, "datasets/c4/c4-validation-2k.jsonl"))
-            return RQ_FAIL(err, RQ_ERR_ARG, "data path too long");
+        if (!(data_path = rq_path_join_alloc(root, "datasets/c4/c4-validation-2k.jsonl", err))) return RQ_ERR_NOMEM;
         co.path = data_path;
     } else {
         co.source = RQ_CALIB_TEXT;
         if (o->text) co.path = o->text;
         else {
             if (!root) return RQ_FAIL(err, RQ_ERR_ARG, "no --text FILE and no RILQ_DATA to find WikiText-2 in");
-            if (!rq_path_join(data_path, sizeof data_path, root, "datasets/wikitext2/wiki.valid.raw"))
-                return RQ_FAIL(err, RQ_ERR_ARG, "data path too long");
-            if (!rq_file_exists(data_path))
-                return RQ_FAIL(err, RQ_ERR_ARG, "%s does not exist and no local WikiText-2 train split exists; "
-                                                "pass --text FILE (not wiki.test.raw: perplexity reads it)", data_path);
+            if (!(data_path = rq_path_join_alloc(root, "datasets/wikitext2/wiki.valid.raw", err))) return RQ_ERR_NOMEM;
+            if (!rq_file_exists(data_path)) {
+                RQ_FAIL(err, RQ_ERR_ARG, "%s does not exist and no local WikiText-2 train split exists; "
+                                         "pass --text FILE (not wiki.test.raw: perplexity reads it)", data_path);
+                free(data_path);
+                return RQ_ERR_ARG;
+            }
             co.path = data_path;
         }
     }
     const char *cache = o->teacher_cache && *o->teacher_cache ? o->teacher_cache : NULL;
     if (!cache) cache = getenv("RILQ_CACHE") && *getenv("RILQ_CACHE") ? getenv("RILQ_CACHE") : ".cache/teacher";
-    char cache_path[4096], key_text[8192];
+    char *cache_path = NULL, key_text[8192];
 
     rq_status st = RQ_OK;
     rq_model *teacher = NULL, *student = NULL;
@@ -261,8 +262,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     {
         char name[64];
         snprintf(name, sizeof name, "teacher-%016" PRIx64 ".rqt", key);
-        if (!rq_path_join(cache_path, sizeof cache_path, cache, name))
-            CHECK(RQ_FAIL(err, RQ_ERR_ARG, "cache path too long: %s", cache));
+        if (!(cache_path = rq_path_join_alloc(cache, name, err))) CHECK(RQ_ERR_NOMEM);
         snprintf(rep->teacher_cache, sizeof rep->teacher_cache, "%s", cache_path);
     }
     {
@@ -387,6 +387,8 @@ done:
     rq_model_free(student);
     rq_model_free(teacher);
     rq_backend_destroy(be);
+    free(cache_path);
+    free(data_path);
     return st;
 }
 

@@ -140,8 +140,8 @@ rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_r
                                                                       : RQ_GSM8K_FEWSHOT;
     const char *root = a->data_root && *a->data_root ? a->data_root : getenv("RILQ_DATA");
     if (!root || !*root) return RQ_FAIL(err, RQ_ERR_ARG, "no data: set RILQ_DATA or pass --data DIR (a folder holding datasets/)");
-    char datasets[4096];
-    if (!rq_path_join(datasets, sizeof datasets, root, "datasets")) return RQ_FAIL(err, RQ_ERR_ARG, "data path too long");
+    char *datasets = rq_path_join_alloc(root, "datasets", err);
+    if (!datasets) return RQ_ERR_NOMEM;
 
     /* all data first: a missing file or a bad line should not wait for the model to load */
     rq_mc_task mc_tasks[RQ_TASK_COUNT];
@@ -266,5 +266,6 @@ rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_r
     for (size_t t = 0; t < n_tasks; t++) rq_mc_task_free(&mc_tasks[t]);
     rq_gsm8k_set_free(&gsm_test);
     rq_gsm8k_set_free(&gsm_train);
+    free(datasets);
     return st;
 }

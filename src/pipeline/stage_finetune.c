@@ -91,10 +91,11 @@ static void on_step(void *user, int64_t step, double loss, double gnorm, double 
     (void)loss, (void)gnorm, (void)lr;
     epoch_saver *s = user;
     if (s->st != RQ_OK || step % s->steps_per_epoch != 0) return;
-    char name[64], dir[4096];
+    char name[64];
     snprintf(name, sizeof name, "adapter-epoch-%lld", (long long)(step / s->steps_per_epoch));
-    if (!rq_path_join(dir, sizeof dir, s->out, name)) s->st = RQ_FAIL(&s->err, RQ_ERR_ARG, "path too long: %s", s->out);
-    else s->st = rq_adapter_set_save_peft(s->ad, dir, &s->err);
+    char *dir = rq_path_join_alloc(s->out, name, &s->err);
+    s->st = dir ? rq_adapter_set_save_peft(s->ad, dir, &s->err) : RQ_ERR_NOMEM;
+    free(dir);
 }
 
 rq_status rq_stage_finetune(const rq_stage_finetune_opts *o, rq_stage_finetune_report *rep, rq_err *err) {
@@ -112,8 +113,8 @@ rq_status rq_stage_finetune(const rq_stage_finetune_opts *o, rq_stage_finetune_r
     RQ_TRY(rq_schedule_kind_parse(o->schedule, &skind, err));
     const char *root = o->data_root && *o->data_root ? o->data_root : getenv("RILQ_DATA");
     if (!root || !*root) return RQ_FAIL(err, RQ_ERR_ARG, "no --data-root and no RILQ_DATA");
-    char datasets[4096];
-    if (!rq_path_join(datasets, sizeof datasets, root, "datasets")) return RQ_FAIL(err, RQ_ERR_ARG, "data path too long");
+    char *datasets = rq_path_join_alloc(root, "datasets", err);
+    if (!datasets) return RQ_ERR_NOMEM;
     double t0 = rq_now_seconds();
 
     rq_status st = RQ_OK;
@@ -246,6 +247,7 @@ done:
     rq_adapter_set_free(ad);
     rq_model_free(m);
     rq_backend_destroy(be);
+    free(datasets);
     return st;
 }
 
