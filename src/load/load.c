@@ -2,6 +2,7 @@
  * rilq-q2 artifact, a GGUF file or a llama2.c .bin), and which tokenizer goes
  * with it. It sits above both src/io (the readers, which build models through
  * src/model) and src/model, so neither of those calls up into the other. */
+#define _POSIX_C_SOURCE 200809L /* strndup */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -42,18 +43,21 @@ static void note_llama2c_tokenizer(rq_model *m, const char *model_path, const ch
         set_tokenizer_path(m, explicit_path);
         return;
     }
-    char dir[4096], name[64], buf[4200];
+    char name[64];
     const char *slash = strrchr(model_path, '/');
-    size_t dlen = slash ? (size_t)(slash - model_path) : 0;
-    if (dlen >= sizeof dir) return;
-    memcpy(dir, model_path, dlen);
-    dir[dlen] = 0;
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (dlen == 0) snprintf(dir, sizeof dir, "/");
+    char *dir = !slash ? rq_strdup(".", NULL) : slash == model_path ? rq_strdup("/", NULL)
+                                                                    : strndup(model_path, (size_t)(slash - model_path));
+    if (!dir) return;
     snprintf(name, sizeof name, "tok%d.bin", m->cfg.vocab_size);
-    if ((rq_path_join(buf, sizeof buf, dir, "tokenizer.bin") && rq_file_exists(buf)) ||
-        (rq_path_join(buf, sizeof buf, dir, name) && rq_file_exists(buf)))
-        set_tokenizer_path(m, buf);
+    const char *const candidates[] = {"tokenizer.bin", name};
+    for (int i = 0; i < 2; i++) {
+        char *buf = rq_path_join_alloc(dir, candidates[i], NULL);
+        bool found = buf && rq_file_exists(buf);
+        if (found) set_tokenizer_path(m, buf);
+        free(buf);
+        if (found) break;
+    }
+    free(dir);
 }
 
 rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model **out, rq_err *err) {
@@ -62,8 +66,11 @@ rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model *
     rq_model *m = NULL;
     const char *format;
     if (rq_dir_exists(path)) {
-        char cfg[4200];
-        if (!rq_path_join(cfg, sizeof cfg, path, "config.json") || !rq_file_exists(cfg))
+        char *cfg = rq_path_join_alloc(path, "config.json", err);
+        if (!cfg) return RQ_ERR_NOMEM;
+        const bool has_cfg = rq_file_exists(cfg);
+        free(cfg);
+        if (!has_cfg)
             return RQ_FAIL(err, RQ_ERR_IO, "%s: a model directory needs a config.json (Hugging Face layout)", path);
         if (rq_artifact_is_q2(path)) {
             format = "rilq-q2";
@@ -71,9 +78,9 @@ rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model *
         } else {
             format = "hf";
             RQ_TRY(rq_hf_load(path, &m, err));
-            char tok[4200];
-            if (m->tok && rq_path_join(tok, sizeof tok, path, "tokenizer.json"))
-                set_tokenizer_path(m, tok);
+            char *tok = m->tok ? rq_path_join_alloc(path, "tokenizer.json", NULL) : NULL;
+            if (tok) set_tokenizer_path(m, tok);
+            free(tok);
         }
     } else {
         FILE *f = fopen(path, "rb");

@@ -62,16 +62,15 @@ rq_status rq_stage_quantize_defaults(rq_stage_quantize_opts *o, rq_err *err) {
 /* GPTQ and / or block-wise reconstruction on calibration windows drawn as stage 1
  * draws them (C4 documents c4_docs). */
 static rq_status run_layerwise(rq_model *m, const rq_stage_quantize_opts *o, const rq_model_quant_opts *qo,
-                          rq_model_quant_report *rep, rq_err *err) {
+                               rq_model_quant_report *rep, rq_err *err) {
     if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer (GPTQ tokenizes its calibration text); pass --tokenizer PATH", o->model);
     const char *root = o->data_root && *o->data_root ? o->data_root : getenv("RILQ_DATA");
     if (!root || !*root) return RQ_FAIL(err, RQ_ERR_ARG, "gptq: no --data-root and no RILQ_DATA to find C4 in");
-    char path[4096];
-    if (!rq_path_join(path, sizeof path, root, "datasets/c4/c4-validation-2k.jsonl"))
-        return RQ_FAIL(err, RQ_ERR_ARG, "data path too long");
     long a = 0, b = 0;
     if (!o->c4_docs || sscanf(o->c4_docs, "%ld:%ld", &a, &b) != 2 || a < 0 || b <= a)
         return RQ_FAIL(err, RQ_ERR_ARG, "--c4-docs expects A:B with 0 <= A < B, got '%s'", o->c4_docs ? o->c4_docs : "");
+    char *path = rq_path_join_alloc(root, "datasets/c4/c4-validation-2k.jsonl", err);
+    if (!path) return RQ_ERR_NOMEM;
     rq_calib_opts co;
     rq_calib_default_opts(&co);
     co.source = RQ_CALIB_C4;
@@ -83,7 +82,9 @@ static rq_status run_layerwise(rq_model *m, const rq_stage_quantize_opts *o, con
     co.doc_begin = (int)a;
     co.doc_end = (int)b;
     rq_calib_windows w = {0};
-    RQ_TRY(rq_calib_windows_build(m->tok, &co, &w, err));
+    rq_status bs = rq_calib_windows_build(m->tok, &co, &w, err);
+    free(path);
+    if (bs != RQ_OK) return bs;
     const bool gptq = !strcmp(o->method, "gptq"), refine = strcmp(o->refine, "none") != 0;
     rq_info("calibration: %d C4 windows of %d tokens (documents %ld:%ld, seed %lld)", w.n, w.T, a, b, (long long)o->seed);
     if (gptq) rq_info("gptq: damp %g, block %lld", o->damp, (long long)o->gptq_block);
