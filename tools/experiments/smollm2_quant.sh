@@ -10,7 +10,8 @@
 #   GPTQ          GPTQ_WINDOWS x GPTQ_LEN C4 windows (64 x 512: the independent check's)
 #   block-wise    REFINE_WINDOWS x REFINE_LEN C4 windows (32 x 256), REFINE_EPOCHS (2)
 #   RILQ          QA-LoRA r=64 alpha 16, 48 C4 windows of 128 (16 held out),
-#                 RILQ_STEPS micro-steps (320: 40 updates of 8), lr 1e-3
+#                 RILQ_STEPS micro-steps (320: 40 updates of 8), lr 1e-3; on the best
+#                 base also with trainable group scales (--train-scales)
 #   perplexity    WikiText-2 test, first PPL_WINDOWS windows of 512 (40), and C4
 #                 documents 1000:2000 (PPL_WINDOWS windows of 512); every
 #                 calibration draws from C4 documents 0:1000
@@ -114,10 +115,23 @@ for b in $best; do
   row "$b + RILQ" "$out/$b" "$cal/adapter" "rilq-$b"
   row "$b + RILQ, merged (2-bit, no adapters)" "$out/merged-$b"
 done
+# trainable group scales beside the adapters, on the best base
+b=$(echo "$best" | head -n 1)
+cal="$out/rilq-scales-$b"
+if [ ! -f "$cal/adapter/adapter_config.json" ]; then
+  /usr/bin/time -f "%e %M" -o "$cal.time" "$rilq" calibrate "$fp" --student "$out/$b" --out "$cal" --rank 64 --alpha 16 \
+    --train-scales --windows 48 --seq-len 128 --val-windows 16 --c4-docs 0:1000 --accum 8 --eval-every 10 --patience 3 \
+    --max-micro-steps "$steps" --lr 1e-3 --head-error-windows 4 --cache "$out/cache" $T > "$cal.log" 2>&1
+  read -r secs kib < "$cal.time"; echo "$secs $((kib / 1024))" > "$out/rilq-scales-$b.cost"
+fi
+[ -f "$out/merged-scales-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-scales-$b" $T > "$out/merged-scales-$b.log" 2>&1
+row "$b + RILQ + trainable scales" "$out/$b" "$cal/adapter" "rilq-scales-$b"
+row "$b + RILQ + trainable scales, merged" "$out/merged-scales-$b"
+best_merged="merged-$(echo "$best" | head -n 1) merged-$(echo "$best" | tail -n 1) merged-scales-$b"
 
 if [ -n "${TASKS:-}" ]; then
   base=$(echo "$best" | head -n 1)
-  mbest=$(for b in $best; do echo "$(wiki "$out/merged-$b") merged-$b"; done | sort -g | head -n 1 | cut -d' ' -f2)
+  mbest=$(for n in $best_merged; do echo "$(wiki "$out/$n") $n"; done | sort -g | head -n 1 | cut -d' ' -f2)
   {
     echo
     echo "Tasks (lm-eval protocol, 0-shot, first $limit documents; PIQA: validation):"
