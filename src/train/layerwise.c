@@ -59,8 +59,8 @@ static rq_status run_layer_all(rq_forward_state *fs, rq_backend *be, float *x, i
 void rq_layerwise_opts_default(rq_layerwise_opts *o) {
     memset(o, 0, sizeof *o);
     rq_gptq_opts_default(&o->gptq);
-    o->refine_lr = 5e-2;
-    o->refine_weight_lr = 1e-2;
+    o->refine_lr = 2e-3;
+    o->refine_weight_lr = 1e-3;
     o->batch = 1;
 }
 
