@@ -570,11 +570,11 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
     cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(results, "rows")) {
         cJSON_ArrayForEach(task, cJSON_GetObjectItemCaseSensitive(row, "results")) {
             cJSON_ArrayForEach(m, task) {
-                char line[512];
+                char line[512], num[32];
                 int w = snprintf(line, sizeof line,
-                                 "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%.9g}\n",
+                                 "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%s}\n",
                                  cJSON_GetObjectItemCaseSensitive(row, "id")->valuestring, task->string, m->string,
-                                 m->valuedouble);
+                                 rq_json_number(num, cJSON_IsNumber(m) ? m->valuedouble : NAN));
                 char *nb = w > 0 ? realloc(metrics, len + (size_t)w + 1) : NULL;
                 if (!nb) continue;
                 metrics = nb;

@@ -152,6 +152,10 @@ static inline uint32_t rq_rd_u32(const uint8_t *p) {
 static inline uint64_t rq_rd_u64(const uint8_t *p) { return (uint64_t)rq_rd_u32(p) | ((uint64_t)rq_rd_u32(p + 4) << 32); }
 static inline float rq_rd_f32(const uint8_t *p) { return rq_f32_from_bits(rq_rd_u32(p)); }
 
+/* A double as a JSON number for hand-written JSON lines: "%.9g" when finite,
+ * "null" otherwise (JSON has no nan / inf). buf holds at least 32 bytes. */
+const char *rq_json_number(char *buf, double v);
+
 /* ---- random numbers ------------------------------------------------------ */
 
 /* xoshiro256** seeded through splitmix64: small, fast, reproducible, and its

@@ -335,6 +335,10 @@ rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_cal
     for (int k = 0; k < w->n && st == RQ_OK; k++) {
         st = rq_forward_run(fs, w->tokens + (size_t)k * T, 1, T, 0, err);
         if (st == RQ_OK) st = be->download(be, h, rq_forward_hidden(fs), raw_bytes, err);
+        for (size_t i = 0; st == RQ_OK && i < (size_t)T * dim; i++)
+            if (!isfinite(h[i]))
+                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "teacher: the final hidden states of window %d are not finite (%g): "
+                             "the teacher model holds NaN/Inf weights; nothing cached", k, h[i]);
         if (st != RQ_OK) break;
         /* little-endian fp32 on every host: the file is portable */
         for (size_t i = 0; i < (size_t)T * dim; i++) put_u32(raw + 4 * i, rq_bits_from_f32(h[i]));

@@ -288,9 +288,56 @@ static void bufs_free(batch_bufs *bb) {
     if (bb->teacher_dev) bb->be->free(bb->be, bb->teacher_dev);
 }
 
+/* ---- non-finite losses ------------------------------------------------------------------ */
+
+static bool all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return false;
+    return true;
+}
+
+/* Whether backend buffer x [n] holds a non-finite value (downloaded through host scratch). */
+static bool dev_nonfinite(rq_backend *be, const float *x, size_t n, float *host) {
+    rq_err e = {0};
+    return x && be->download(be, host, x, n * sizeof(float), &e) == RQ_OK && !all_finite(host, n);
+}
+
+/* Fill err with what went non-finite at `step` and the first place it shows in
+ * the micro-batch that fs last ran (layers in order, projections in forward
+ * order), or the teacher targets; one extra pass over the activations, paid
+ * only on failure. */
+static rq_status nonfinite_fail(rq_forward_state *fs, rq_backend *be, const rq_model *m, const batch_bufs *bb,
+                                bool with_teacher, int N, int64_t step, const char *what, double value,
+                                const char *ckpt_note, rq_err *err) {
+    const rq_config *c = &m->cfg;
+    size_t widest = (size_t)(c->hidden_dim > c->dim ? c->hidden_dim : c->dim);
+    if ((size_t)c->n_heads * c->head_dim > widest) widest = (size_t)c->n_heads * c->head_dim;
+    float *host = malloc(sizeof(float) * (size_t)N * widest);
+    float *tmp = be->alloc(be, sizeof(float) * (size_t)N * c->dim, NULL);
+    char where[160] = "";
+    for (int l = 0; host && tmp && !where[0] && l < c->n_layers; l++)
+        for (int p = 0; !where[0] && p < RQ_N_PROJ; p++) {
+            const rq_linear *lin = rq_layer_proj((rq_layer *)&m->layers[l], p);
+            const float *y = rq_forward_proj_output(fs, l, p, tmp);
+            if (y && dev_nonfinite(be, y, (size_t)N * (p == RQ_PROJ_O || p == RQ_PROJ_DOWN ? c->dim : lin->out), host))
+                snprintf(where, sizeof where, "; the first non-finite output is layer %d %s", l, rq_proj_names[p]);
+        }
+    if (host && !where[0] && dev_nonfinite(be, rq_forward_hidden(fs), (size_t)N * c->dim, host))
+        snprintf(where, sizeof where, "; the first non-finite output is the final norm");
+    if (!where[0] && with_teacher && bb->teacher && !all_finite(bb->teacher, (size_t)N * c->dim))
+        snprintf(where, sizeof where, "; the student's activations are finite, the teacher targets are not (a damaged "
+                                      "teacher cache, or a teacher model that holds NaN/Inf)");
+    if (!where[0])
+        snprintf(where, sizeof where, "; the activations are finite: the adapters diverged (a lower learning rate may help)");
+    free(host);
+    if (tmp) be->free(be, tmp);
+    return RQ_FAIL(err, RQ_ERR_NUMERIC, "train: step %lld: %s is not finite (%g)%s; stopped%s", (long long)step, what,
+                   value, where, ckpt_note);
+}
+
 static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
                           const rq_train_opts *o, batch_bufs *bb, scope_ctx *sc, double *loss, double *ce, double *mse,
-                          double *seconds, rq_err *err) {
+                          double *seconds, int64_t step, const char *ckpt_note, rq_err *err) {
     double ce_sum = 0.0, mse_sum = 0.0, t0 = rq_now_seconds();
     for (int64_t first = 0; first < data->n_examples; first += o->micro_batch) {
         int B = (int)(data->n_examples - first < o->micro_batch ? data->n_examples - first : o->micro_batch);
@@ -298,6 +345,9 @@ static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *
         int Tb;
         RQ_TRY(load_batch(data, NULL, first, B, o->seq_len, m->cfg.dim, bb, o->mse_weight > 0, false, &Tb, err));
         RQ_TRY(micro_step(fs, be, m, o, bb, B, Tb, 0.0, sc, &c, &s, err));
+        if (!isfinite(weighted(o, c, s)))
+            return nonfinite_fail(fs, be, m, bb, o->mse_weight > 0, B * Tb, step, "the validation loss", weighted(o, c, s),
+                                  ckpt_note, err);
         ce_sum += c * B;
         mse_sum += s * B;
     }
@@ -487,13 +537,15 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         }
     }
     h.optim_bytes = opt ? rq_optim_state_bytes(opt) : 0;
+    char ckpt_note[300] = ""; /* where the last finite state is kept, for a non-finite stop */
+    if (res->resumed) snprintf(ckpt_note, sizeof ckpt_note, "; the checkpoint of step %lld is kept in %.200s", (long long)h.step, ckpt_path);
     rq_progress prog;
     rq_progress_init(&prog, "train", o->max_steps);
     double t0 = rq_now_seconds();
     int64_t tokens_done = 0;
     if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
         double vl, vc, vm;
-        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, err);
+        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, h.step, ckpt_note, err);
         if (st == RQ_OK) {
             h.first_val = vl;
             if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
@@ -509,6 +561,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             int Tb = T;
             st = load_batch(train, &order, first, B, T, dim, &bb, o->mse_weight > 0, true, &Tb, err);
             if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, Tb, (double)o->accum, &sc, &c, &s, err);
+            if (st == RQ_OK && !isfinite(weighted(o, c, s)))
+                st = nonfinite_fail(fs, be, m, &bb, o->mse_weight > 0, B * Tb, h.step + 1, "the loss", weighted(o, c, s),
+                                    ckpt_note, err);
             tokens_done += (int64_t)B * Tb;
             ce_acc += c / o->accum;
             mse_acc += s / o->accum;
@@ -516,6 +571,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (st != RQ_OK) break;
         double lr = rq_schedule_lr(&o->schedule, h.step), gnorm = 0.0;
         st = rq_optim_step(opt, ad->params, ad->grads, lr, &gnorm, err);
+        if (st == RQ_OK && !isfinite(gnorm))
+            st = RQ_FAIL(err, RQ_ERR_NUMERIC, "train: step %lld: the gradient norm is not finite (%g) with a finite loss; "
+                         "stopped%s", (long long)h.step + 1, gnorm, ckpt_note);
         if (st != RQ_OK) break;
         be->fill_zero(be, ad->grads, ad->n_params);
         h.step++;
@@ -535,7 +593,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         }
         if (validate && h.step % o->eval_every == 0) {
             double vl, vc, vm;
-            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, err);
+            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, h.step, ckpt_note, err);
             if (st != RQ_OK) break;
             if (vl < h.best_val) { /* NaN never improves */
                 h.best_val = vl;
@@ -559,7 +617,13 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (o->out_dir && ((o->checkpoint_every > 0 && h.step % o->checkpoint_every == 0) || h.step == o->max_steps ||
                           stop)) {
             st = be->download(be, params_host, ad->params, ad->n_params * sizeof(float), err);
+            if (st == RQ_OK && !all_finite(params_host, ad->n_params))
+                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "train: step %lld: the adapters are not finite after the update; "
+                             "stopped without a checkpoint%s", (long long)h.step, ckpt_note);
             if (st == RQ_OK) st = ckpt_save(o->out_dir, &h, params_host, best, opt, err);
+            if (st == RQ_OK)
+                snprintf(ckpt_note, sizeof ckpt_note, "; the checkpoint of step %lld is kept in %.200s", (long long)h.step,
+                         ckpt_path);
         }
     }
     if (st == RQ_OK && !o->quiet) rq_progress_finish(&prog, h.step, "steps");
