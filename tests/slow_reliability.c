@@ -4,7 +4,10 @@
  *   1  a model with one NaN norm weight: calibrate and finetune stop with an
  *      error naming the step and the first projection that went non-finite,
  *      keep no NaN adapters, write no bare nan into metrics.jsonl; eval and
- *      ppl refuse to score it. */
+ *      ppl refuse to score it.
+ *   2  a flipped byte in the teacher cache: the next calibrate rebuilds the
+ *      cache and trains to the same adapters; a flipped bit in checkpoint.bin:
+ *      --resume refuses it and says to delete it. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>
 #include <sys/stat.h>
@@ -119,6 +122,53 @@ static void case_nan(void) {
     CHECK(has("nan-ppl.log", "not finite"));
 }
 
+static bool same_files(const char *a, const char *b) {
+    char *x = slurp(a), *y = slurp(b);
+    bool same = x && y && !strcmp(x, y);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Flip one byte at fraction `where` of the file root/REL. */
+static bool flip_byte(const char *rel, double where) {
+    char p[4096];
+    path(p, rel);
+    FILE *f = fopen(p, "r+b");
+    if (!f) return false;
+    fseek(f, 0, SEEK_END);
+    long at = (long)(where * (double)ftell(f));
+    int c = fseek(f, at, SEEK_SET) == 0 ? fgetc(f) : EOF;
+    bool ok = c != EOF && fseek(f, at, SEEK_SET) == 0 && fputc(c ^ 0x10, f) != EOF;
+    fclose(f);
+    return ok;
+}
+
+#define CALIB_GOOD "'%s' calibrate good.bin --tokenizer tok512.bin --quantize rtn " CALIB_SMALL
+
+static void case_integrity(void) {
+    CHECK(sh("int-a.log", CALIB_GOOD " --out int-a", bin) == 0);
+    /* the cache entry, as the log of run a names it */
+    char *log = slurp("int-a.log"), name[256] = "";
+    const char *p = log ? strstr(log, "cache/teacher-") : NULL;
+    if (p) sscanf(p, "cache/%64[^ ,]", name);
+    free(log);
+    char rel[300];
+    snprintf(rel, sizeof rel, "cache/%s", name);
+    CHECK(flip_byte(rel, 0.5));
+    int rc = sh("int-b.log", CALIB_GOOD " --out int-b", bin);
+    CHECKF(rc == 0, "calibrate with a damaged teacher cache: exit %d", rc);
+    CHECK(has("int-b.log", "damaged"));
+    CHECK(has("int-b.log", "rebuilding"));
+    CHECKF(same_files("int-a/adapter/adapter_model.safetensors", "int-b/adapter/adapter_model.safetensors"),
+           "adapters trained on a rebuilt cache differ from the first run's");
+    /* a flipped bit in a checkpoint: refused by --resume, with what to delete */
+    CHECK(flip_byte("int-a/checkpoint.bin", 0.5));
+    rc = sh("int-c.log", CALIB_GOOD " --out int-a --resume --max-micro-steps 12", bin);
+    CHECKF(rc != 0 && rc < 128, "resume from a damaged checkpoint: exit %d", rc);
+    CHECK(has("int-c.log", "damaged checkpoint") && has("int-c.log", "delete"));
+}
+
 int main(void) {
     snprintf(model, sizeof model, "%s", rq_test_data("models/stories260K/stories260K.bin"));
     snprintf(tok, sizeof tok, "%s", rq_test_data("models/stories260K/tok512.bin"));
@@ -132,5 +182,6 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", root, root);
     CHECK(system(cmd) == 0);
     case_nan();
+    case_integrity();
     return rq_test_finish();
 }

@@ -156,6 +156,10 @@ static inline float rq_rd_f32(const uint8_t *p) { return rq_f32_from_bits(rq_rd_
  * "null" otherwise (JSON has no nan / inf). buf holds at least 32 bytes. */
 const char *rq_json_number(char *buf, double v);
 
+/* XXH64 of n bytes: the content hash of checkpoints (chain calls through seed
+ * to hash several buffers). */
+uint64_t rq_hash64(const void *data, size_t n, uint64_t seed);
+
 /* ---- random numbers ------------------------------------------------------ */
 
 /* xoshiro256** seeded through splitmix64: small, fast, reproducible, and its

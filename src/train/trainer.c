@@ -6,7 +6,7 @@
 #include "trainer.h"
 
 #define CKPT_MAGIC "RQCKPT01"
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u /* 2: content_hash */
 
 void rq_train_default_opts(rq_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -366,7 +366,17 @@ typedef struct ckpt_header {
     int64_t step, best_step, bad_evals;
     uint64_t seed, n_params, optim_bytes;
     double best_val, first_val;
+    uint64_t content_hash; /* XXH64 of this header (with content_hash 0), the adapters, the best adapters, the optimizer state */
 } ckpt_header;
+
+static uint64_t ckpt_hash(const ckpt_header *h, const void *params, const void *best, const void *optim) {
+    ckpt_header z = *h;
+    z.content_hash = 0;
+    uint64_t x = rq_hash64(&z, sizeof z, 0);
+    x = rq_hash64(params, h->n_params * sizeof(float), x);
+    if (h->has_best) x = rq_hash64(best, h->n_params * sizeof(float), x);
+    return rq_hash64(optim, h->optim_bytes, x);
+}
 
 static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *params, const float *best,
                            const rq_optim *opt, rq_err *err) {
@@ -380,10 +390,12 @@ static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *p
         return st;
     }
     rq_status st = rq_optim_state_save(opt, obuf, ob, err);
+    ckpt_header hh = *h;
+    hh.content_hash = ckpt_hash(h, params, best, obuf);
     rq_atomic_file af;
     if (st == RQ_OK) st = rq_atomic_open(&af, path, err);
     if (st == RQ_OK) {
-        st = rq_atomic_write(&af, h, sizeof *h, err);
+        st = rq_atomic_write(&af, &hh, sizeof hh, err);
         if (st == RQ_OK) st = rq_atomic_write(&af, params, n * sizeof(float), err);
         if (st == RQ_OK && h->has_best) st = rq_atomic_write(&af, best, n * sizeof(float), err);
         if (st == RQ_OK) st = rq_atomic_write(&af, obuf, ob, err);
@@ -406,8 +418,19 @@ static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, floa
     }
     memcpy(h, v.data, sizeof *h);
     if (memcmp(h->magic, CKPT_MAGIC, 8) != 0 || h->version != CKPT_VERSION) {
-        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a rilq checkpoint of version %u", path, CKPT_VERSION);
+        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a rilq checkpoint of version %u; delete it to restart this stage from "
+                     "its beginning", path, CKPT_VERSION);
         goto done;
+    }
+    {
+        const uint8_t *body = v.data + sizeof *h;
+        size_t pb = (size_t)h->n_params * sizeof(float), total = sizeof *h + pb * (h->has_best ? 2 : 1) + h->optim_bytes;
+        if (h->n_params > (uint64_t)(SIZE_MAX / 8) || h->optim_bytes > v.size || v.size != total ||
+            ckpt_hash(h, body, body + pb, body + pb * (h->has_best ? 2 : 1)) != h->content_hash) {
+            st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: damaged checkpoint (its content hash or size does not match); delete it "
+                         "to restart this stage from its beginning", path);
+            goto done;
+        }
     }
     if (h->n_params != n_params) {
         st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: holds %llu adapter parameters, the adapters have %zu", path,
