@@ -7,7 +7,13 @@
  *      ppl refuse to score it.
  *   2  a flipped byte in the teacher cache: the next calibrate rebuilds the
  *      cache and trains to the same adapters; a flipped bit in checkpoint.bin:
- *      --resume refuses it and says to delete it. */
+ *      --resume refuses it and says to delete it.
+ *   4  stale temporary files of killed writers (dead pids) in a run directory
+ *      and in the teacher cache are removed by the next run; others' kept.
+ *   6  outputs checked before the work: export --out an existing file is
+ *      refused and the file kept; eval and merge refuse a bad --out at once;
+ *      run --out an unrelated directory deletes nothing of it; an empty
+ *      quantize/artifact left in a run directory is not taken as done. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>
 #include <sys/stat.h>
@@ -169,6 +175,98 @@ static void case_integrity(void) {
     CHECK(has("int-c.log", "damaged checkpoint") && has("int-c.log", "delete"));
 }
 
+/* A pid that no process has: a child that has exited and been reaped. */
+static long dead_pid(void) {
+    pid_t c = fork();
+    if (c == 0) _exit(0);
+    waitpid(c, NULL, 0);
+    return (long)c;
+}
+
+static bool plant(const char *rel) {
+    char p[4096];
+    path(p, rel);
+    FILE *f = fopen(p, "wb");
+    if (f) fputs("stale", f);
+    return f && fclose(f) == 0;
+}
+
+static char recipe[4096];
+static const char *shrink = "stage1.windows=16 stage1.seq_len=64 stage1.val_windows=4 stage1.max_micro_steps=8 "
+                            "stage1.accum=2 stage1.eval_every=2 stage2.limit=32 stage2.epochs=1 stage2.batch=8 "
+                            "eval.limit=8 eval.ppl_windows=1 eval.models=q2 stage1.teacher_cache=cache";
+
+static int run_recipe(const char *log, const char *out, const char *extra) {
+    return sh(log, "'%s' run '%s' %s %s --out '%s' --threads 1", bin, recipe, shrink, extra, out);
+}
+
+static void case_outputs(void) {
+    CHECK(sh("q-good.log", "'%s' quantize good.bin --tokenizer tok512.bin --method rtn --out good-q --threads 1", bin) == 0);
+    /* export --out an existing file: refused, the file kept */
+    CHECK(plant("existing.gguf"));
+    int rc = sh("exp-exist.log", "'%s' export good-q --format gguf --out existing.gguf", bin);
+    CHECKF(rc != 0 && rc < 128, "export over an existing file: exit %d", rc);
+    CHECK(has("existing.gguf", "stale"));
+    CHECK(has("exp-exist.log", "exists"));
+    /* eval --out into a directory that cannot hold it: refused before any scoring */
+    CHECK(plant("not-a-dir"));
+    rc = sh("eval-out.log", "'%s' eval good-q --tasks arc_easy --limit 8 --out not-a-dir/r.json --threads 1", bin);
+    CHECKF(rc != 0 && rc < 128, "eval --out under a file: exit %d", rc);
+    CHECKF(!has("eval-out.log", "acc"), "eval scored before finding its --out unusable");
+    /* merge --out a non-empty directory: refused before loading anything */
+    CHECK(sh("mk.log", "mkdir -p full-dir && echo x > full-dir/keep.txt") == 0);
+    rc = sh("merge-out.log", "'%s' merge good-q int-a/adapter --out full-dir --threads 1", bin);
+    CHECKF(rc != 0 && rc < 128, "merge --out a non-empty directory: exit %d", rc);
+    CHECK(has("merge-out.log", "full-dir") && !has("merge-out.log", "merged "));
+    CHECK(has("full-dir/keep.txt", "x"));
+
+    /* run --out an unrelated directory: refused, nothing of it deleted */
+    CHECK(sh("mk2.log", "mkdir -p unrelated/merge/artifact unrelated/export && echo x > unrelated/merge/artifact/mine.txt"
+              " && echo y > unrelated/export/model.gguf && echo z > unrelated/notes.tmp") == 0);
+    rc = run_recipe("run-unrelated.log", "unrelated", "");
+    CHECKF(rc != 0 && rc < 128, "run into an unrelated directory: exit %d", rc);
+    CHECK(has("unrelated/merge/artifact/mine.txt", "x") && has("unrelated/export/model.gguf", "y") &&
+          has("unrelated/notes.tmp", "z"));
+    CHECK(has("run-unrelated.log", "not a rilq run directory"));
+
+    /* a run; then stale temporaries of a dead writer planted all over it, an empty
+       quantize/artifact in place of the real one, and a re-run */
+    rc = run_recipe("run-a.log", "run-a", "");
+    CHECKF(rc == 0, "run a: exit %d", rc);
+    long dead = dead_pid();
+    char rel[512];
+    const char *stale[] = {"results.json.tmp.%ld.0badf00d", "report.html.tmp.%ld", "calibrate/checkpoint.bin.tmp.%ld.12345678",
+                           "finetune/adapter/adapter_model.safetensors.tmp.%ld.abcdef01", "eval/q2/stage.json.tmp.%ld"};
+    for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) {
+        snprintf(rel, sizeof rel, "run-a/");
+        snprintf(rel + 6, sizeof rel - 6, stale[i], dead);
+        CHECKF(plant(rel), "%s", rel);
+    }
+    snprintf(rel, sizeof rel, "run-a/export.tmp-%ld.00c0ffee", dead);
+    CHECK(sh("mk3.log", "mkdir -p '%s' && echo 1 > '%s/model.safetensors'", rel, rel) == 0);
+    CHECK(plant("run-a/notes.tmp"));
+    snprintf(rel, sizeof rel, "run-a/calibrate/live.tmp.%ld.11111111", (long)getpid()); /* a live writer's */
+    CHECK(plant(rel));
+    CHECK(sh("mk4.log", "rm -rf run-a/quantize/artifact run-a/quantize/stage.json && mkdir run-a/quantize/artifact") == 0);
+    rc = run_recipe("run-a2.log", "run-a", "");
+    CHECKF(rc == 0, "run a again: exit %d", rc);
+    CHECK(sh("ls.log", "find run-a -name '*.tmp*' | sort") == 0);
+    char *ls = slurp("ls.log");
+    CHECKF(ls && !strstr(ls, "0badf00d") && !strstr(ls, "report.html.tmp") && !strstr(ls, "checkpoint.bin.tmp") &&
+           !strstr(ls, "safetensors.tmp") && !strstr(ls, "stage.json.tmp") && !strstr(ls, "export.tmp"),
+           "stale temporary files left: %s", ls ? ls : "");
+    CHECKF(ls && strstr(ls, "notes.tmp") && strstr(ls, "live.tmp"), "a file that is not a stale temporary was removed");
+    free(ls);
+    CHECK(exists("run-a/quantize/artifact/config.json"));
+    CHECK(!has("run-a2.log", "quantize         skipped"));
+
+    /* the teacher cache: a dead writer's full-size temporary is removed by the next calibrate */
+    snprintf(rel, sizeof rel, "cache/teacher-0123456789abcdef.rqt.tmp.%ld.0a0b0c0d", dead);
+    CHECK(plant(rel));
+    CHECK(sh("int-d.log", CALIB_GOOD " --out int-d --windows 10", bin) == 0);
+    CHECKF(!exists(rel), "%s: a dead writer's cache temporary was kept", rel);
+}
+
 int main(void) {
     snprintf(model, sizeof model, "%s", rq_test_data("models/stories260K/stories260K.bin"));
     snprintf(tok, sizeof tok, "%s", rq_test_data("models/stories260K/tok512.bin"));
@@ -177,11 +275,14 @@ int main(void) {
     rq_test_data("datasets/wikitext2/wiki.test.raw");
     const char *b = getenv("RQ_BINARY_DIR");
     snprintf(bin, sizeof bin, "%s/rilq", b && *b ? b : "../build");
+    const char *src = getenv("RQ_SOURCE_DIR");
+    snprintf(recipe, sizeof recipe, "%s/recipes/demo-stories260k.json", src && *src ? src : "..");
     snprintf(root, sizeof root, "%s", rq_test_out("reliability"));
     char cmd[8300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", root, root);
     CHECK(system(cmd) == 0);
     case_nan();
     case_integrity();
+    case_outputs();
     return rq_test_finish();
 }

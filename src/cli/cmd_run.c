@@ -3,6 +3,7 @@
  * line, in process, into a run directory that a re-run resumes. */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
@@ -280,19 +281,40 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
 
 /* ---- stages ---------------------------------------------------------------------------------- */
 
-/* Outputs appear by an atomic rename when complete (DIR.tmp-PID directories,
- * FILE.tmp.* files before it): what a killed stage left of them is removed. */
+/* Outputs appear by an atomic rename when complete (DIR.tmp-PID.NONCE
+ * directories, FILE.tmp.PID.NONCE files before it): what a killed writer left
+ * of them is removed, in dir and the directories below it (stage outputs,
+ * adapters); names that are not such temporaries are never touched. */
 static void remove_partials(const char *dir) {
+    rq_remove_stale_temps(dir);
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (!strstr(e->d_name, ".tmp")) continue;
+        if (e->d_name[0] == '.') continue;
         char p[4096];
         join(p, sizeof p, dir, e->d_name);
-        rm_tree(p);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_partials(p);
     }
     closedir(d);
+}
+
+/* Whether dir may be used as a run directory: absent, empty (but for the
+ * lock), or holding a recipe.json (a run's own). A run deletes inside its
+ * directory what an interrupted stage left; another directory is never used. */
+static bool is_run_dir(const char *dir) {
+    char p[4200];
+    join(p, sizeof p, dir, "recipe.json");
+    if (rq_file_exists(p)) return true;
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT;
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, ".lock");
+    closedir(d);
+    return empty;
 }
 
 static void prepare_fresh(const run_ctx *c, const char *dir, const char *name) {
@@ -762,6 +784,12 @@ int cmd_run(int argc, char **argv) {
         rq_recipe_free(&r);
         return 0;
     }
+    if (!is_run_dir(dir)) {
+        RQ_FAIL(&err, RQ_ERR_ARG, "%s: exists and is not a rilq run directory (it has files and no recipe.json); "
+                "choose another --out", dir);
+        rq_recipe_free(&r);
+        return cli_fail("run", &err);
+    }
     /* one run per directory at a time: a POSIX record lock, released when the process ends (also by a kill) */
     char lock_path[4200];
     int lock_fd = -1;
@@ -783,6 +811,7 @@ int cmd_run(int argc, char **argv) {
         if (lock_fd >= 0) close(lock_fd);
         return rc;
     }
+    remove_partials(dir); /* what killed writers of earlier runs left, anywhere in the run directory */
     plan_and_run(&c);
     cJSON *results = build_results(&c);
     if (write_outputs(&c, results, &err) != RQ_OK) rc = cli_fail("run", &err);

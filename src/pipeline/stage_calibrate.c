@@ -259,6 +259,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
                 co.doc_begin, co.doc_end, co.doc_end);
     CHECK(rq_teacher_key(o->model, &co, &key, key_text, sizeof key_text, err));
     CHECK(rq_mkdir_p(cache, err));
+    rq_remove_stale_temps(cache); /* full-size teacher files of killed writers (their processes are gone) */
     {
         char name[64];
         snprintf(name, sizeof name, "teacher-%016" PRIx64 ".rqt", key);
