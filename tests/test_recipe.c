@@ -203,7 +203,25 @@ static void test_report(void) {
     cJSON_Delete(res);
 }
 
+/* Issue 16: a duplicate key is an error (cJSON alone keeps the first value
+ * silently); a number out of range is not called an integer. */
+static void test_duplicates_and_range(void) {
+    rq_recipe r;
+    rq_err err;
+    setenv("RQ_TEST_MODEL_DIR", "/models", 1);
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": \"arc_easy\", "
+                "\"lr\": 1e-4, \"lr\": 3e-4}}", NULL, 0, &r, &err) != RQ_OK);
+    CHECKF(has(err.msg, "recipes/x.json") && has(err.msg, "stage2.lr") && has(err.msg, "more than once"), "%s", err.msg);
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": \"arc_easy\"}, "
+                "\"stage2\": {\"task\": \"piqa\"}}", NULL, 0, &r, &err) != RQ_OK);
+    CHECKF(has(err.msg, "'stage2'") && has(err.msg, "more than once"), "%s", err.msg);
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": \"arc_easy\", "
+                "\"lr\": 1e999}}", NULL, 0, &r, &err) != RQ_OK);
+    CHECKF(has(err.msg, "stage2.lr") && !has(err.msg, "integer") && has(err.msg, "out of range"), "%s", err.msg);
+}
+
 int main(void) {
+    test_duplicates_and_range();
     test_defaults_and_substitution();
     test_unknown_and_wrong_type();
     test_overrides();

@@ -103,6 +103,7 @@ static const char *json_kind(const cJSON *v) {
     if (cJSON_IsString(v)) return "a string";
     if (cJSON_IsBool(v)) return "a boolean";
     if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsNumber(v) && !isfinite(v->valuedouble)) return "a number out of range";
     if (cJSON_IsNumber(v)) return v->valuedouble == floor(v->valuedouble) ? "an integer" : "a number";
     return "something else";
 }
@@ -161,6 +162,9 @@ static rq_status check_tree(const cJSON *obj, const char *prefix, const char *fi
         char path[256];
         if (!v->string) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: a key without a name", file);
         snprintf(path, sizeof path, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", v->string);
+        for (const cJSON *u = obj->child; u != v; u = u->next) /* cJSON keeps both and reads the first */
+            if (u->string && !strcmp(u->string, v->string))
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: key '%s' given more than once", file, path);
         const key_spec *s = find_spec(path);
         if (!s) {
             char known[1024];
