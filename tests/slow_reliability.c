@@ -13,11 +13,16 @@
  *   6  outputs checked before the work: export --out an existing file is
  *      refused and the file kept; eval and merge refuse a bad --out at once;
  *      run --out an unrelated directory deletes nothing of it; an empty
- *      quantize/artifact left in a run directory is not taken as done. */
+ *      quantize/artifact left in a run directory is not taken as done.
+ *   5  a re-run may change keys that affect only stages not yet finished
+ *      (their partial outputs are discarded, the run says which); a key that
+ *      a finished stage used is still refused, naming that stage. */
 #define _POSIX_C_SOURCE 200809L
+#include <signal.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -267,6 +272,56 @@ static void case_outputs(void) {
     CHECKF(!exists(rel), "%s: a dead writer's cache temporary was kept", rel);
 }
 
+/* Start `rilq run` in the background and kill it (SIGKILL) once root/WAIT_FOR exists. */
+static bool run_killed_at(const char *log, const char *out, const char *extra, const char *wait_for) {
+    char cmd[16384], p[4096], lp[4096];
+    snprintf(cmd, sizeof cmd, "exec '%s' run '%s' %s %s --out '%s' --threads 1", bin, recipe, shrink, extra, out);
+    path(lp, log);
+    path(p, wait_for);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (chdir(root) != 0 || !freopen(lp, "w", stdout)) _exit(127);
+        dup2(fileno(stdout), 2);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    bool killed = false;
+    for (int i = 0; i < 60000 && pid > 0; i++) {
+        struct stat st;
+        if (stat(p, &st) == 0) {
+            kill(pid, SIGKILL);
+            killed = true;
+            break;
+        }
+        if (waitpid(pid, NULL, WNOHANG) == pid) return false;
+        nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
+    }
+    waitpid(pid, NULL, 0);
+    return killed;
+}
+
+static void case_rerun(void) {
+    /* finished stages: a change that touches them is refused, naming them */
+    int rc = run_recipe("rerun-1.log", "run-a", "stage1.lr=0.002");
+    CHECKF(rc != 0 && rc < 128, "a finished calibration's key changed: exit %d", rc);
+    CHECK(has("rerun-1.log", "stage1.lr") && has("rerun-1.log", "calibrate"));
+    /* killed during fine-tuning (4 epochs, a checkpoint after each) */
+    CHECK(run_killed_at("rerun-2.log", "run-b", "stage2.epochs=4", "run-b/finetune/checkpoint.bin"));
+    CHECK(!exists("run-b/finetune/stage.json"));
+    /* corrected: another learning rate for the unfinished fine-tuning, and fewer epochs */
+    rc = run_recipe("rerun-3.log", "run-b", "stage2.epochs=2 stage2.lr=0.001");
+    CHECKF(rc == 0, "a re-run that changes only unfinished stages' keys: exit %d", rc);
+    CHECK(has("rerun-3.log", "stage2.epochs") && has("rerun-3.log", "finetune"));
+    CHECK(!has("rerun-3.log", "(resumed)") && !has("run-b/finetune/log.txt", "(resumed)"));
+    /* the same as a run that had those settings from the start */
+    rc = run_recipe("rerun-4.log", "run-c", "stage2.epochs=2 stage2.lr=0.001");
+    CHECK(rc == 0);
+    CHECKF(same_files("run-b/finetune/adapter/adapter_model.safetensors", "run-c/finetune/adapter/adapter_model.safetensors"),
+           "the re-run's fine-tuned adapters differ from an uninterrupted run's with the same settings");
+    CHECK(same_files("run-b/recipe.json", "run-c/recipe.json"));
+}
+
 int main(void) {
     snprintf(model, sizeof model, "%s", rq_test_data("models/stories260K/stories260K.bin"));
     snprintf(tok, sizeof tok, "%s", rq_test_data("models/stories260K/tok512.bin"));
@@ -284,5 +339,6 @@ int main(void) {
     case_nan();
     case_integrity();
     case_outputs();
+    case_rerun();
     return rq_test_finish();
 }

@@ -662,7 +662,104 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
     return s;
 }
 
-/* recipe.json: written on the first run; a later run must bring the same recipe. */
+/* The stage directories (under the run directory) whose results depend on
+ * the keys of a recipe section: the stages that read it and every stage
+ * after them that uses their outputs. "export" and "eval" cover their
+ * per-format and per-row subdirectories. */
+static const struct {
+    const char *section, *stages;
+} section_stages[] = {
+    {"model", "quantize calibrate finetune merge export eval"},
+    {"quantize", "quantize calibrate finetune merge export eval/q2 eval/rilq eval/finetuned eval/merged"},
+    {"adapter", "calibrate finetune merge export eval/rilq eval/finetuned eval/merged"},
+    {"stage1", "calibrate finetune merge export eval/rilq eval/finetuned eval/merged"},
+    {"stage2", "finetune merge export eval/finetuned eval/merged"},
+    {"merge", "merge export eval/merged"},
+    {"export", "export"},
+    {"eval", "eval"},
+};
+
+/* Whether the stage at run-relative sub (or one below it: export/gguf) has finished. */
+static bool stage_finished(const char *run, const char *sub) {
+    char d[4096], p[4200];
+    join(d, sizeof d, run, sub);
+    join(p, sizeof p, d, "stage.json");
+    if (rq_file_exists(p)) return true;
+    DIR *dd = opendir(d);
+    bool any = false;
+    struct dirent *e;
+    while (dd && !any && (e = readdir(dd)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char q[4096];
+        join(q, sizeof q, d, e->d_name);
+        join(p, sizeof p, q, "stage.json");
+        any = rq_file_exists(p);
+    }
+    if (dd) closedir(dd);
+    return any;
+}
+
+/* Every key path where the resolved recipes a and b differ, into out (space-separated). */
+static void recipe_diff(const cJSON *a, const cJSON *b, const char *prefix, rq_buf *out) {
+    const cJSON *x;
+    cJSON_ArrayForEach(x, a) {
+        char key[256];
+        snprintf(key, sizeof key, "%s%s%s", prefix, *prefix ? "." : "", x->string);
+        const cJSON *y = cJSON_GetObjectItemCaseSensitive(b, x->string);
+        if (cJSON_IsObject(x) && cJSON_IsObject(y)) recipe_diff(x, y, key, out);
+        else if (!y || !cJSON_Compare(x, y, true)) rq_buf_appendf(out, "%s%s", out->len ? " " : "", key);
+    }
+    cJSON_ArrayForEach(x, b) if (!cJSON_GetObjectItemCaseSensitive(a, x->string))
+        rq_buf_appendf(out, "%s%s%s%s", out->len ? " " : "", prefix, *prefix ? "." : "", x->string);
+}
+
+/* A re-run with another recipe: allowed when every changed key feeds only
+ * stages that have not finished (the outputs a killed or failed stage left
+ * of them are removed, so they start over under the new values); refused
+ * when a finished stage used one, naming the key and the stage. */
+static rq_status accept_changed_recipe(const run_ctx *c, const cJSON *old, const char *path, rq_err *err) {
+    rq_buf keys = {0}, stale = {0};
+    recipe_diff(old, c->r->root, "", &keys);
+    rq_status st = rq_buf_status(&keys, "the recipe's changes", err);
+    for (char *k = keys.data; st == RQ_OK && k && *k;) {
+        char *end = strchr(k, ' ');
+        if (end) *end = 0;
+        size_t sl = strcspn(k, ".");
+        const char *stages = NULL;
+        for (size_t i = 0; i < sizeof section_stages / sizeof section_stages[0]; i++)
+            if (strlen(section_stages[i].section) == sl && !strncmp(section_stages[i].section, k, sl))
+                stages = section_stages[i].stages;
+        if (!stages && strcmp(k, "name") && strcmp(k, "notes")) stages = "quantize calibrate finetune merge export eval";
+        char list[256];
+        snprintf(list, sizeof list, "%s", stages ? stages : "");
+        for (char *sv = NULL, *sub = strtok_r(list, " ", &sv); sub && st == RQ_OK; sub = strtok_r(NULL, " ", &sv)) {
+            if (stage_finished(c->dir, sub))
+                st = RQ_FAIL(err, RQ_ERR_ARG, "%s holds a different recipe: %s changed, and stage %s, which depends on it, "
+                             "has finished; resume with the same recipe and overrides, remove %s/%s to redo it (and the "
+                             "stages after it), or choose another --out", path, k, sub, c->dir, sub);
+            else if (!strstr(stale.data ? stale.data : "", sub)) rq_buf_appendf(&stale, " %s", sub);
+        }
+        k = end ? end + 1 : NULL;
+    }
+    if (st == RQ_OK) st = rq_buf_status(&stale, "the recipe's changes", err);
+    if (st == RQ_OK) {
+        for (size_t i = 0; i + 1 < keys.len; i++) /* the split above wrote NULs between the keys */
+            if (!keys.data[i]) keys.data[i] = ',';
+        printf("rilq run: the recipe changed since %s was written (%s); no finished stage depends on that, so these "
+               "start over under the new values:%s\n", path, keys.data ? keys.data : "", stale.data ? stale.data : " none");
+        for (char *sv = NULL, *sub = strtok_r(stale.data, " ", &sv); sub; sub = strtok_r(NULL, " ", &sv)) {
+            char d[4096];
+            join(d, sizeof d, c->dir, sub);
+            rm_tree(d); /* a killed or failed stage's partial outputs and checkpoint: written under the old values */
+        }
+    }
+    rq_buf_free(&keys);
+    rq_buf_free(&stale);
+    return st;
+}
+
+/* recipe.json: written on the first run; a later run brings the same recipe,
+ * or one whose changes touch only stages that have not finished. */
 static rq_status check_or_write_recipe(const run_ctx *c, rq_err *err) {
     char path[4096], where[256];
     join(path, sizeof path, c->dir, "recipe.json");
@@ -670,11 +767,9 @@ static rq_status check_or_write_recipe(const run_ctx *c, rq_err *err) {
         cJSON *old = read_json(path);
         if (!old) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not valid JSON", path);
         bool same = rq_recipe_same(old, c->r->root, where, sizeof where);
+        rq_status st = same ? RQ_OK : accept_changed_recipe(c, old, path, err);
         cJSON_Delete(old);
-        if (!same)
-            return RQ_FAIL(err, RQ_ERR_ARG, "%s holds a different recipe (first difference: %s); resume it with the "
-                                            "same recipe and overrides, or choose another --out", path, where);
-        return RQ_OK;
+        if (same || st != RQ_OK) return st;
     }
     char *text = rq_recipe_to_json(c->r);
     if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
