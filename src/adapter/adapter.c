@@ -468,6 +468,7 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
     rq_status open_st = rq_safetensors_open(path, &file, &tab, err);
     if (open_st != RQ_OK) {
         free(path);
+        rq_tensor_table_free(&tab); /* what the header's valid entries added before the failure */
         return open_st;
     }
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);

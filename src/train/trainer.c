@@ -366,8 +366,20 @@ typedef struct ckpt_header {
     int64_t step, best_step, bad_evals;
     uint64_t seed, n_params, optim_bytes;
     double best_val, first_val;
+    double lr;             /* the schedule's learning rate */
+    uint64_t settings;     /* settings_hash of the run that wrote it: a resume must bring the same */
     uint64_t content_hash; /* XXH64 of this header (with content_hash 0), the adapters, the best adapters, the optimizer state */
 } ckpt_header;
+
+/* What a resume must not change: everything that shapes the updates and the
+ * data order (not max_steps: a resume may extend a run). */
+static uint64_t settings_hash(const rq_train_opts *o) {
+    const double v[] = {o->seq_len, o->micro_batch, o->accum, o->shuffle, (double)o->seed, o->ce_weight, o->mse_weight,
+                        o->mse_on_logits, o->scope, o->optim.kind, o->optim.beta1, o->optim.beta2, o->optim.eps,
+                        o->optim.weight_decay, o->optim.max_grad_norm, o->schedule.kind, o->schedule.lr,
+                        (double)o->schedule.warmup_steps, (double)o->schedule.total_steps, o->eval_every, o->patience};
+    return rq_hash64(v, sizeof v, 0x5e77);
+}
 
 static uint64_t ckpt_hash(const ckpt_header *h, const void *params, const void *best, const void *optim) {
     ckpt_header z = *h;
@@ -408,7 +420,8 @@ static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *p
 }
 
 static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, float *best, rq_optim *opt,
-                           size_t n_params, uint64_t seed, rq_err *err) {
+                           size_t n_params, const rq_train_opts *o, rq_err *err) {
+    const uint64_t seed = o->seed;
     rq_file_view v;
     RQ_TRY(rq_file_map(path, &v, err));
     rq_status st = RQ_OK;
@@ -440,6 +453,16 @@ static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, floa
     if (h->seed != seed) {
         st = RQ_FAIL(err, RQ_ERR_ARG, "%s: was written with seed %llu, this run uses %llu (the data order would differ)",
                      path, (unsigned long long)h->seed, (unsigned long long)seed);
+        goto done;
+    }
+    if (h->lr != o->schedule.lr || h->settings != settings_hash(o)) {
+        char what[96];
+        if (h->lr != o->schedule.lr)
+            snprintf(what, sizeof what, "learning rate %g, this run uses %g", h->lr, o->schedule.lr);
+        else
+            snprintf(what, sizeof what, "other training settings (batch, accumulation, schedule, optimizer or loss)");
+        st = RQ_FAIL(err, RQ_ERR_ARG, "%s: was written with %s; resume with the same settings, or delete it to start "
+                     "this stage over", path, what);
         goto done;
     }
     size_t need = sizeof *h + n_params * sizeof(float) * (h->has_best ? 2 : 1) + h->optim_bytes;
@@ -536,7 +559,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     best = st == RQ_OK ? rq_calloc(tt.params, 1, err) : NULL;
     if (st == RQ_OK && (!best || (o->shuffle && !order.perm))) st = RQ_ERR_NOMEM;
     ckpt_header h = {.version = CKPT_VERSION, .seed = o->seed, .n_params = ad->n_params, .best_val = INFINITY,
-                     .first_val = NAN};
+                     .first_val = NAN, .lr = o->schedule.lr, .settings = settings_hash(o)};
     memcpy(h.magic, CKPT_MAGIC, 8);
     if (st == RQ_OK && o->out_dir) {
         st = rq_mkdir_p(o->out_dir, err);
@@ -546,7 +569,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             if (!ckpt_path) st = RQ_ERR_NOMEM;
         }
         if (st == RQ_OK && o->resume && rq_file_exists(ckpt_path)) {
-            st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o->seed, err);
+            st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o, err);
             if (st == RQ_OK) st = be->upload(be, ad->params, params_host, ad->n_params * sizeof(float), err);
             if (st == RQ_OK) {
                 res->resumed = true;
