@@ -14,6 +14,9 @@
  *      refused and the file kept; eval and merge refuse a bad --out at once;
  *      run --out an unrelated directory deletes nothing of it; an empty
  *      quantize/artifact left in a run directory is not taken as done.
+ *   8  a FIFO given as the model fails at once (it blocked forever); a
+ *      directory given as the recipe is named as such (not "read error"); a
+ *      0-byte or bad-magic .gguf is reported as a GGUF problem.
  *   5  a re-run may change keys that affect only stages not yet finished
  *      (their partial outputs are discarded, the run says which); a key that
  *      a finished stage used is still refused, naming that stage. */
@@ -322,6 +325,26 @@ static void case_rerun(void) {
     CHECK(same_files("run-b/recipe.json", "run-c/recipe.json"));
 }
 
+static void case_minor(void) {
+    CHECK(sh("fifo.log", "mkfifo fifo.bin") == 0);
+    int rc = sh("fifo-inspect.log", "timeout 20 '%s' inspect fifo.bin", bin);
+    CHECKF(rc != 0 && rc != 124 && rc < 128, "inspect of a FIFO: exit %d (124: it blocked)", rc);
+    CHECK(has("fifo-inspect.log", "not a regular file"));
+    rc = sh("fifo-run.log", "timeout 20 '%s' run fifo.bin --dry-run", bin);
+    CHECKF(rc != 0 && rc != 124 && rc < 128, "run of a FIFO recipe: exit %d (124: it blocked)", rc);
+    CHECK(sh("mkdir.log", "mkdir -p a-dir") == 0);
+    rc = sh("run-dir.log", "'%s' run a-dir --dry-run", bin);
+    CHECKF(rc != 0 && rc < 128, "run of a directory: exit %d", rc);
+    CHECK(has("run-dir.log", "is a directory") && !has("run-dir.log", "read error"));
+    CHECK(sh("gguf.log", ": > empty.gguf && printf 'GGUX0000000000000000000000000000' > bad.gguf") == 0);
+    rc = sh("empty-gguf.log", "'%s' inspect empty.gguf", bin);
+    CHECKF(rc != 0 && rc < 128, "inspect of an empty .gguf: exit %d", rc);
+    CHECK(has("empty-gguf.log", "GGUF") && !has("empty-gguf.log", "llama2"));
+    rc = sh("bad-gguf.log", "'%s' inspect bad.gguf", bin);
+    CHECKF(rc != 0 && rc < 128, "inspect of a bad-magic .gguf: exit %d", rc);
+    CHECK(has("bad-gguf.log", "GGUF") && !has("bad-gguf.log", "llama2"));
+}
+
 int main(void) {
     snprintf(model, sizeof model, "%s", rq_test_data("models/stories260K/stories260K.bin"));
     snprintf(tok, sizeof tok, "%s", rq_test_data("models/stories260K/tok512.bin"));
@@ -336,6 +359,7 @@ int main(void) {
     char cmd[8300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", root, root);
     CHECK(system(cmd) == 0);
+    case_minor();
     case_nan();
     case_integrity();
     case_outputs();

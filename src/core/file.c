@@ -17,7 +17,8 @@
 
 rq_status rq_file_map(const char *path, rq_file_view *out, rq_err *err) {
     memset(out, 0, sizeof *out);
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -26,7 +27,8 @@ rq_status rq_file_map(const char *path, rq_file_view *out, rq_err *err) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return RQ_FAIL(err, RQ_ERR_IO, "%s: not a regular file", path);
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: %s", path,
+                       S_ISDIR(st.st_mode) ? "is a directory, not a file" : "not a regular file (a FIFO, device or socket)");
     }
     out->size = (size_t)st.st_size;
     if (out->size == 0) {
@@ -51,8 +53,25 @@ void rq_file_unmap(rq_file_view *v) {
 
 rq_status rq_file_read_all(const char *path, char **out, size_t *size, rq_err *err) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rq_status s = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return s;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: %s", path,
+                       S_ISDIR(st.st_mode) ? "is a directory, not a file" : "not a regular file (a FIFO, device or socket)");
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     if (!buf) {

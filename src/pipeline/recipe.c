@@ -445,6 +445,13 @@ static rq_status resolve(cJSON *given, const char *file, rq_recipe *r, rq_err *e
 
 /* Combinations the schema alone cannot express. */
 static rq_status check_combination(const rq_recipe *r, const char *f, rq_err *err) {
+    /* the name is the default run directory runs/NAME: one plain path component */
+    bool name_ok = r->name && *r->name && strcmp(r->name, ".") && strcmp(r->name, "..") && strlen(r->name) <= 128;
+    for (const char *c = r->name; name_ok && *c; c++)
+        name_ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || strchr("._-", *c);
+    if (!name_ok)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: name '%.140s' must be 1-128 letters, digits, '.', '_' or '-' (not '.' or "
+                       "'..'): it names the run directory runs/NAME", f, r->name ? r->name : "");
     if (!*r->model.path) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: model.path is empty", f);
     if (r->quantize.modules.n == 0)
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: quantize.modules is empty (list q, k, v, o, gate, up, down)", f);
