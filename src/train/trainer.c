@@ -372,12 +372,13 @@ typedef struct ckpt_header {
 } ckpt_header;
 
 /* What a resume must not change: everything that shapes the updates and the
- * data order (not max_steps: a resume may extend a run). */
+ * data order, but for the length of the run (max_steps, and the schedule's
+ * total and warmup steps that follow from it: a resume may extend a run). */
 static uint64_t settings_hash(const rq_train_opts *o) {
     const double v[] = {o->seq_len, o->micro_batch, o->accum, o->shuffle, (double)o->seed, o->ce_weight, o->mse_weight,
                         o->mse_on_logits, o->scope, o->optim.kind, o->optim.beta1, o->optim.beta2, o->optim.eps,
-                        o->optim.weight_decay, o->optim.max_grad_norm, o->schedule.kind, o->schedule.lr,
-                        (double)o->schedule.warmup_steps, (double)o->schedule.total_steps, o->eval_every, o->patience};
+                        o->optim.weight_decay, o->optim.max_grad_norm, o->schedule.kind, o->schedule.lr, o->eval_every,
+                        o->patience};
     return rq_hash64(v, sizeof v, 0x5e77);
 }
 
