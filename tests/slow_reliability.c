@@ -16,7 +16,9 @@
  *      quantize/artifact left in a run directory is not taken as done.
  *   8  a FIFO given as the model fails at once (it blocked forever); a
  *      directory given as the recipe is named as such (not "read error"); a
- *      0-byte or bad-magic .gguf is reported as a GGUF problem.
+ *      0-byte or bad-magic .gguf is reported as a GGUF problem; an artifact
+ *      whose config.json group_size was changed to another that fits every
+ *      tensor's shape (64 -> 80 on stories260K) is refused.
  *   5  a re-run may change keys that affect only stages not yet finished
  *      (their partial outputs are discarded, the run says which); a key that
  *      a finished stage used is still refused, naming that stage. */
@@ -210,9 +212,15 @@ static int run_recipe(const char *log, const char *out, const char *extra) {
 
 static void case_outputs(void) {
     CHECK(sh("q-good.log", "'%s' quantize good.bin --tokenizer tok512.bin --method rtn --out good-q --threads 1", bin) == 0);
+    /* a tampered group_size that fits the shapes (ceil(64/80) = ceil(64/64), ceil(172/80) = ceil(172/64)) */
+    CHECK(sh("cp-q.log", "cp -r good-q tampered-q && sed -i 's/\"group_size\":\t64/\"group_size\":\t80/' "
+              "tampered-q/config.json && grep -q '\"group_size\":.80' tampered-q/config.json") == 0);
+    int rc = sh("tampered.log", "'%s' ppl tampered-q --dataset wikitext2 --max-windows 1 --threads 1", bin);
+    CHECKF(rc != 0 && rc < 128, "an artifact with a tampered group_size loaded: exit %d", rc);
+    CHECK(has("tampered.log", "group_size"));
     /* export --out an existing file: refused, the file kept */
     CHECK(plant("existing.gguf"));
-    int rc = sh("exp-exist.log", "'%s' export good-q --format gguf --out existing.gguf", bin);
+    rc = sh("exp-exist.log", "'%s' export good-q --format gguf --out existing.gguf", bin);
     CHECKF(rc != 0 && rc < 128, "export over an existing file: exit %d", rc);
     CHECK(has("existing.gguf", "stale"));
     CHECK(has("exp-exist.log", "exists"));

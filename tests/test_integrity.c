@@ -183,7 +183,41 @@ static void test_adapter_bad_file(void) {
     rq_backend_destroy(be);
 }
 
+/* PEFT keys that change what the adapter computes: refused rather than
+ * ignored (merge used to ignore them and fold a different update). */
+static void test_adapter_config_keys(void) {
+    char dir[4000], p[4096];
+    snprintf(dir, sizeof dir, "%s", rq_test_out("integrity_adapter_cfg"));
+    rq_err err = {0};
+    CHECK_OK(rq_mkdir_p(dir, &err), &err);
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    const char *base = "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"]";
+    const struct {
+        const char *extra, *key;
+        bool ok;
+    } cases[] = {
+        {"", NULL, true},
+        {", \"use_rslora\": false, \"fan_in_fan_out\": false, \"bias\": \"none\"", NULL, true},
+        {", \"use_rslora\": true", "use_rslora", false},
+        {", \"fan_in_fan_out\": true", "fan_in_fan_out", false},
+        {", \"bias\": \"all\"", "bias", false},
+        {", \"bias\": \"lora_only\"", "bias", false},
+        {", \"rilq_adapter\": {\"type\": \"lora\", \"scaling\": 2}", NULL, true},
+        {", \"rilq_adapter\": {\"type\": \"lora\", \"scaling\": 4}", "scaling", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "%s%s}", base, cases[i].extra);
+        CHECK_OK(rq_write_file_atomic(p, text, strlen(text), &err), &err);
+        rq_adapter_config c;
+        rq_status st = rq_adapter_config_read_peft(dir, &c, &err);
+        if (cases[i].ok) CHECKF(st == RQ_OK, "%s: %s", text, err.msg);
+        else CHECKF(st != RQ_OK && strstr(err.msg, cases[i].key), "%s: status %d: %s", text, st, st ? err.msg : "");
+    }
+}
+
 int main(void) {
+    test_adapter_config_keys();
     test_adapter_bad_file();
     /* XXH64 reference values (xxhash's own test vectors) */
     CHECK(rq_hash64("", 0, 0) == 0xEF46DB3751D8E999ull);
