@@ -19,6 +19,8 @@
  *      0-byte or bad-magic .gguf is reported as a GGUF problem; an artifact
  *      whose config.json group_size was changed to another that fits every
  *      tensor's shape (64 -> 80 on stories260K) is refused.
+ *   7  under `ulimit -v 300000` a command fails with a message that names the
+ *      limit, or works; it never spins (OpenBLAS's start-up looped forever).
  *   5  a re-run may change keys that affect only stages not yet finished
  *      (their partial outputs are discarded, the run says which); a key that
  *      a finished stage used is still refused, naming that stage. */
@@ -333,6 +335,15 @@ static void case_rerun(void) {
     CHECK(same_files("run-b/recipe.json", "run-c/recipe.json"));
 }
 
+static void case_ulimit(void) {
+    int rc = sh("ulimit-help.log", "ulimit -v 300000 && exec timeout 30 '%s' --help", bin);
+    CHECKF(rc != 124 && rc < 128, "rilq --help under ulimit -v 300000: exit %d (124: it hung)", rc);
+    CHECKF(rc == 0 || has("ulimit-help.log", "ulimit -v"), "exit %d without a message naming the limit", rc);
+    rc = sh("ulimit-inspect.log", "ulimit -v 300000 && exec timeout 30 '%s' inspect good.bin --tokenizer tok512.bin", bin);
+    CHECKF(rc != 124 && rc < 128, "rilq inspect under ulimit -v 300000: exit %d (124: it hung)", rc);
+    CHECKF(rc == 0 || has("ulimit-inspect.log", "ulimit -v"), "exit %d without a message naming the limit", rc);
+}
+
 static void case_minor(void) {
     CHECK(sh("fifo.log", "mkfifo fifo.bin") == 0);
     int rc = sh("fifo-inspect.log", "timeout 20 '%s' inspect fifo.bin", bin);
@@ -369,6 +380,7 @@ int main(void) {
     CHECK(system(cmd) == 0);
     case_minor();
     case_nan();
+    case_ulimit();
     case_integrity();
     case_outputs();
     case_rerun();
