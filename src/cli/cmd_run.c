@@ -879,6 +879,7 @@ int cmd_run(int argc, char **argv) {
         rq_recipe_free(&r);
         return 0;
     }
+    rq_remove_stale_temps(dir); /* a run killed before its recipe.json left only temporaries: still a run directory */
     if (!is_run_dir(dir)) {
         RQ_FAIL(&err, RQ_ERR_ARG, "%s: exists and is not a rilq run directory (it has files and no recipe.json); "
                 "choose another --out", dir);
