@@ -278,6 +278,13 @@ static void case_outputs(void) {
     CHECK(exists("run-a/quantize/artifact/config.json"));
     CHECK(!has("run-a2.log", "quantize         skipped"));
 
+    /* a stand-alone calibrate run again into its directory removes its own dead temporaries */
+    char rel2[512];
+    snprintf(rel, sizeof rel, "int-d0/checkpoint.bin.tmp.%ld.01234567", dead);
+    snprintf(rel2, sizeof rel2, "int-d0/adapter/adapter_model.safetensors.tmp.%ld", dead);
+    CHECK(sh("mk5.log", "mkdir -p int-d0/adapter") == 0 && plant(rel) && plant(rel2));
+    CHECK(sh("int-d0.log", CALIB_GOOD " --out int-d0", bin) == 0);
+    CHECKF(!exists(rel) && !exists(rel2), "calibrate kept a dead writer's temporaries in its --out");
     /* the teacher cache: a dead writer's full-size temporary is removed by the next calibrate */
     snprintf(rel, sizeof rel, "cache/teacher-0123456789abcdef.rqt.tmp.%ld.0a0b0c0d", dead);
     CHECK(plant(rel));

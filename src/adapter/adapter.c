@@ -324,6 +324,7 @@ static cJSON *config_to_json(const rq_adapter_config *c) {
 
 rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_err *err) {
     RQ_TRY(rq_mkdir_p(dir, err));
+    rq_remove_stale_temps(dir); /* what a killed earlier save into dir left */
     int n_adapters = rq_adapter_set_count(s);
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
     rq_st_tensor *tensors = host ? rq_calloc((size_t)2 * n_adapters, sizeof *tensors, err) : NULL;

@@ -564,6 +564,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     memcpy(h.magic, CKPT_MAGIC, 8);
     if (st == RQ_OK && o->out_dir) {
         st = rq_mkdir_p(o->out_dir, err);
+        if (st == RQ_OK) rq_remove_stale_temps(o->out_dir); /* checkpoint and metrics temporaries of a killed run */
         if (st == RQ_OK) {
             metrics_path = rq_path_join_alloc(o->out_dir, "metrics.jsonl", err);
             ckpt_path = metrics_path ? rq_path_join_alloc(o->out_dir, "checkpoint.bin", err) : NULL;
