@@ -231,6 +231,9 @@ static void case_outputs(void) {
     rc = sh("eval-out.log", "'%s' eval good-q --tasks arc_easy --limit 8 --out not-a-dir/r.json --threads 1", bin);
     CHECKF(rc != 0 && rc < 128, "eval --out under a file: exit %d", rc);
     CHECKF(!has("eval-out.log", "acc"), "eval scored before finding its --out unusable");
+    /* and into directories that do not exist yet: they are made */
+    CHECK(sh("eval-new.log", "'%s' eval good-q --tasks arc_easy --limit 2 --out new-dir/sub/r.json --threads 1", bin) == 0);
+    CHECK(exists("new-dir/sub/r.json"));
     /* merge --out a non-empty directory: refused before loading anything */
     CHECK(sh("mk.log", "mkdir -p full-dir && echo x > full-dir/keep.txt") == 0);
     rc = sh("merge-out.log", "'%s' merge good-q int-a/adapter --out full-dir --threads 1", bin);

@@ -138,7 +138,8 @@ int rq_remove_stale_temps(const char *dir);
 
 /* An output checked before the work that produces it (so a bad --out fails
  * in a second, not after hours): the nearest existing ancestor directory must
- * be writable (missing ones are created later), and path itself:
+ * be writable (missing ones are created: here for a file, by the directory
+ * writer for a directory), and path itself:
  *   RQ_OUT_FILE_REPLACE  absent or a file (overwritten atomically)
  *   RQ_OUT_FILE_NEW      absent
  *   RQ_OUT_DIR_NEW       absent or an empty directory */

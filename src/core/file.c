@@ -414,5 +414,13 @@ rq_status rq_check_output(const char *path, rq_output_kind kind, rq_err *err) {
         if (!strcmp(dir, ".") || !strcmp(dir, "/")) break;
     }
     free(dir);
+    if (s == RQ_OK && kind != RQ_OUT_DIR_NEW) { /* a file's writer opens it in place: its directory must exist */
+        const char *slash = strrchr(path, '/');
+        if (slash && slash != path) {
+            char *parent = strndup(path, (size_t)(slash - path));
+            s = parent ? rq_mkdir_p(parent, err) : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+            free(parent);
+        }
+    }
     return s;
 }
