@@ -23,7 +23,8 @@ typedef enum rq_status {
     RQ_ERR_UNSUPPORTED, /* well-formed input that rilq does not handle */
     RQ_ERR_ARG,         /* a bad argument or option value */
     RQ_ERR_NOMEM,       /* an allocation failed */
-    RQ_ERR_INTERNAL     /* a bug in rilq */
+    RQ_ERR_INTERNAL,    /* a bug in rilq */
+    RQ_ERR_NUMERIC      /* a computation went non-finite (NaN / Inf): training diverged or the model holds NaN */
 } rq_status;
 
 /* Error details. Zero-initialize one and pass it to calls; on failure it holds

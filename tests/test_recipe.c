@@ -203,7 +203,38 @@ static void test_report(void) {
     cJSON_Delete(res);
 }
 
+/* Issue 16: a duplicate key is an error (cJSON alone keeps the first value
+ * silently); a number out of range is not called an integer. */
+static void test_duplicates_and_range(void) {
+    rq_recipe r;
+    rq_err err;
+    setenv("RQ_TEST_MODEL_DIR", "/models", 1);
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": \"arc_easy\", "
+                "\"lr\": 1e-4, \"lr\": 3e-4}}", NULL, 0, &r, &err) != RQ_OK);
+    CHECKF(has(err.msg, "recipes/x.json") && has(err.msg, "stage2.lr") && has(err.msg, "more than once"), "%s", err.msg);
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": \"arc_easy\"}, "
+                "\"stage2\": {\"task\": \"piqa\"}}", NULL, 0, &r, &err) != RQ_OK);
+    CHECKF(has(err.msg, "'stage2'") && has(err.msg, "more than once"), "%s", err.msg);
+    CHECK(parse("{\"name\": \"t\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": \"arc_easy\", "
+                "\"lr\": 1e999}}", NULL, 0, &r, &err) != RQ_OK);
+    CHECKF(has(err.msg, "stage2.lr") && !has(err.msg, "integer") && has(err.msg, "out of range"), "%s", err.msg);
+    /* the name is the default run directory runs/NAME: "" made it runs/, "../.." escaped runs/ */
+    const char *bad_names[] = {"", "..", "../..", "a/b", ".", "x\\ny"};
+    for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
+        char text[256];
+        snprintf(text, sizeof text, "{\"name\": \"%s\", \"model\": {\"path\": \"m\"}, \"stage2\": {\"task\": "
+                 "\"arc_easy\"}, \"eval\": {\"tasks\": [\"arc_easy\"]}}", bad_names[i]);
+        CHECKF(parse(text, NULL, 0, &r, &err) != RQ_OK && has(err.msg, "name"), "name '%s': %s", bad_names[i], err.msg);
+    }
+    const char *ov_name[] = {"name=../../etc"};
+    CHECK(parse(minimal, ov_name, 1, &r, &err) != RQ_OK && has(err.msg, "name"));
+    const char *ov_ok[] = {"name=my-run_2.1"};
+    CHECK_OK(parse(minimal, ov_ok, 1, &r, &err), &err);
+    rq_recipe_free(&r);
+}
+
 int main(void) {
+    test_duplicates_and_range();
     test_defaults_and_substitution();
     test_unknown_and_wrong_type();
     test_overrides();

@@ -343,6 +343,7 @@ static cJSON *config_to_json(const rq_adapter_config *c) {
 
 rq_status rq_adapter_set_save_peft(const rq_adapter_set *s, const char *dir, rq_err *err) {
     RQ_TRY(rq_mkdir_p(dir, err));
+    rq_remove_stale_temps(dir); /* what a killed earlier save into dir left */
     int n_adapters = rq_adapter_set_count(s);
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);
     rq_st_tensor *tensors = host ? rq_calloc((size_t)3 * n_adapters, sizeof *tensors, err) : NULL;
@@ -437,6 +438,27 @@ static rq_status config_read_file(const char *path, rq_adapter_config *cfg, rq_e
         }
         if (st == RQ_OK && !cfg->targets) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: empty target_modules", path);
     }
+    /* PEFT keys that change what the adapter computes: honoured when they
+       describe what rilq computes, refused otherwise (ignoring them would load,
+       and merge, a different update) */
+    const cJSON *rslora = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    const cJSON *fifo = cJSON_GetObjectItemCaseSensitive(root, "fan_in_fan_out");
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(root, "bias");
+    if (st == RQ_OK && rslora && !cJSON_IsFalse(rslora) && !cJSON_IsNull(rslora))
+        st = RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: use_rslora (scaling alpha / sqrt(r)) is not supported: rilq scales by "
+                     "alpha / r", path);
+    if (st == RQ_OK && fifo && !cJSON_IsFalse(fifo) && !cJSON_IsNull(fifo))
+        st = RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: fan_in_fan_out (transposed, Conv1D-style weights) is not supported", path);
+    if (st == RQ_OK && bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")))
+        st = RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (adapters without bias terms: \"none\")",
+                     path, cJSON_IsString(bias) ? bias->valuestring : "(not a string)");
+    if (st == RQ_OK && ours) {
+        const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(ours, "scaling");
+        const double expect = (double)((float)alpha->valuedouble / (float)r->valueint);
+        if (scaling && (!cJSON_IsNumber(scaling) || fabs(scaling->valuedouble - expect) > 1e-6 * expect))
+            st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: rilq_adapter.scaling %g does not match lora_alpha / r = %g", path,
+                         cJSON_IsNumber(scaling) ? scaling->valuedouble : NAN, expect);
+    }
     cfg->type = RQ_ADAPTER_LORA;
     if (st == RQ_OK && ours) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(ours, "type");
@@ -498,6 +520,7 @@ rq_status rq_adapter_set_load_peft(rq_adapter_set *s, const char *dir, rq_err *e
     rq_status open_st = rq_safetensors_open(path, &file, &tab, err);
     if (open_st != RQ_OK) {
         free(path);
+        rq_tensor_table_free(&tab); /* what the header's valid entries added before the failure */
         return open_st;
     }
     float *host = rq_calloc(s->n_params ? s->n_params : 1, sizeof(float), err);

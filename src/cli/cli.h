@@ -30,6 +30,8 @@ int cmd_run(int argc, char **argv);
 
 /* Print "rilq CMD: error: <message>" and return exit code 1. */
 int cli_fail(const char *cmd, const rq_err *err);
+/* main reached: disarm the start-up watchdog of preinit.c (set only under ulimit -v). */
+void cli_startup_done(void);
 /* Print a usage error and return exit code 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

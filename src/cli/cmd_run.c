@@ -3,6 +3,7 @@
  * line, in process, into a run directory that a re-run resumes. */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
@@ -300,19 +301,41 @@ done:
 
 /* ---- stages ---------------------------------------------------------------------------------- */
 
-/* Outputs appear by an atomic rename when complete (DIR.tmp-PID directories,
- * FILE.tmp.* files before it): what a killed stage left of them is removed. */
+/* Outputs appear by an atomic rename when complete (DIR.tmp-PID.NONCE
+ * directories, FILE.tmp.PID.NONCE files before it): what a killed writer left
+ * of them is removed, in dir and the directories below it (stage outputs,
+ * adapters); names that are not such temporaries are never touched. */
 static void remove_partials(const char *dir) {
+    rq_remove_stale_temps(dir);
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (!strstr(e->d_name, ".tmp")) continue;
+        if (e->d_name[0] == '.') continue;
         char *p = join(dir, e->d_name);
-        if (p) rm_tree(p);
+        struct stat st;
+        if (p && lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_partials(p);
         free(p);
     }
     closedir(d);
+}
+
+/* Whether dir may be used as a run directory: absent, empty (but for the
+ * lock), or holding a recipe.json (a run's own). A run deletes inside its
+ * directory what an interrupted stage left; another directory is never used. */
+static bool is_run_dir(const char *dir) {
+    char *p = join(dir, "recipe.json");
+    const bool has = p && rq_file_exists(p);
+    free(p);
+    if (has) return true;
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT;
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, ".lock");
+    closedir(d);
+    return empty;
 }
 
 static void prepare_fresh(const run_ctx *c, const char *dir, const char *name) {
@@ -607,10 +630,11 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
     cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(results, "rows")) {
         cJSON_ArrayForEach(task, cJSON_GetObjectItemCaseSensitive(row, "results")) {
             cJSON_ArrayForEach(m, task) {
+                char num[32];
                 rq_buf_appendf(&lines,
-                               "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%.9g}\n",
+                               "{\"stage\":\"eval\",\"model\":\"%s\",\"task\":\"%s\",\"metric\":\"%s\",\"value\":%s}\n",
                                cJSON_GetObjectItemCaseSensitive(row, "id")->valuestring, task->string, m->string,
-                               m->valuedouble);
+                               rq_json_number(num, cJSON_IsNumber(m) ? m->valuedouble : NAN));
             }
         }
     }
@@ -659,20 +683,120 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
     return s;
 }
 
-/* recipe.json: written on the first run; a later run must bring the same recipe. */
+/* The stage directories (under the run directory) whose results depend on
+ * the keys of a recipe section: the stages that read it and every stage
+ * after them that uses their outputs. "export" and "eval" cover their
+ * per-format and per-row subdirectories. */
+static const struct {
+    const char *section, *stages;
+} section_stages[] = {
+    {"model", "quantize calibrate finetune merge export eval"},
+    {"quantize", "quantize calibrate finetune merge export eval/q2 eval/rilq eval/finetuned eval/merged"},
+    {"adapter", "calibrate finetune merge export eval/rilq eval/finetuned eval/merged"},
+    {"stage1", "calibrate finetune merge export eval/rilq eval/finetuned eval/merged"},
+    {"stage2", "finetune merge export eval/finetuned eval/merged"},
+    {"merge", "merge export eval/merged"},
+    {"export", "export"},
+    {"eval", "eval"},
+};
+
+/* Whether the stage at run-relative sub (or one below it: export/gguf) has finished. */
+static bool stage_finished(const char *run, const char *sub) {
+    char *d = join(run, sub), *p = d ? join(d, "stage.json") : NULL;
+    bool any = p && rq_file_exists(p);
+    free(p);
+    DIR *dd = d && !any ? opendir(d) : NULL;
+    struct dirent *e;
+    while (dd && !any && (e = readdir(dd)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char *q = join(d, e->d_name), *qp = q ? join(q, "stage.json") : NULL;
+        any = qp && rq_file_exists(qp);
+        free(qp);
+        free(q);
+    }
+    if (dd) closedir(dd);
+    free(d);
+    return any;
+}
+
+/* Every key path where the resolved recipes a and b differ, into out (space-separated). */
+static void recipe_diff(const cJSON *a, const cJSON *b, const char *prefix, rq_buf *out) {
+    const cJSON *x;
+    cJSON_ArrayForEach(x, a) {
+        char key[256];
+        snprintf(key, sizeof key, "%s%s%s", prefix, *prefix ? "." : "", x->string);
+        const cJSON *y = cJSON_GetObjectItemCaseSensitive(b, x->string);
+        if (cJSON_IsObject(x) && cJSON_IsObject(y)) recipe_diff(x, y, key, out);
+        else if (!y || !cJSON_Compare(x, y, true)) rq_buf_appendf(out, "%s%s", out->len ? " " : "", key);
+    }
+    cJSON_ArrayForEach(x, b) if (!cJSON_GetObjectItemCaseSensitive(a, x->string))
+        rq_buf_appendf(out, "%s%s%s%s", out->len ? " " : "", prefix, *prefix ? "." : "", x->string);
+}
+
+/* A re-run with another recipe: allowed when every changed key feeds only
+ * stages that have not finished (the outputs a killed or failed stage left
+ * of them are removed, so they start over under the new values); refused
+ * when a finished stage used one, naming the key and the stage. */
+static rq_status accept_changed_recipe(const run_ctx *c, const cJSON *old, const char *path, rq_err *err) {
+    rq_buf keys = {0}, stale = {0};
+    recipe_diff(old, c->r->root, "", &keys);
+    rq_status st = rq_buf_status(&keys, "the recipe's changes", err);
+    for (char *k = keys.data; st == RQ_OK && k && *k;) {
+        char *end = strchr(k, ' ');
+        if (end) *end = 0;
+        size_t sl = strcspn(k, ".");
+        const char *stages = NULL;
+        for (size_t i = 0; i < sizeof section_stages / sizeof section_stages[0]; i++)
+            if (strlen(section_stages[i].section) == sl && !strncmp(section_stages[i].section, k, sl))
+                stages = section_stages[i].stages;
+        if (!stages && strcmp(k, "name") && strcmp(k, "notes")) stages = "quantize calibrate finetune merge export eval";
+        char list[256];
+        snprintf(list, sizeof list, "%s", stages ? stages : "");
+        for (char *sv = NULL, *sub = strtok_r(list, " ", &sv); sub && st == RQ_OK; sub = strtok_r(NULL, " ", &sv)) {
+            if (stage_finished(c->dir, sub))
+                st = RQ_FAIL(err, RQ_ERR_ARG, "%s holds a different recipe: %s changed, and stage %s, which depends on it, "
+                             "has finished; resume with the same recipe and overrides, remove %s/%s to redo it (and the "
+                             "stages after it), or choose another --out", path, k, sub, c->dir, sub);
+            else if (!strstr(stale.data ? stale.data : "", sub)) rq_buf_appendf(&stale, " %s", sub);
+        }
+        k = end ? end + 1 : NULL;
+    }
+    if (st == RQ_OK) st = rq_buf_status(&stale, "the recipe's changes", err);
+    if (st == RQ_OK) {
+        for (size_t i = 0; i + 1 < keys.len; i++) /* the split above wrote NULs between the keys */
+            if (!keys.data[i]) keys.data[i] = ',';
+        printf("rilq run: the recipe changed since %s was written (%s); no finished stage depends on that, so these "
+               "start over under the new values:%s\n", path, keys.data ? keys.data : "", stale.data ? stale.data : " none");
+        for (char *sv = NULL, *sub = strtok_r(stale.data, " ", &sv); sub; sub = strtok_r(NULL, " ", &sv)) {
+            char *d = join(c->dir, sub);
+            if (d) rm_tree(d); /* a killed or failed stage's partial outputs and checkpoint: written under the old values */
+            free(d);
+        }
+    }
+    rq_buf_free(&keys);
+    rq_buf_free(&stale);
+    return st;
+}
+
+/* recipe.json: written on the first run; a later run brings the same recipe,
+ * or one whose changes touch only stages that have not finished. */
 static rq_status check_or_write_recipe(const run_ctx *c, rq_err *err) {
     char where[256];
     char *path = rq_path_join_alloc(c->dir, "recipe.json", err);
     if (!path) return RQ_ERR_NOMEM;
     rq_status st = RQ_OK;
+    bool write = true;
     if (rq_file_exists(path)) {
         cJSON *old = read_json(path);
         if (!old) st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not valid JSON", path);
-        else if (!rq_recipe_same(old, c->r->root, where, sizeof where))
-            st = RQ_FAIL(err, RQ_ERR_ARG, "%s holds a different recipe (first difference: %s); resume it with the "
-                                          "same recipe and overrides, or choose another --out", path, where);
+        else {
+            const bool same = rq_recipe_same(old, c->r->root, where, sizeof where);
+            if (!same) st = accept_changed_recipe(c, old, path, err);
+            write = !same;
+        }
         cJSON_Delete(old);
-    } else {
+    }
+    if (st == RQ_OK && write) {
         char *text = rq_recipe_to_json(c->r);
         st = text ? rq_write_file_atomic(path, text, strlen(text), err) : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
         free(text);
@@ -789,6 +913,13 @@ int cmd_run(int argc, char **argv) {
         free(dir);
         return 0;
     }
+    rq_remove_stale_temps(dir); /* a run killed before its recipe.json left only temporaries: still a run directory */
+    if (!is_run_dir(dir)) {
+        RQ_FAIL(&err, RQ_ERR_ARG, "%s: exists and is not a rilq run directory (it has files and no recipe.json); "
+                "choose another --out", dir);
+        rq_recipe_free(&r);
+        return cli_fail("run", &err);
+    }
     /* one run per directory at a time: a POSIX record lock, released when the process ends (also by a kill) */
     int lock_fd = -1;
     char *lock_path = rq_path_join_alloc(dir, ".lock", &err);
@@ -818,6 +949,7 @@ int cmd_run(int argc, char **argv) {
         free(dir);
         return rc;
     }
+    remove_partials(dir); /* what killed writers of earlier runs left, anywhere in the run directory */
     plan_and_run(&c);
     cJSON *results = build_results(&c);
     if (write_outputs(&c, results, &err) != RQ_OK) rc = cli_fail("run", &err);

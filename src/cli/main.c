@@ -27,6 +27,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    cli_startup_done(); /* before the re-exec: a pending alarm would survive it */
     rq_reexec_with_passive_openmp(argv);
     rq_log_set(cli_log_sink, NULL);
     if (argc < 2) {

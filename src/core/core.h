@@ -105,7 +105,8 @@ bool rq_path_join(char *buf, size_t n, const char *dir, const char *name);
 char *rq_path_join_alloc(const char *dir, const char *name, rq_err *err);
 
 /* Atomic directory: fill(user, tmp) writes the directory's files (each one of
- * files[0..n_files)) into tmp = "<dir>.tmp-<pid>", which is fsync'ed and renamed
+ * files[0..n_files)) into tmp = "<dir>.tmp-<pid>.<nonce>" (a new directory that
+ * this call creates: never an existing one), which is fsync'ed and renamed
  * to dir; dir must not exist, or be an empty directory (else RQ_ERR_ARG naming
  * it); its parent is created. On failure the temporary files are removed and
  * dir is untouched, so a killed or failed write never leaves a dir that loads
@@ -114,8 +115,10 @@ typedef rq_status (*rq_dir_fill_fn)(void *user, const char *tmp_dir, rq_err *err
 rq_status rq_write_dir_atomic(const char *dir, const char *const *files, int n_files, rq_dir_fill_fn fill, void *user,
                               rq_err *err);
 
-/* Atomic write: data goes to "<path>.tmp.<pid>", is fsync'ed, then renamed over
- * path, so a reader sees either the old file or the complete new one. */
+/* Atomic write: data goes to "<path>.tmp.<pid>.<nonce>", created exclusively
+ * (O_EXCL | O_NOFOLLOW: never an existing file or a symlink's target), is
+ * fsync'ed, then renamed over path, so a reader sees either the old file or
+ * the complete new one. */
 typedef struct rq_atomic_file {
     void *fp; /* FILE* */
     char *final_path;
@@ -126,6 +129,22 @@ rq_status rq_atomic_write(rq_atomic_file *af, const void *data, size_t n, rq_err
 rq_status rq_atomic_commit(rq_atomic_file *af, rq_err *err);
 void rq_atomic_abort(rq_atomic_file *af);
 rq_status rq_write_file_atomic(const char *path, const void *data, size_t n, rq_err *err);
+
+/* Remove from dir the temporary files and directories of the atomic writers
+ * above (and of older builds: NAME.tmp.PID, NAME.tmp-PID) whose writing
+ * process no longer exists; a live writer's are kept, other names untouched,
+ * symlinks removed without being followed. Returns how many were removed. */
+int rq_remove_stale_temps(const char *dir);
+
+/* An output checked before the work that produces it (so a bad --out fails
+ * in a second, not after hours): the nearest existing ancestor directory must
+ * be writable (missing ones are created: here for a file, by the directory
+ * writer for a directory), and path itself:
+ *   RQ_OUT_FILE_REPLACE  absent or a file (overwritten atomically)
+ *   RQ_OUT_FILE_NEW      absent
+ *   RQ_OUT_DIR_NEW       absent or an empty directory */
+typedef enum rq_output_kind { RQ_OUT_FILE_REPLACE, RQ_OUT_FILE_NEW, RQ_OUT_DIR_NEW } rq_output_kind;
+rq_status rq_check_output(const char *path, rq_output_kind kind, rq_err *err);
 
 /* ---- numbers ----------------------------------------------------------- */
 
@@ -151,6 +170,14 @@ static inline uint32_t rq_rd_u32(const uint8_t *p) {
 }
 static inline uint64_t rq_rd_u64(const uint8_t *p) { return (uint64_t)rq_rd_u32(p) | ((uint64_t)rq_rd_u32(p + 4) << 32); }
 static inline float rq_rd_f32(const uint8_t *p) { return rq_f32_from_bits(rq_rd_u32(p)); }
+
+/* A double as a JSON number for hand-written JSON lines: "%.9g" when finite,
+ * "null" otherwise (JSON has no nan / inf). buf holds at least 32 bytes. */
+const char *rq_json_number(char *buf, double v);
+
+/* XXH64 of n bytes: the content hash of checkpoints (chain calls through seed
+ * to hash several buffers). */
+uint64_t rq_hash64(const void *data, size_t n, uint64_t seed);
 
 /* ---- random numbers ------------------------------------------------------ */
 

@@ -1,5 +1,6 @@
 /* Error reporting: the library fills an rq_err, only the CLI prints it. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 
 #include "core.h"
@@ -13,6 +14,7 @@ const char *rq_status_name(rq_status s) {
     case RQ_ERR_ARG: return "bad argument";
     case RQ_ERR_NOMEM: return "out of memory";
     case RQ_ERR_INTERNAL: return "internal error";
+    case RQ_ERR_NUMERIC: return "non-finite numbers";
     }
     return "unknown status";
 }
@@ -45,4 +47,10 @@ void rq_err_prefix(rq_err *err, const char *fmt, ...) {
     memcpy(err->msg, prefix, pl);
     memcpy(err->msg + pl, old, ol);
     err->msg[pl + ol] = 0;
+}
+
+const char *rq_json_number(char *buf, double v) {
+    if (isfinite(v)) snprintf(buf, 32, "%.9g", v);
+    else snprintf(buf, 32, "null");
+    return buf;
 }

@@ -89,6 +89,10 @@ rq_status rq_generate(const rq_model *m, rq_backend *be, const int *prompt, int 
         if (st != RQ_OK) break;
         int last_row = o->no_cache ? len - 1 : len - pos - 1;
         st = rq_forward_logits(fs, &last_row, 1, logits, err);
+        for (int v = 0; st == RQ_OK && v < V; v++)
+            if (!isfinite(logits[v]))
+                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "generate: the logits are not finite (%g at token %d): the model holds "
+                             "NaN/Inf weights or adapters", logits[v], v);
         if (st != RQ_OK) break;
         pos = len;
         int next = rq_sample_token(logits, V, o->temperature, o->top_p, &rng);

@@ -168,7 +168,11 @@ static rq_status score_rows(rq_mc_scorer *s, const int *rows, const int *targets
         RQ_TRY(rq_forward_logits(s->fs, rows + r0, cnt, s->logits, err));
         for (int i = 0; i < cnt; i++) {
             bool g;
-            ll[owner[r0 + i]] += token_logprob(s->logits + (size_t)i * V, V, targets[r0 + i], &g);
+            double lp = token_logprob(s->logits + (size_t)i * V, V, targets[r0 + i], &g);
+            if (!isfinite(lp))
+                return RQ_FAIL(err, RQ_ERR_NUMERIC, "the model's logits are not finite (log-probability %g): it holds "
+                               "NaN/Inf weights or adapters; refusing to score it", lp);
+            ll[owner[r0 + i]] += lp;
             greedy[owner[r0 + i]] &= g;
         }
     }

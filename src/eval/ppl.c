@@ -90,6 +90,9 @@ rq_status rq_ppl_windows(const rq_model *m, rq_backend *be, const int *windows, 
         st = rq_forward_run(fs, tok, nb, ctx, 0, err);
         if (st == RQ_OK) st = rq_forward_nll(fs, targets, nb, ctx, nll, n, err);
         for (int b = 0; b < nb && st == RQ_OK; b++) {
+            if (!isfinite(nll[b]))
+                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "perplexity: window %d: the negative log-likelihood is not finite "
+                             "(%g): the model holds NaN/Inf weights or adapters; refusing to score it", w0 + b, nll[b]);
             sum_window_nll += nll[b] / (double)n[b];
             scored += n[b];
         }

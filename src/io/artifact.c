@@ -515,8 +515,12 @@ static rq_status write_files(const rq_model *m, const char *tmp, const rq_artifa
     char *zst_path = st_path ? rq_path_join_alloc(tmp, TENSOR_FILE_ZST, err) : NULL;
     char *cfg_path = zst_path ? rq_path_join_alloc(tmp, "config.json", err) : NULL;
     rq_status s = cfg_path ? RQ_OK : RQ_ERR_NOMEM;
-    const char *meta[] = {"rilq_quant_method", RQ_ARTIFACT_QUANT_METHOD};
-    if (s == RQ_OK) s = rq_safetensors_write(st_path, tl.items, tl.n, meta, 1, err);
+    /* the group size again beside the tensors: shapes alone cannot tell every group size apart
+       (ceil(64/64) = ceil(64/80)), so a loader checks config.json against it */
+    char gs_text[24];
+    snprintf(gs_text, sizeof gs_text, "%d", ref ? ref->group_size : 0);
+    const char *meta[] = {"rilq_quant_method", RQ_ARTIFACT_QUANT_METHOD, "rilq_group_size", gs_text};
+    if (s == RQ_OK) s = rq_safetensors_write(st_path, tl.items, tl.n, meta, ref ? 2 : 1, err);
     free(ha.buf);
     free(tl.items);
     free(tl.names);
@@ -787,6 +791,13 @@ static rq_status artifact_load(const char *dir, const char *cfg_path, rq_model *
         opened = s == RQ_OK;
     }
     if (s == RQ_OK) s = read_all_q2(&cfg, &tab, st_path, &qb, q2, err);
+    /* shapes fit (checked above); the group size they were written with must be config.json's too */
+    char meta_gs[24];
+    if (s == RQ_OK && rq_safetensors_metadata(&f, "rilq_group_size", meta_gs, sizeof meta_gs) &&
+        atoi(meta_gs) != qb.group_size)
+        s = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: config.json says group_size %d, but %s was written with group size %s "
+                    "(an edited config.json or files of two artifacts); quantize again", dir, qb.group_size, st_path,
+                    meta_gs);
     rq_model *m = NULL;
     if (s == RQ_OK) s = rq_model_build_q2(&cfg, &tab, q2, &m, err);
     for (int64_t k = 0; q2 && k < (int64_t)cfg.n_layers * RQ_N_PROJ; k++) rq_q2_free(q2[k]); /* those not taken */

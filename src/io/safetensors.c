@@ -198,6 +198,18 @@ rq_status rq_safetensors_open_buffer(const char *name, uint8_t *bytes, size_t si
     return s;
 }
 
+bool rq_safetensors_metadata(const rq_safetensors *f, const char *key, char *out, size_t n) {
+    if (!f->view.data || f->view.size < 8) return false;
+    uint64_t hn = rq_rd_u64(f->view.data);
+    if (hn > f->view.size - 8 || hn > ST_MAX_HEADER) return false; /* checked by the open: defensive */
+    cJSON *root = cJSON_ParseWithLength((const char *)f->view.data + 8, (size_t)hn);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), key);
+    bool found = cJSON_IsString(v) && strlen(v->valuestring) < n;
+    if (found) snprintf(out, n, "%s", v->valuestring);
+    cJSON_Delete(root);
+    return found;
+}
+
 void rq_safetensors_close(rq_safetensors *f) {
     rq_file_unmap(&f->view);
     free(f->path);

@@ -21,6 +21,9 @@ rq_status rq_safetensors_open(const char *path, rq_safetensors *f, rq_tensor_tab
 rq_status rq_safetensors_open_buffer(const char *name, uint8_t *bytes, size_t size, rq_safetensors *f,
                                      rq_tensor_table *tab, rq_err *err);
 void rq_safetensors_close(rq_safetensors *f);
+/* The string value of key in an open file's "__metadata__" into out (size n):
+ * false when the key is absent (or not a string, or does not fit). */
+bool rq_safetensors_metadata(const rq_safetensors *f, const char *key, char *out, size_t n);
 
 /* A whole checkpoint: one file, or every shard an index names. */
 typedef struct rq_st_checkpoint {

@@ -3,8 +3,11 @@
  * with it. It sits above both src/io (the readers, which build models through
  * src/model) and src/model, so neither of those calls up into the other. */
 #define _POSIX_C_SOURCE 200809L /* strndup */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "../io/artifact.h"
 #include "../io/gguf.h"
@@ -83,12 +86,17 @@ rq_status rq_model_load(const char *path, const char *tokenizer_path, rq_model *
             free(tok);
         }
     } else {
+        struct stat st;
+        if (stat(path, &st) != 0) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open model file: %s", path, strerror(errno));
+        if (!S_ISREG(st.st_mode)) /* a FIFO would block the open below forever */
+            return RQ_FAIL(err, RQ_ERR_IO, "%s: not a regular file (a FIFO, device or socket), not a model", path);
         FILE *f = fopen(path, "rb");
         if (!f) return RQ_FAIL(err, RQ_ERR_IO, "%s: cannot open model file", path);
         char magic[4] = {0};
         size_t got = fread(magic, 1, 4, f);
         fclose(f);
-        if (got == 4 && memcmp(magic, "GGUF", 4) == 0) {
+        /* a .gguf name or the GGUF magic: the GGUF loader reports what is wrong (empty, bad magic) */
+        if ((got == 4 && memcmp(magic, "GGUF", 4) == 0) || ends_with(path, ".gguf")) {
             format = "gguf";
             RQ_TRY(rq_gguf_load(path, &m, err));
             if (m->tok) set_tokenizer_path(m, path); /* the tokens are in its metadata */

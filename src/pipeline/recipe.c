@@ -103,6 +103,7 @@ static const char *json_kind(const cJSON *v) {
     if (cJSON_IsString(v)) return "a string";
     if (cJSON_IsBool(v)) return "a boolean";
     if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsNumber(v) && !isfinite(v->valuedouble)) return "a number out of range";
     if (cJSON_IsNumber(v)) return v->valuedouble == floor(v->valuedouble) ? "an integer" : "a number";
     return "something else";
 }
@@ -161,6 +162,9 @@ static rq_status check_tree(const cJSON *obj, const char *prefix, const char *fi
         char path[256];
         if (!v->string) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: a key without a name", file);
         snprintf(path, sizeof path, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", v->string);
+        for (const cJSON *u = obj->child; u != v; u = u->next) /* cJSON keeps both and reads the first */
+            if (u->string && !strcmp(u->string, v->string))
+                return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: key '%s' given more than once", file, path);
         const key_spec *s = find_spec(path);
         if (!s) {
             char known[1024];
@@ -421,6 +425,13 @@ static rq_status resolve(cJSON *given, const char *file, rq_recipe *r, rq_err *e
 
 /* Combinations the schema alone cannot express. */
 static rq_status check_combination(const rq_recipe *r, const char *f, rq_err *err) {
+    /* the name is the default run directory runs/NAME: one plain path component */
+    bool name_ok = r->name && *r->name && strcmp(r->name, ".") && strcmp(r->name, "..") && strlen(r->name) <= 128;
+    for (const char *c = r->name; name_ok && *c; c++)
+        name_ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || strchr("._-", *c);
+    if (!name_ok)
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: name '%.140s' must be 1-128 letters, digits, '.', '_' or '-' (not '.' or "
+                       "'..'): it names the run directory runs/NAME", f, r->name ? r->name : "");
     if (!*r->model.path) return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: model.path is empty", f);
     if (r->quantize.modules.n == 0)
         return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: quantize.modules is empty (list q, k, v, o, gate, up, down)", f);

@@ -259,6 +259,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
                 co.doc_begin, co.doc_end, co.doc_end);
     CHECK(rq_teacher_key(o->model, &co, &key, key_text, sizeof key_text, err));
     CHECK(rq_mkdir_p(cache, err));
+    rq_remove_stale_temps(cache); /* full-size teacher files of killed writers (their processes are gone) */
     {
         char name[64];
         snprintf(name, sizeof name, "teacher-%016" PRIx64 ".rqt", key);
@@ -282,12 +283,19 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     if (rq_file_exists(cache_path)) {
         bool stale = false;
         rq_err e2 = {0};
-        if (rq_teacher_cache_open(cache_path, key, teacher->cfg.dim, w.T, w.n, &tc, &stale, &e2) == RQ_OK)
-            rep->teacher_cache_reused = true;
-        else if (!stale) {
+        rq_status cs = rq_teacher_cache_open(cache_path, key, teacher->cfg.dim, w.T, w.n, &tc, &stale, &e2);
+        if (cs == RQ_OK) cs = rq_teacher_cache_verify(tc, &e2); /* every frame's checksum, before training relies on it */
+        if (cs == RQ_OK) rep->teacher_cache_reused = true;
+        else if (stale) rq_info("teacher cache %s is stale (%s); recomputing", cache_path, e2.msg);
+        else if (cs == RQ_ERR_FORMAT) rq_warn("teacher cache %s is damaged (%s); rebuilding it", cache_path, e2.msg);
+        else {
             *err = e2;
             CHECK(e2.code ? e2.code : RQ_ERR_IO);
-        } else rq_info("teacher cache %s is stale (%s); recomputing", cache_path, e2.msg);
+        }
+        if (cs != RQ_OK) {
+            rq_teacher_cache_close(tc);
+            tc = NULL;
+        }
     }
     {
         const double mib = 1048576.0, raw = (double)w.n * w.T * teacher->cfg.dim * 4;

@@ -121,6 +121,7 @@ static void warn_skipped(const rq_skip_report *s, const char *task) {
 rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_rep, rq_err *err) {
     memset(out_rep, 0, sizeof *out_rep);
     if (!a->model) return RQ_FAIL(err, RQ_ERR_ARG, "eval: missing MODEL");
+    if (a->out) RQ_TRY(rq_check_output(a->out, RQ_OUT_FILE_REPLACE, err));
     if (!a->tasks.n && !a->ppl.n)
         return RQ_FAIL(err, RQ_ERR_ARG, "eval: nothing to do: give --tasks (%s) and/or --ppl", rq_task_known_names());
     double t0 = rq_now_seconds();

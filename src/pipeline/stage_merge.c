@@ -33,6 +33,7 @@ rq_status rq_stage_merge(const rq_stage_merge_opts *o, rq_stage_merge_report *re
     if (!o->artifact) return RQ_FAIL(err, RQ_ERR_ARG, "merge: missing ARTIFACT");
     if (!o->adapter) return RQ_FAIL(err, RQ_ERR_ARG, "merge: missing ADAPTER_DIR");
     if (!o->out) return RQ_FAIL(err, RQ_ERR_ARG, "merge: missing --out DIR");
+    RQ_TRY(rq_check_output(o->out, RQ_OUT_DIR_NEW, err));
     rq_merge_opts mo;
     rq_merge_opts_default(&mo);
     mo.requantize = o->requantize;
@@ -133,6 +134,7 @@ rq_status rq_stage_export(const rq_stage_export_opts *o, rq_stage_export_report 
     if (!o->artifact) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing ARTIFACT");
     if (!o->format) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing --format (gguf or hqq)");
     if (!o->out) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing --out PATH");
+    RQ_TRY(rq_check_output(o->out, strcmp(o->format, "gguf") ? RQ_OUT_DIR_NEW : RQ_OUT_FILE_NEW, err));
     if (!rq_artifact_is_q2(o->artifact))
         return RQ_FAIL(err, RQ_ERR_ARG, "%s: not a rilq 2-bit artifact (a directory whose config.json has quant_method "
                        "\"%s\"; make one with 'rilq quantize')", o->artifact, RQ_ARTIFACT_QUANT_METHOD);

@@ -118,9 +118,12 @@ rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing,
     if (!o->out) return RQ_FAIL(err, RQ_ERR_ARG, "quantize: missing the output directory (--out DIR)");
     if (!o->method) return RQ_FAIL(err, RQ_ERR_ARG, "quantize: missing --method (rtn, nf2 or fake-quant)");
     double t0 = rq_now_seconds();
-    struct stat st;
-    if (keep_existing && stat(o->out, &st) == 0) {
-        /* artifacts appear by an atomic rename: one that exists is complete */
+    char *cfg = keep_existing ? rq_path_join_alloc(o->out, "config.json", err) : NULL;
+    const bool complete = cfg && rq_file_exists(cfg);
+    free(cfg);
+    if (complete) {
+        /* artifacts appear by an atomic rename, config.json written last: one that has it is complete (an empty
+           directory is not: it is filled) */
         rq_info("%s is complete (written before an interruption); kept", o->out);
         rep->kept = true;
         rep->method = o->method;
@@ -128,6 +131,7 @@ rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing,
         rep->clip_search = o->clip_search;
         return RQ_OK;
     }
+    RQ_TRY(rq_check_output(o->out, RQ_OUT_DIR_NEW, err));
     rq_model_quant_opts qo;
     rq_model_quant_opts_default(&qo);
     qo.quant.group_size = (int)o->group_size;

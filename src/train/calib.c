@@ -13,7 +13,7 @@
 
 #define CACHE_MAGIC "RQTEACH1"
 #define CACHE_END_MAGIC "RQTEND01"
-#define CACHE_VERSION 1u
+#define CACHE_VERSION 2u /* 2: every frame carries zstd's content checksum */
 
 void rq_calib_default_opts(rq_calib_opts *o) {
     memset(o, 0, sizeof *o);
@@ -328,13 +328,20 @@ rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_cal
         if (st == RQ_OK) st = rq_atomic_write(&af, key_text, key_len, err);
         pos = sizeof hdr + 4 + key_len;
     }
-    if (st == RQ_OK) ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, 3);
+    if (st == RQ_OK) {
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, 3);
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1); /* verified on every read */
+    }
     rq_progress prog;
     rq_progress_init(&prog, "teacher", w->n);
     double t0 = rq_now_seconds();
     for (int k = 0; k < w->n && st == RQ_OK; k++) {
         st = rq_forward_run(fs, w->tokens + (size_t)k * T, 1, T, 0, err);
         if (st == RQ_OK) st = be->download(be, h, rq_forward_hidden(fs), raw_bytes, err);
+        for (size_t i = 0; st == RQ_OK && i < (size_t)T * dim; i++)
+            if (!isfinite(h[i]))
+                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "teacher: the final hidden states of window %d are not finite (%g): "
+                             "the teacher model holds NaN/Inf weights; nothing cached", k, h[i]);
         if (st != RQ_OK) break;
         /* little-endian fp32 on every host: the file is portable */
         for (size_t i = 0; i < (size_t)T * dim; i++) put_u32(raw + 4 * i, rq_bits_from_f32(h[i]));
@@ -472,6 +479,12 @@ rq_status rq_teacher_cache_read(rq_teacher_cache *c, int k, float *out, rq_err *
     if (k < 0 || k >= c->n) return RQ_FAIL(err, RQ_ERR_ARG, "%s: window %d outside 0..%d", c->path, k, c->n - 1);
     uint64_t a = rq_rd_u64(c->index + 8 * (size_t)k), b = rq_rd_u64(c->index + 8 * ((size_t)k + 1));
     const size_t want = (size_t)c->T * c->dim * sizeof(float);
+    /* RFC 8878: a frame is the magic number 0xFD2FB528, then the frame header
+       descriptor, whose bit 2 says a content checksum ends the frame */
+    const uint8_t *f = c->view.data + a;
+    if (b - a < 5 || rq_rd_u32(f) != 0xFD2FB528u || !(f[4] & 0x04))
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: window %d: damaged teacher cache (%s); delete the file and rilq rebuilds it",
+                       c->path, k, b - a >= 4 && rq_rd_u32(f) == 0xFD2FB528u ? "a frame without a checksum" : "no zstd frame");
     ZSTD_DCtx_reset(c->dctx, ZSTD_reset_session_only);
     ZSTD_inBuffer in = {c->view.data + a, (size_t)(b - a), 0};
     ZSTD_outBuffer outb = {c->raw, want, 0};
@@ -480,15 +493,26 @@ rq_status rq_teacher_cache_read(rq_teacher_cache *c, int k, float *out, rq_err *
         size_t before_in = in.pos, before_out = outb.pos;
         r = ZSTD_decompressStream(c->dctx, &outb, &in);
         if (ZSTD_isError(r))
-            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: window %d: zstd: %s", c->path, k, ZSTD_getErrorName(r));
+            return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: window %d: damaged teacher cache (zstd: %s); delete the file and rilq "
+                           "rebuilds it", c->path, k, ZSTD_getErrorName(r));
         if (r == 0) break;
         if (in.pos == before_in && outb.pos == before_out) break; /* output full: more data than a window */
     }
     if (r != 0 || outb.pos != want || in.pos != in.size)
-        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: window %d decompresses to %zu bytes (expected %zu)%s", c->path, k,
-                       outb.pos, want, r != 0 ? ", frame incomplete" : "");
+        return RQ_FAIL(err, RQ_ERR_FORMAT, "%s: window %d: damaged teacher cache: decompresses to %zu bytes (expected "
+                       "%zu)%s; delete the file and rilq rebuilds it", c->path, k, outb.pos, want,
+                       r != 0 ? ", frame incomplete" : "");
     for (size_t i = 0; i < (size_t)c->T * c->dim; i++) out[i] = rq_rd_f32(c->raw + 4 * i);
     return RQ_OK;
+}
+
+rq_status rq_teacher_cache_verify(rq_teacher_cache *c, rq_err *err) {
+    float *tmp = malloc(sizeof(float) * (size_t)c->T * c->dim);
+    if (!tmp) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory verifying %s", c->path);
+    rq_status st = RQ_OK;
+    for (int k = 0; k < c->n && st == RQ_OK; k++) st = rq_teacher_cache_read(c, k, tmp, err);
+    free(tmp);
+    return st;
 }
 
 uint64_t rq_teacher_cache_bytes(const rq_teacher_cache *c) { return c ? (uint64_t)c->view.size : 0; }

@@ -104,8 +104,14 @@ typedef struct rq_teacher_cache rq_teacher_cache;
  * or truncated file is RQ_ERR_FORMAT naming the file and what is wrong. */
 rq_status rq_teacher_cache_open(const char *path, uint64_t key, int dim, int T, int n_windows, rq_teacher_cache **out,
                                 bool *stale, rq_err *err);
-/* Decompress window k into out [T][dim]. */
+/* Decompress window k into out [T][dim]. Every frame carries zstd's content
+ * checksum, verified here: a damaged frame is RQ_ERR_FORMAT naming the file
+ * and the window. */
 rq_status rq_teacher_cache_read(rq_teacher_cache *c, int k, float *out, rq_err *err);
+/* Decompress every window once (checksums checked, nothing kept): before a
+ * cache is reused, so a damaged one is found and rebuilt before training
+ * starts rather than failing it midway. */
+rq_status rq_teacher_cache_verify(rq_teacher_cache *c, rq_err *err);
 uint64_t rq_teacher_cache_bytes(const rq_teacher_cache *c); /* compressed file size */
 void rq_teacher_cache_close(rq_teacher_cache *c);
 

@@ -6,7 +6,7 @@
 #include "trainer.h"
 
 #define CKPT_MAGIC "RQCKPT01"
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u /* 2: content_hash */
 
 void rq_train_default_opts(rq_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -288,9 +288,56 @@ static void bufs_free(batch_bufs *bb) {
     if (bb->teacher_dev) bb->be->free(bb->be, bb->teacher_dev);
 }
 
+/* ---- non-finite losses ------------------------------------------------------------------ */
+
+static bool all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return false;
+    return true;
+}
+
+/* Whether backend buffer x [n] holds a non-finite value (downloaded through host scratch). */
+static bool dev_nonfinite(rq_backend *be, const float *x, size_t n, float *host) {
+    rq_err e = {0};
+    return x && be->download(be, host, x, n * sizeof(float), &e) == RQ_OK && !all_finite(host, n);
+}
+
+/* Fill err with what went non-finite at `step` and the first place it shows in
+ * the micro-batch that fs last ran (layers in order, projections in forward
+ * order), or the teacher targets; one extra pass over the activations, paid
+ * only on failure. */
+static rq_status nonfinite_fail(rq_forward_state *fs, rq_backend *be, const rq_model *m, const batch_bufs *bb,
+                                bool with_teacher, int N, int64_t step, const char *what, double value,
+                                const char *ckpt_note, rq_err *err) {
+    const rq_config *c = &m->cfg;
+    size_t widest = (size_t)(c->hidden_dim > c->dim ? c->hidden_dim : c->dim);
+    if ((size_t)c->n_heads * c->head_dim > widest) widest = (size_t)c->n_heads * c->head_dim;
+    float *host = malloc(sizeof(float) * (size_t)N * widest);
+    float *tmp = be->alloc(be, sizeof(float) * (size_t)N * c->dim, NULL);
+    char where[160] = "";
+    for (int l = 0; host && tmp && !where[0] && l < c->n_layers; l++)
+        for (int p = 0; !where[0] && p < RQ_N_PROJ; p++) {
+            const rq_linear *lin = rq_layer_proj((rq_layer *)&m->layers[l], p);
+            const float *y = rq_forward_proj_output(fs, l, p, tmp);
+            if (y && dev_nonfinite(be, y, (size_t)N * (p == RQ_PROJ_O || p == RQ_PROJ_DOWN ? c->dim : lin->out), host))
+                snprintf(where, sizeof where, "; the first non-finite output is layer %d %s", l, rq_proj_names[p]);
+        }
+    if (host && !where[0] && dev_nonfinite(be, rq_forward_hidden(fs), (size_t)N * c->dim, host))
+        snprintf(where, sizeof where, "; the first non-finite output is the final norm");
+    if (!where[0] && with_teacher && bb->teacher && !all_finite(bb->teacher, (size_t)N * c->dim))
+        snprintf(where, sizeof where, "; the student's activations are finite, the teacher targets are not (a damaged "
+                                      "teacher cache, or a teacher model that holds NaN/Inf)");
+    if (!where[0])
+        snprintf(where, sizeof where, "; the activations are finite: the adapters diverged (a lower learning rate may help)");
+    free(host);
+    if (tmp) be->free(be, tmp);
+    return RQ_FAIL(err, RQ_ERR_NUMERIC, "train: step %lld: %s is not finite (%g)%s; stopped%s", (long long)step, what,
+                   value, where, ckpt_note);
+}
+
 static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *m, const rq_train_data *data,
                           const rq_train_opts *o, batch_bufs *bb, scope_ctx *sc, double *loss, double *ce, double *mse,
-                          double *seconds, rq_err *err) {
+                          double *seconds, int64_t step, const char *ckpt_note, rq_err *err) {
     double ce_sum = 0.0, mse_sum = 0.0, t0 = rq_now_seconds();
     for (int64_t first = 0; first < data->n_examples; first += o->micro_batch) {
         int B = (int)(data->n_examples - first < o->micro_batch ? data->n_examples - first : o->micro_batch);
@@ -298,6 +345,9 @@ static rq_status evaluate(rq_forward_state *fs, rq_backend *be, const rq_model *
         int Tb;
         RQ_TRY(load_batch(data, NULL, first, B, o->seq_len, m->cfg.dim, bb, o->mse_weight > 0, false, &Tb, err));
         RQ_TRY(micro_step(fs, be, m, o, bb, B, Tb, 0.0, sc, &c, &s, err));
+        if (!isfinite(weighted(o, c, s)))
+            return nonfinite_fail(fs, be, m, bb, o->mse_weight > 0, B * Tb, step, "the validation loss", weighted(o, c, s),
+                                  ckpt_note, err);
         ce_sum += c * B;
         mse_sum += s * B;
     }
@@ -316,7 +366,30 @@ typedef struct ckpt_header {
     int64_t step, best_step, bad_evals;
     uint64_t seed, n_params, optim_bytes;
     double best_val, first_val;
+    double lr;             /* the schedule's learning rate */
+    uint64_t settings;     /* settings_hash of the run that wrote it: a resume must bring the same */
+    uint64_t content_hash; /* XXH64 of this header (with content_hash 0), the adapters, the best adapters, the optimizer state */
 } ckpt_header;
+
+/* What a resume must not change: everything that shapes the updates and the
+ * data order, but for the length of the run (max_steps, and the schedule's
+ * total and warmup steps that follow from it: a resume may extend a run). */
+static uint64_t settings_hash(const rq_train_opts *o) {
+    const double v[] = {o->seq_len, o->micro_batch, o->accum, o->shuffle, (double)o->seed, o->ce_weight, o->mse_weight,
+                        o->mse_on_logits, o->scope, o->optim.kind, o->optim.beta1, o->optim.beta2, o->optim.eps,
+                        o->optim.weight_decay, o->optim.max_grad_norm, o->schedule.kind, o->schedule.lr, o->eval_every,
+                        o->patience};
+    return rq_hash64(v, sizeof v, 0x5e77);
+}
+
+static uint64_t ckpt_hash(const ckpt_header *h, const void *params, const void *best, const void *optim) {
+    ckpt_header z = *h;
+    z.content_hash = 0;
+    uint64_t x = rq_hash64(&z, sizeof z, 0);
+    x = rq_hash64(params, h->n_params * sizeof(float), x);
+    if (h->has_best) x = rq_hash64(best, h->n_params * sizeof(float), x);
+    return rq_hash64(optim, h->optim_bytes, x);
+}
 
 static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *params, const float *best,
                            const rq_optim *opt, rq_err *err) {
@@ -330,10 +403,12 @@ static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *p
         return st;
     }
     rq_status st = rq_optim_state_save(opt, obuf, ob, err);
+    ckpt_header hh = *h;
+    hh.content_hash = ckpt_hash(h, params, best, obuf);
     rq_atomic_file af;
     if (st == RQ_OK) st = rq_atomic_open(&af, path, err);
     if (st == RQ_OK) {
-        st = rq_atomic_write(&af, h, sizeof *h, err);
+        st = rq_atomic_write(&af, &hh, sizeof hh, err);
         if (st == RQ_OK) st = rq_atomic_write(&af, params, n * sizeof(float), err);
         if (st == RQ_OK && h->has_best) st = rq_atomic_write(&af, best, n * sizeof(float), err);
         if (st == RQ_OK) st = rq_atomic_write(&af, obuf, ob, err);
@@ -346,7 +421,8 @@ static rq_status ckpt_save(const char *dir, const ckpt_header *h, const float *p
 }
 
 static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, float *best, rq_optim *opt,
-                           size_t n_params, uint64_t seed, rq_err *err) {
+                           size_t n_params, const rq_train_opts *o, rq_err *err) {
+    const uint64_t seed = o->seed;
     rq_file_view v;
     RQ_TRY(rq_file_map(path, &v, err));
     rq_status st = RQ_OK;
@@ -356,8 +432,19 @@ static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, floa
     }
     memcpy(h, v.data, sizeof *h);
     if (memcmp(h->magic, CKPT_MAGIC, 8) != 0 || h->version != CKPT_VERSION) {
-        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a rilq checkpoint of version %u", path, CKPT_VERSION);
+        st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: not a rilq checkpoint of version %u; delete it to restart this stage from "
+                     "its beginning", path, CKPT_VERSION);
         goto done;
+    }
+    {
+        const uint8_t *body = v.data + sizeof *h;
+        size_t pb = (size_t)h->n_params * sizeof(float), total = sizeof *h + pb * (h->has_best ? 2 : 1) + h->optim_bytes;
+        if (h->n_params > (uint64_t)(SIZE_MAX / 8) || h->optim_bytes > v.size || v.size != total ||
+            ckpt_hash(h, body, body + pb, body + pb * (h->has_best ? 2 : 1)) != h->content_hash) {
+            st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: damaged checkpoint (its content hash or size does not match); delete it "
+                         "to restart this stage from its beginning", path);
+            goto done;
+        }
     }
     if (h->n_params != n_params) {
         st = RQ_FAIL(err, RQ_ERR_FORMAT, "%s: holds %llu adapter parameters, the adapters have %zu", path,
@@ -367,6 +454,16 @@ static rq_status ckpt_load(const char *path, ckpt_header *h, float *params, floa
     if (h->seed != seed) {
         st = RQ_FAIL(err, RQ_ERR_ARG, "%s: was written with seed %llu, this run uses %llu (the data order would differ)",
                      path, (unsigned long long)h->seed, (unsigned long long)seed);
+        goto done;
+    }
+    if (h->lr != o->schedule.lr || h->settings != settings_hash(o)) {
+        char what[96];
+        if (h->lr != o->schedule.lr)
+            snprintf(what, sizeof what, "learning rate %g, this run uses %g", h->lr, o->schedule.lr);
+        else
+            snprintf(what, sizeof what, "other training settings (batch, accumulation, schedule, optimizer or loss)");
+        st = RQ_FAIL(err, RQ_ERR_ARG, "%s: was written with %s; resume with the same settings, or delete it to start "
+                     "this stage over", path, what);
         goto done;
     }
     size_t need = sizeof *h + n_params * sizeof(float) * (h->has_best ? 2 : 1) + h->optim_bytes;
@@ -463,17 +560,18 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
     best = st == RQ_OK ? rq_calloc(tt.params, 1, err) : NULL;
     if (st == RQ_OK && (!best || (o->shuffle && !order.perm))) st = RQ_ERR_NOMEM;
     ckpt_header h = {.version = CKPT_VERSION, .seed = o->seed, .n_params = ad->n_params, .best_val = INFINITY,
-                     .first_val = NAN};
+                     .first_val = NAN, .lr = o->schedule.lr, .settings = settings_hash(o)};
     memcpy(h.magic, CKPT_MAGIC, 8);
     if (st == RQ_OK && o->out_dir) {
         st = rq_mkdir_p(o->out_dir, err);
+        if (st == RQ_OK) rq_remove_stale_temps(o->out_dir); /* checkpoint and metrics temporaries of a killed run */
         if (st == RQ_OK) {
             metrics_path = rq_path_join_alloc(o->out_dir, "metrics.jsonl", err);
             ckpt_path = metrics_path ? rq_path_join_alloc(o->out_dir, "checkpoint.bin", err) : NULL;
             if (!ckpt_path) st = RQ_ERR_NOMEM;
         }
         if (st == RQ_OK && o->resume && rq_file_exists(ckpt_path)) {
-            st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o->seed, err);
+            st = ckpt_load(ckpt_path, &h, params_host, best, opt, ad->n_params, o, err);
             if (st == RQ_OK) st = be->upload(be, ad->params, params_host, ad->n_params * sizeof(float), err);
             if (st == RQ_OK) st = rq_adapter_set_sync_scales(ad, err); /* trained group scales, if any */
             if (st == RQ_OK) {
@@ -488,13 +586,15 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         }
     }
     h.optim_bytes = opt ? rq_optim_state_bytes(opt) : 0;
+    char ckpt_note[300] = ""; /* where the last finite state is kept, for a non-finite stop */
+    if (res->resumed) snprintf(ckpt_note, sizeof ckpt_note, "; the checkpoint of step %lld is kept in %.200s", (long long)h.step, ckpt_path);
     rq_progress prog;
     rq_progress_init(&prog, "train", o->max_steps);
     double t0 = rq_now_seconds();
     int64_t tokens_done = 0;
     if (st == RQ_OK && validate && !res->resumed) { /* logged, not a candidate for best (as RILQ does) */
         double vl, vc, vm;
-        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, err);
+        st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, h.step, ckpt_note, err);
         if (st == RQ_OK) {
             h.first_val = vl;
             if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.9g,\"val_ce\":%.9g,\"val_mse\":%.9g}\n", vl, vc, vm);
@@ -510,6 +610,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
             int Tb = T;
             st = load_batch(train, &order, first, B, T, dim, &bb, o->mse_weight > 0, true, &Tb, err);
             if (st == RQ_OK) st = micro_step(fs, be, m, o, &bb, B, Tb, (double)o->accum, &sc, &c, &s, err);
+            if (st == RQ_OK && !isfinite(weighted(o, c, s)))
+                st = nonfinite_fail(fs, be, m, &bb, o->mse_weight > 0, B * Tb, h.step + 1, "the loss", weighted(o, c, s),
+                                    ckpt_note, err);
             tokens_done += (int64_t)B * Tb;
             ce_acc += c / o->accum;
             mse_acc += s / o->accum;
@@ -517,6 +620,9 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (st != RQ_OK) break;
         double lr = rq_schedule_lr(&o->schedule, h.step), gnorm = 0.0;
         st = rq_optim_step(opt, ad->params, ad->grads, lr, &gnorm, err);
+        if (st == RQ_OK && !isfinite(gnorm))
+            st = RQ_FAIL(err, RQ_ERR_NUMERIC, "train: step %lld: the gradient norm is not finite (%g) with a finite loss; "
+                         "stopped%s", (long long)h.step + 1, gnorm, ckpt_note);
         if (st == RQ_OK) st = rq_adapter_set_sync_scales(ad, err); /* the 2-bit weights follow trained scales */
         if (st != RQ_OK) break;
         be->fill_zero(be, ad->grads, ad->n_params);
@@ -537,7 +643,7 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         }
         if (validate && h.step % o->eval_every == 0) {
             double vl, vc, vm;
-            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, err);
+            st = evaluate(fs, be, m, val, o, &bb, &sc, &vl, &vc, &vm, &res->val_seconds, h.step, ckpt_note, err);
             if (st != RQ_OK) break;
             if (vl < h.best_val) { /* NaN never improves */
                 h.best_val = vl;
@@ -561,7 +667,13 @@ rq_status rq_train(const rq_model *m, rq_backend *be, rq_adapter_set *ad, const 
         if (o->out_dir && ((o->checkpoint_every > 0 && h.step % o->checkpoint_every == 0) || h.step == o->max_steps ||
                           stop)) {
             st = be->download(be, params_host, ad->params, ad->n_params * sizeof(float), err);
+            if (st == RQ_OK && !all_finite(params_host, ad->n_params))
+                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "train: step %lld: the adapters are not finite after the update; "
+                             "stopped without a checkpoint%s", (long long)h.step, ckpt_note);
             if (st == RQ_OK) st = ckpt_save(o->out_dir, &h, params_host, best, opt, err);
+            if (st == RQ_OK)
+                snprintf(ckpt_note, sizeof ckpt_note, "; the checkpoint of step %lld is kept in %.200s", (long long)h.step,
+                         ckpt_path);
         }
     }
     if (st == RQ_OK && !o->quiet) rq_progress_finish(&prog, h.step, "steps");
