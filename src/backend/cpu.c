@@ -23,8 +23,20 @@ static rq_status cpu_copy_bytes(rq_backend *be, void *dst, const void *src, size
     return RQ_OK;
 }
 
+/* Large copies (the residual stream, once per layer) are split across the
+ * cores; buffers that overlap are copied as one memmove. */
 static void cpu_copy(rq_backend *be, void *dst, const void *src, size_t bytes) {
-    if (bytes) memmove(dst, src, bytes);
+    const char *s = src;
+    char *d = dst;
+    if (bytes < RQ_CPU_PARALLEL_BYTES || (d < s + bytes && s < d + bytes)) {
+        if (bytes) memmove(dst, src, bytes);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < RQ_CPU_PARALLEL_PARTS; k++) {
+        size_t lo = bytes * (size_t)k / RQ_CPU_PARALLEL_PARTS, hi = bytes * (size_t)(k + 1) / RQ_CPU_PARALLEL_PARTS;
+        memcpy(d + lo, s + lo, hi - lo);
+    }
 }
 
 static void cpu_gather_rows(rq_backend *be, float *dst, const float *src, const int *idx, int rows, int C) {
@@ -67,6 +79,7 @@ static void cpu_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const float
         const float *xr = x + (size_t)n * C;
         float *o = out + (size_t)n * C;
         float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
         for (int i = 0; i < C; i++) ss += xr[i] * xr[i];
         float r = rq_rms_rstd(ss, C, eps);
         if (rstd) rstd[n] = r;

@@ -13,6 +13,11 @@
  * computes scores only for the keys its last query sees. */
 #define RQ_CPU_ATTENTION_BLOCK 64
 
+/* memset / memcpy of at least this many bytes run on all cores, in
+ * RQ_CPU_PARALLEL_PARTS pieces (below it a parallel region costs more than it saves) */
+#define RQ_CPU_PARALLEL_BYTES ((size_t)1 << 20)
+#define RQ_CPU_PARALLEL_PARTS 64
+
 typedef struct cpu_ctx {
     float *tile;        /* dequantization scratch for q2 weights, allocated once at creation:
                            RQ_CPU_Q2_TILE_FLOATS, forward and backward share it (ops never overlap) */

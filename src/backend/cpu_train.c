@@ -56,6 +56,7 @@ static void cpu_rmsnorm_bwd(rq_backend *be, float *dx, const float *dout, const 
         float *d = dx + (size_t)n * C;
         float r = rstd[n];
         float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
         for (int i = 0; i < C; i++) dot += g[i] * w[i] * xr[i];
         float coef = rq_rms_bwd_coef(r, dot, C);
         for (int i = 0; i < C; i++) d[i] += rq_rms_bwd_elem(r, w[i], g[i], coef, xr[i]);
@@ -225,6 +226,7 @@ static void cpu_group_pool_fwd(rq_backend *be, float *out, const float *in, int 
         for (int g = 0; g < G; g++) {
             int i0 = g * gs, i1 = i0 + gs < C ? i0 + gs : C;
             float s = 0.0f;
+#pragma omp simd reduction(+ : s)
             for (int i = i0; i < i1; i++) s += x[i];
             o[g] = rq_group_mean(s, i1 - i0);
         }
@@ -360,8 +362,19 @@ static void cpu_scale(rq_backend *be, float *x, float s, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
+/* Backward clears several [N][hidden] gradient buffers per layer: above
+ * RQ_CPU_PARALLEL_BYTES the cores share the memset. */
 static void cpu_fill_zero(rq_backend *be, float *x, size_t n) {
-    if (n) memset(x, 0, sizeof(float) * n);
+    const size_t bytes = sizeof(float) * n;
+    if (bytes < RQ_CPU_PARALLEL_BYTES) {
+        if (n) memset(x, 0, bytes);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < RQ_CPU_PARALLEL_PARTS; k++) {
+        size_t lo = n * (size_t)k / RQ_CPU_PARALLEL_PARTS, hi = n * (size_t)(k + 1) / RQ_CPU_PARALLEL_PARTS;
+        memset(x + lo, 0, sizeof(float) * (hi - lo));
+    }
 }
 
 void rq_cpu_train_ops_install(rq_backend *be) {
