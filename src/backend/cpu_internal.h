@@ -31,7 +31,8 @@ typedef struct cpu_ctx {
 
 /* Rows of a q2 weight [out][in] dequantized at once into the tile: as many as
  * it holds, so a projection of a small model (SmolLM2: every one) is one GEMM
- * and a large one a few big ones; at least 1. */
+ * and a large one a few big ones. Always >= 2: rq_config_validate caps input
+ * widths at 2^20 (model/build.c's MAX_HIDDEN) and the tile holds 2^21 floats. */
 static inline int rq_cpu_q2_rows_per_gemm(const cpu_ctx *c, int out, int in) {
     size_t rows = c->tile_floats / (size_t)(in > 0 ? in : 1);
     if (rows < 1) rows = 1;
