@@ -10,7 +10,10 @@
 # Reference: the sgemm rate of the same BLAS at the same thread count, measured
 # right after the run (build/bench_update --ref-only), and the ratio (target >= 50%).
 # Also the teacher's forward tokens/s in the same run. Runs at 1 and 2 threads
-# (BENCH_THREADS="1 2"; extra arguments go to `rilq calibrate`).
+# (BENCH_THREADS="1 2"; extra arguments go to `rilq calibrate`). The measured
+# update time includes what a short run amortizes badly: the first touch of the
+# training state and one checkpoint write (~160 MB) per BENCH_UPDATES updates;
+# build/bench_update times steady-state steps of the same update.
 # Prints figures; asserts nothing.  Usage: tools/bench/bench_calib.sh [calibrate options]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
