@@ -153,12 +153,15 @@ static void attention_bwd_gemm(float *ds, float *dq, float *dk, float *dv, const
     const bool pthread_blas = openblas_get_parallel() == 1; /* see cpu_attention_fwd */
     const int blas_threads = openblas_get_num_threads();
     if (pthread_blas) openblas_set_num_threads(1);
+    /* one parallel region for the whole call: every thread walks the heads, the
+       blocks of each phase are shared out (the implicit barrier after each phase
+       orders phase 1 before 2, and a head's phase 2 before the next head reuses ds) */
+#pragma omp parallel
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             const int kvh = h / group;
             const float *p = att + ((size_t)b * nh + h) * T * T;
             const size_t qoff = (size_t)b * T * ldq + (size_t)h * hd, kvoff = (size_t)b * T * ldkv + (size_t)kvh * hd;
-#pragma omp parallel
             {
 #pragma omp for schedule(dynamic, 1)
                 for (int i = n_blocks - 1; i >= 0; i--) { /* largest first */
