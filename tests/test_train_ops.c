@@ -263,7 +263,7 @@ static double att_loss(const void *vctx, const double *x) {
     const att_ctx *c = vctx;
     const int B = c->B, T = c->T, nh = c->nh, nkv = c->nkv, hd = c->hd, group = nh / nkv;
     const double *q = x, *k = q + (size_t)B * T * nh * hd, *v = k + (size_t)B * T * nkv * hd;
-    double L = 0.0, p[64]; /* T <= 64 */
+    double L = 0.0, p[192]; /* T <= 192 */
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++)
             for (int t = 0; t < T; t++) {
@@ -307,6 +307,60 @@ static void test_attention_bwd(int B, int T, int nh, int nkv, int hd) {
     snprintf(part, sizeof part, "%s dv", what);
     check_grad(part, dx + nq + nk, dx0 + nq + nk, g + nq + nk, nk);
     free(g), free(xd), free(dd), free(x), free(dout), free(out), free(att), free(dx), free(dx0);
+}
+
+/* The blocked forward (blocks of RQ_CPU_ATTENTION_BLOCK queries that skip the
+ * masked keys) continuing a cache: the last T - pos0 queries run at pos0 > 0
+ * against the keys of a cache longer than the sequence give the rows of the
+ * whole run, and both match a double-precision reference. */
+static void test_attention_fwd_blocks(int T, int pos0, int nh, int nkv, int hd) {
+    const int Tmax = T + 5, group = nh / nkv;
+    size_t nq = (size_t)T * nh * hd, nk = (size_t)Tmax * nkv * hd;
+    float *q = randv(nq, 1.0f), *k = randv(nk, 1.0f), *v = randv(nk, 1.0f);
+    float *full = malloc(sizeof(float) * nq), *tail = malloc(sizeof(float) * nq);
+    be->attention_fwd(be, full, NULL, q, k, v, 1, T, 0, Tmax, nh, nkv, hd);
+    be->attention_fwd(be, tail, NULL, q + (size_t)pos0 * nh * hd, k, v, 1, T - pos0, pos0, Tmax, nh, nkv, hd);
+    double worst_ref = 0.0, worst_tail = 0.0, p[512];
+    for (int h = 0; h < nh; h++)
+        for (int t = 0; t < T; t++) {
+            const float *qt = q + ((size_t)t * nh + h) * hd;
+            double mx = -INFINITY, sum = 0.0;
+            for (int j = 0; j <= t; j++) {
+                double sc = 0.0;
+                for (int i = 0; i < hd; i++) sc += (double)qt[i] * k[((size_t)j * nkv + h / group) * hd + i];
+                p[j] = sc / sqrt((double)hd);
+                mx = fmax(mx, p[j]);
+            }
+            for (int j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
+            for (int i = 0; i < hd; i++) {
+                double o = 0.0;
+                for (int j = 0; j <= t; j++) o += p[j] / sum * v[((size_t)j * nkv + h / group) * hd + i];
+                const size_t at = ((size_t)t * nh + h) * hd + i;
+                worst_ref = fmax(worst_ref, fabs(full[at] - o));
+                if (t >= pos0) worst_tail = fmax(worst_tail, fabs(tail[at - (size_t)pos0 * nh * hd] - full[at]));
+            }
+        }
+    /* fp32 scores and sums over <= T terms of size ~1 */
+    CHECKF(worst_ref < 2e-5, "attention_fwd T=%d: %.3g from the double reference", T, worst_ref);
+    CHECKF(worst_tail < 2e-5, "attention_fwd T=%d from pos0=%d: %.3g from the whole run", T, pos0, worst_tail);
+    free(q), free(k), free(v), free(full), free(tail);
+}
+
+/* rq_expf (the vectorizable exp of the CPU loops) against libm's expf: <= 2 ulp
+ * over the range the losses and activations use, 0 below -87, inf above 88.72,
+ * NaN through. */
+static void test_expf(void) {
+    double worst = 0.0;
+    for (float x = -87.0f; x <= 88.0f; x += 0.001953125f) {
+        float want = expf(x), got = rq_expf(x);
+        double ulp = fabs((double)got - want) / (nextafterf(want, INFINITY) - want);
+        worst = fmax(worst, ulp);
+    }
+    CHECKF(worst <= 2.0, "rq_expf: %.2f ulp from expf", worst);
+    CHECK(rq_expf(0.0f) == 1.0f);
+    CHECK(rq_expf(-100.0f) == 0.0f && rq_expf(-INFINITY) == 0.0f);
+    CHECK(isinf(rq_expf(89.0f)) && isinf(rq_expf(INFINITY)));
+    CHECK(isnan(rq_expf(NAN)));
 }
 
 /* ---- swiglu, group pooling ---------------------------------------------------------------- */
@@ -667,6 +721,11 @@ int main(void) {
     test_attention_bwd(1, 7, 3, 1, 5); /* one KV head, odd head dim */
     test_attention_bwd(2, 37, 6, 2, 4); /* T >= 32: the GEMM path, ratio 3 */
     test_attention_bwd(1, 33, 2, 2, 3); /* GEMM path, ratio 1 */
+    test_attention_bwd(1, 150, 3, 1, 4); /* three blocks of queries, the last one ragged */
+    test_attention_fwd_blocks(150, 0, 3, 1, 8);
+    test_attention_fwd_blocks(150, 70, 6, 2, 8); /* a cache continued inside a block */
+    test_attention_fwd_blocks(200, 128, 2, 2, 16); /* ... at a block boundary */
+    test_expf();
     test_swiglu_bwd(3, 13);
     test_group_pool(3, 172, 64);
     test_group_pool(3, 172, 32);

@@ -1,5 +1,5 @@
 /* The CPU backend: fp32, CBLAS GEMMs (OpenBLAS), OpenMP loops.
- * q2 weights are dequantized tile by tile just before each GEMM. */
+ * q2 weights are dequantized into one held scratch just before each GEMM. */
 #include <cblas.h>
 #include <errno.h>
 #include <stdio.h>
@@ -11,16 +11,10 @@
 
 #include "../quant/q2.h"
 #include "backend.h"
+#include "cpu_internal.h"
 #include "ops_math.h"
 #include "scratch.h"
 
-typedef struct cpu_ctx {
-    float *tile;        /* dequantization scratch for q2 weights, allocated once */
-    size_t tile_floats;
-    float *att;         /* attention score scratch, per thread, grown on demand (never per call:
-                           fresh large allocations cost a page fault per 4 KiB) */
-    size_t att_floats;
-} cpu_ctx;
 
 static void *cpu_alloc(rq_backend *be, size_t bytes, rq_err *err) { return rq_alloc_aligned(bytes, err); }
 static void cpu_free(rq_backend *be, void *p) { free(p); }
@@ -29,8 +23,20 @@ static rq_status cpu_copy_bytes(rq_backend *be, void *dst, const void *src, size
     return RQ_OK;
 }
 
+/* Large copies (the residual stream, once per layer) are split across the
+ * cores; buffers that overlap are copied as one memmove. */
 static void cpu_copy(rq_backend *be, void *dst, const void *src, size_t bytes) {
-    if (bytes) memmove(dst, src, bytes);
+    const char *s = src;
+    char *d = dst;
+    if (bytes < RQ_CPU_PARALLEL_BYTES || (d < s + bytes && s < d + bytes)) {
+        if (bytes) memmove(dst, src, bytes);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < RQ_CPU_PARALLEL_PARTS; k++) {
+        size_t lo = bytes * (size_t)k / RQ_CPU_PARALLEL_PARTS, hi = bytes * (size_t)(k + 1) / RQ_CPU_PARALLEL_PARTS;
+        memcpy(d + lo, s + lo, hi - lo);
+    }
 }
 
 static void cpu_gather_rows(rq_backend *be, float *dst, const float *src, const int *idx, int rows, int C) {
@@ -49,16 +55,15 @@ static void cpu_linear(rq_backend *be, float *out, const float *in, const rq_lin
         cpu_matmul_nt(be, out, in, W->w, N, W->out, W->in, accumulate);
         return;
     }
-    /* q2: out[:, r0:r1] = in * deq(W[r0:r1])^T, one tile of output rows at a
-     * time; a tile of ~256 KiB stays in L2 between dequantization and GEMM */
-    int tile_rows = rq_cpu_q2_tile_rows(W->out, W->in);
+    /* q2: dequantize as many rows as the tile holds (the whole weight of a small
+     * model) and run one GEMM over them: one large GEMM per projection instead of
+     * many small ones that each repack the activations */
     cpu_ctx *c = be->ctx;
-    if ((size_t)tile_rows * W->in > c->tile_floats) tile_rows = (int)(c->tile_floats / W->in);
-    float *tile = c->tile;
-    for (int r0 = 0; r0 < W->out; r0 += tile_rows) {
-        int r1 = r0 + tile_rows < W->out ? r0 + tile_rows : W->out;
-        rq_q2_dequant_rows(W->q2, r0, r1, tile, 0);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r1 - r0, W->in, 1.0f, in, W->in, tile, W->in,
+    const int rows = rq_cpu_q2_rows_per_gemm(c, W->out, W->in);
+    for (int r0 = 0; r0 < W->out; r0 += rows) {
+        int r1 = r0 + rows < W->out ? r0 + rows : W->out;
+        rq_q2_dequant_rows(W->q2, r0, r1, c->tile, 0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r1 - r0, W->in, 1.0f, in, W->in, c->tile, W->in,
                     accumulate ? 1.0f : 0.0f, out + r0, W->out);
     }
 }
@@ -74,6 +79,7 @@ static void cpu_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const float
         const float *xr = x + (size_t)n * C;
         float *o = out + (size_t)n * C;
         float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
         for (int i = 0; i < C; i++) ss += xr[i] * xr[i];
         float r = rq_rms_rstd(ss, C, eps);
         if (rstd) rstd[n] = r;
@@ -96,10 +102,13 @@ static void cpu_rope_fwd(rq_backend *be, float *x, const float *cos_t, const flo
         }
 }
 
-/* Causal GQA attention, one (sequence, query head) at a time as two GEMMs:
- * S = Q_h K_g^T over the strided head slices (lda = nh*hd, ldb = nkv*hd), a
- * masked row softmax, then O_h = P V_g. The (b, h) pairs run in parallel with
- * single-threaded GEMMs inside (OpenBLAS threads would only fight OpenMP's). */
+/* Causal GQA attention, one (sequence, query head) at a time, in blocks of
+ * RQ_CPU_ATTENTION_BLOCK queries: S = Q_blk K^T over the keys the block can see
+ * (the strided head slices: lda = nh*hd, ldb = nkv*hd), a masked row softmax,
+ * then O_blk = P_blk V. Keys past a block's last query are never computed, so
+ * causal training runs about half the full T x T work. The (b, h) pairs run in
+ * parallel with single-threaded GEMMs inside (OpenBLAS threads would only fight
+ * OpenMP's); the result does not depend on the thread count. */
 static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const float *q, const float *k,
                               const float *v, int B, int T, int pos0, int Tk_max, int nh, int nkv, int hd) {
     const float scale = 1.0f / sqrtf((float)hd);
@@ -133,24 +142,25 @@ static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const floa
                 const float *kg = k + (size_t)b * Tk_max * nkv * hd + (size_t)g * hd;
                 const float *vg = v + (size_t)b * Tk_max * nkv * hd + (size_t)g * hd;
                 float *p = att ? att + ((size_t)b * nh + h) * T * Tk : scratch;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, Tk, hd, scale, qh, nh * hd, kg, nkv * hd,
-                            0.0f, p, Tk);
-                for (int t = 0; t < T; t++) {
-                    float *row = p + (size_t)t * Tk;
-                    const int n_keys = pos0 + t + 1; /* keys at positions <= pos0 + t */
-                    float mx = row[0];
-                    for (int j = 1; j < n_keys; j++) mx = row[j] > mx ? row[j] : mx;
-                    float sum = 0.0f;
-                    for (int j = 0; j < n_keys; j++) {
-                        row[j] = expf(row[j] - mx);
-                        sum += row[j];
+                float *oh = out + (size_t)b * T * nh * hd + (size_t)h * hd;
+                for (int t0 = 0; t0 < T; t0 += RQ_CPU_ATTENTION_BLOCK) {
+                    const int t1 = t0 + RQ_CPU_ATTENTION_BLOCK < T ? t0 + RQ_CPU_ATTENTION_BLOCK : T;
+                    const int kend = pos0 + t1; /* keys the block's last query sees */
+                    float *pb = p + (size_t)t0 * Tk;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, kend, hd, scale,
+                                qh + (size_t)t0 * nh * hd, nh * hd, kg, nkv * hd, 0.0f, pb, Tk);
+                    for (int t = t0; t < t1; t++) {
+                        float *row = p + (size_t)t * Tk;
+                        const int n_keys = pos0 + t + 1; /* keys at positions <= pos0 + t */
+                        rq_softmax_row(row, n_keys);
+                        /* zeros up to the block's key count (P V reads them); a kept
+                           att holds the whole causal matrix, zeros above the diagonal */
+                        const int zero_end = att ? Tk : kend;
+                        for (int j = n_keys; j < zero_end; j++) row[j] = 0.0f;
                     }
-                    const float inv = 1.0f / sum;
-                    for (int j = 0; j < n_keys; j++) row[j] *= inv;
-                    for (int j = n_keys; j < Tk; j++) row[j] = 0.0f;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, kend, 1.0f, pb, Tk, vg,
+                                nkv * hd, 0.0f, oh + (size_t)t0 * nh * hd, nh * hd);
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, Tk, 1.0f, p, Tk, vg, nkv * hd, 0.0f,
-                            out + (size_t)b * T * nh * hd + (size_t)h * hd, nh * hd);
             }
     }
     if (pthread_blas) openblas_set_num_threads(blas_threads);
@@ -158,7 +168,7 @@ static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const floa
 
 static void cpu_swiglu_fwd(rq_backend *be, float *out, const float *gate, const float *up, int N, int H) {
     size_t n = (size_t)N * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = rq_swiglu(gate[i], up[i]);
 }
 
@@ -201,6 +211,7 @@ static void cpu_destroy(rq_backend *be) {
     if (c) {
         free(c->tile);
         free(c->att);
+        free(c->ds);
     }
     free(c);
     free(be);

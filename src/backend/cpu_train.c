@@ -6,9 +6,11 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../quant/q2.h"
 #include "backend.h"
+#include "cpu_internal.h"
 #include "ops_math.h"
 #include "scratch.h"
 
@@ -24,28 +26,16 @@ static void cpu_linear_bwd_input(rq_backend *be, float *din, const float *dout, 
                     1.0f, din, W->in);
         return;
     }
-    /* q2: din += dout[:, r0:r1] * deq(W[r0:r1]) one tile of weight rows at a
-     * time, ~256 KiB per tile so it stays in L2 between dequantization and GEMM
-     * (the same tiling as the forward linear). The tile is this call's own: the
-     * op table has no error path, and the forward's scratch belongs to cpu.c. */
-    int tile_rows = rq_cpu_q2_tile_rows(W->out, W->in);
-    float *tile = malloc(sizeof(float) * (size_t)tile_rows * (size_t)W->in);
-    if (!tile) {
-        /* Out of memory for 256 KiB: still correct, one weight at a time. */
-        for (int o = 0; o < W->out; o++)
-            for (int i = 0; i < W->in; i++) {
-                float w = rq_q2_weight(W->q2, o, i);
-                for (int n = 0; n < N; n++) din[(size_t)n * W->in + i] += dout[(size_t)n * W->out + o] * w;
-            }
-        return;
-    }
-    for (int r0 = 0; r0 < W->out; r0 += tile_rows) {
-        int r1 = r0 + tile_rows < W->out ? r0 + tile_rows : W->out;
-        rq_q2_dequant_rows(W->q2, r0, r1, tile, 0);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, W->in, r1 - r0, 1.0f, dout + r0, W->out, tile,
+    /* q2: din += dout[:, r0:r1] * deq(W[r0:r1]), as many weight rows at once as
+     * the backend's tile holds (all of a small model's): one large GEMM */
+    cpu_ctx *c = be->ctx;
+    const int rows = rq_cpu_q2_rows_per_gemm(c, W->out, W->in);
+    for (int r0 = 0; r0 < W->out; r0 += rows) {
+        int r1 = r0 + rows < W->out ? r0 + rows : W->out;
+        rq_q2_dequant_rows(W->q2, r0, r1, c->tile, 0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, W->in, r1 - r0, 1.0f, dout + r0, W->out, c->tile,
                     W->in, 1.0f, din, W->in);
     }
-    free(tile);
 }
 
 /* dW[M][K] += dout[N][M]^T * in[N][K] */
@@ -66,6 +56,7 @@ static void cpu_rmsnorm_bwd(rq_backend *be, float *dx, const float *dout, const 
         float *d = dx + (size_t)n * C;
         float r = rstd[n];
         float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
         for (int i = 0; i < C; i++) dot += g[i] * w[i] * xr[i];
         float coef = rq_rms_bwd_coef(r, dot, C);
         for (int i = 0; i < C; i++) d[i] += rq_rms_bwd_elem(r, w[i], g[i], coef, xr[i]);
@@ -145,53 +136,87 @@ static void attention_bwd_loops(float *dq, float *dk, float *dv, const float *do
 }
 
 /* ds [T][T] scratch. Heads run one after another (heads of a group share dK
- * and dV); OpenBLAS and the row loop use the cores inside each head. */
+ * and dV); inside a head the work is cut in blocks of RQ_CPU_ATTENTION_BLOCK
+ * that skip the masked half of the scores:
+ *   by query block i (rows [t0, t1), keys [0, t1)):  dP_i = dO_i V^T, the
+ *     softmax backward row by row into dS_i, dQ_i += dS_i K;
+ *   by key block j (keys [j0, j1), queries [j0, T)):  dV_j += P^T dO,
+ *     dK_j += dS^T Q (P and dS are zero above the diagonal inside the block).
+ * Blocks run in parallel with single-threaded GEMMs; every output element is
+ * computed by the same GEMM call whatever the thread count, so the result is too. */
 static void attention_bwd_gemm(float *ds, float *dq, float *dk, float *dv, const float *dout, const float *att,
                                const float *q, const float *k, const float *v, int B, int T, int nh, int nkv, int hd) {
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = nh / nkv;
     const int ldq = nh * hd, ldkv = nkv * hd;
+    const int BS = RQ_CPU_ATTENTION_BLOCK, n_blocks = (T + BS - 1) / BS;
+    const bool pthread_blas = openblas_get_parallel() == 1; /* see cpu_attention_fwd */
+    const int blas_threads = openblas_get_num_threads();
+    if (pthread_blas) openblas_set_num_threads(1);
+    /* one parallel region for the whole call: every thread walks the heads, the
+       blocks of each phase are shared out (the implicit barrier after each phase
+       orders phase 1 before 2, and a head's phase 2 before the next head reuses ds) */
+#pragma omp parallel
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             const int kvh = h / group;
             const float *p = att + ((size_t)b * nh + h) * T * T;
             const size_t qoff = (size_t)b * T * ldq + (size_t)h * hd, kvoff = (size_t)b * T * ldkv + (size_t)kvh * hd;
-            /* dV += P^T dO;  dP = dO V^T (into ds) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, p, T, dout + qoff, ldq, 1.0f,
-                        dv + kvoff, ldkv);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dout + qoff, ldq, v + kvoff, ldkv,
-                        0.0f, ds, T);
-#pragma omp parallel for schedule(static)
-            for (int t = 0; t < T; t++) {
-                const float *pr = p + (size_t)t * T;
-                float *row = ds + (size_t)t * T;
-                float row_dot = 0.0f;
-                for (int j = 0; j <= t; j++) row_dot += pr[j] * row[j];
-                for (int j = 0; j <= t; j++) row[j] = rq_attn_dscore(pr[j], row[j], row_dot, scale);
-                for (int j = t + 1; j < T; j++) row[j] = 0.0f; /* causal: no gradient above the diagonal */
+            {
+#pragma omp for schedule(dynamic, 1)
+                for (int i = n_blocks - 1; i >= 0; i--) { /* largest first */
+                    const int t0 = i * BS, t1 = t0 + BS < T ? t0 + BS : T;
+                    float *dsb = ds + (size_t)t0 * T;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, t1, hd, 1.0f,
+                                dout + qoff + (size_t)t0 * ldq, ldq, v + kvoff, ldkv, 0.0f, dsb, T);
+                    for (int t = t0; t < t1; t++) {
+                        const float *pr = p + (size_t)t * T;
+                        float *row = ds + (size_t)t * T;
+                        float row_dot = 0.0f;
+#pragma omp simd reduction(+ : row_dot)
+                        for (int j = 0; j <= t; j++) row_dot += pr[j] * row[j];
+#pragma omp simd
+                        for (int j = 0; j <= t; j++) row[j] = rq_attn_dscore(pr[j], row[j], row_dot, scale);
+                        for (int j = t + 1; j < t1; j++) row[j] = 0.0f; /* causal: no gradient above the diagonal */
+                    }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, t1, 1.0f, dsb, T, k + kvoff,
+                                ldkv, 1.0f, dq + qoff + (size_t)t0 * ldq, ldq);
+                }
+#pragma omp for schedule(dynamic, 1)
+                for (int j = 0; j < n_blocks; j++) { /* largest first: key block j sees queries [j0, T) */
+                    const int j0 = j * BS, j1 = j0 + BS < T ? j0 + BS : T;
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, hd, T - j0, 1.0f,
+                                p + (size_t)j0 * T + j0, T, dout + qoff + (size_t)j0 * ldq, ldq, 1.0f,
+                                dv + kvoff + (size_t)j0 * ldkv, ldkv);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, hd, T - j0, 1.0f,
+                                ds + (size_t)j0 * T + j0, T, q + qoff + (size_t)j0 * ldq, ldq, 1.0f,
+                                dk + kvoff + (size_t)j0 * ldkv, ldkv);
+                }
             }
-            /* dQ += dS K;  dK += dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, ds, T, k + kvoff, ldkv, 1.0f,
-                        dq + qoff, ldq);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, ds, T, q + qoff, ldq, 1.0f,
-                        dk + kvoff, ldkv);
         }
+    if (pthread_blas) openblas_set_num_threads(blas_threads);
 }
 
-
+/* The T x T scratch of the GEMM path, grown once and then held (a fresh 1 MiB
+ * buffer per call cost a page fault per 4 KiB, every layer of every step). */
 static void cpu_attention_bwd(rq_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *att,
                               const float *q, const float *k, const float *v, int B, int T, int nh, int nkv,
                               int hd) {
-    float *ds = T >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T ? malloc(sizeof(float) * (size_t)T * (size_t)T) : NULL;
-    if (ds) attention_bwd_gemm(ds, dq, dk, dv, dout, att, q, k, v, B, T, nh, nkv, hd);
+    cpu_ctx *c = be->ctx;
+    const size_t need = (size_t)T * (size_t)T;
+    if (T >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T && c->ds_floats < need) {
+        free(c->ds);
+        c->ds = malloc(sizeof(float) * need);
+        c->ds_floats = c->ds ? need : 0;
+    }
+    if (T >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T && c->ds) attention_bwd_gemm(c->ds, dq, dk, dv, dout, att, q, k, v, B, T, nh, nkv, hd);
     else attention_bwd_loops(dq, dk, dv, dout, att, q, k, v, B, T, nh, nkv, hd);
-    free(ds);
 }
 
 static void cpu_swiglu_bwd(rq_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                            const float *up, int N, int H) {
     size_t n = (size_t)N * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) rq_swiglu_bwd(gate[i], up[i], dout[i], &dgate[i], &dup[i]);
 }
 
@@ -204,6 +229,7 @@ static void cpu_group_pool_fwd(rq_backend *be, float *out, const float *in, int 
         for (int g = 0; g < G; g++) {
             int i0 = g * gs, i1 = i0 + gs < C ? i0 + gs : C;
             float s = 0.0f;
+#pragma omp simd reduction(+ : s)
             for (int i = i0; i < i1; i++) s += x[i];
             o[g] = rq_group_mean(s, i1 - i0);
         }
@@ -227,8 +253,11 @@ static void cpu_group_pool_bwd(rq_backend *be, float *din, const float *dout, in
 /* ---- losses ------------------------------------------------------------------ */
 
 /* Rows are independent: one thread per row, the log-sum-exp in fp32 after
- * subtracting the row max (exact enough: every term is <= 1). A target outside
- * [0, V) counts as masked (the loss layer rejects such targets before this). */
+ * subtracting the row max (exact enough: every term is <= 1). With a gradient,
+ * the sum pass keeps e = exp(z - max) in dlogits (which may be the logits
+ * themselves: the target's logit is read first), so each logit costs one exp.
+ * A target outside [0, V) counts as masked (the loss layer rejects such targets
+ * before this). */
 static void cpu_cross_entropy(rq_backend *be, float *loss, float *dlogits, const float *logits, const int *targets,
                               int N, int V, float grad_scale) {
 #pragma omp parallel for schedule(static)
@@ -241,16 +270,28 @@ static void cpu_cross_entropy(rq_backend *be, float *loss, float *dlogits, const
             if (dz) memset(dz, 0, sizeof(float) * (size_t)V);
             continue;
         }
+        const float z_target = z[target];
         float mx = -FLT_MAX;
-        for (int i = 0; i < V; i++)
-            if (z[i] > mx) mx = z[i];
+#pragma omp simd reduction(max : mx)
+        for (int i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
         float sum = 0.0f;
-        for (int i = 0; i < V; i++) sum += expf(z[i] - mx);
+        if (dz) {
+#pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < V; i++) {
+                float e = rq_expf(z[i] - mx);
+                dz[i] = e;
+                sum += e;
+            }
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < V; i++) sum += rq_expf(z[i] - mx);
+        }
         float lse = mx + logf(sum);
-        loss[n] = lse - z[target];
+        loss[n] = lse - z_target;
         if (dz) {
             float inv = 1.0f / sum;
-            for (int i = 0; i < V; i++) dz[i] = rq_ce_dlogit(z[i], mx, inv, grad_scale);
+#pragma omp simd
+            for (int i = 0; i < V; i++) dz[i] = rq_ce_dlogit_from_exp(dz[i], inv, grad_scale);
             dz[target] -= grad_scale;
         }
     }
@@ -324,8 +365,19 @@ static void cpu_scale(rq_backend *be, float *x, float s, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
+/* Backward clears several [N][hidden] gradient buffers per layer: above
+ * RQ_CPU_PARALLEL_BYTES the cores share the memset. */
 static void cpu_fill_zero(rq_backend *be, float *x, size_t n) {
-    if (n) memset(x, 0, sizeof(float) * n);
+    const size_t bytes = sizeof(float) * n;
+    if (bytes < RQ_CPU_PARALLEL_BYTES) {
+        if (n) memset(x, 0, bytes);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < RQ_CPU_PARALLEL_PARTS; k++) {
+        size_t lo = n * (size_t)k / RQ_CPU_PARALLEL_PARTS, hi = n * (size_t)(k + 1) / RQ_CPU_PARALLEL_PARTS;
+        memset(x + lo, 0, sizeof(float) * (hi - lo));
+    }
 }
 
 void rq_cpu_train_ops_install(rq_backend *be) {

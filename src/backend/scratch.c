@@ -23,13 +23,8 @@ size_t rq_cpu_scratch_bytes(int n_threads, const rq_config *c, int batch, int se
     size_t bytes = RQ_CPU_Q2_TILE_FLOATS * sizeof(float);
     const size_t T = (size_t)(seq > 0 ? seq : 0);
     if (!train) return bytes + T * T * (size_t)(n_threads > 0 ? n_threads : 1) * sizeof(float);
-    size_t per_call = seq >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T ? T * T * sizeof(float) : 0;
-    for (int p = 0; q2 && p < RQ_N_PROJ; p++) {
-        int out, in;
-        proj_shape(c, p, &out, &in);
-        per_call = max_sz(per_call, (size_t)rq_cpu_q2_tile_rows(out, in) * (size_t)in * sizeof(float));
-    }
-    return bytes + per_call;
+    /* q2 backward dequantizes into the forward's tile: only attention_bwd's T x T is added */
+    return bytes + (seq >= RQ_CPU_ATTENTION_BWD_GEMM_MIN_T ? T * T * sizeof(float) : 0);
 }
 
 size_t rq_cuda_scratch_bytes(bool q2_bf16, const rq_config *c, int batch, int seq, bool train, bool q2) {

@@ -11,26 +11,19 @@
 
 /* ---- CPU (cpu.c, cpu_train.c) ---- */
 
-/* The forward dequantization tile, allocated once at creation: 2M floats hold
- * >= 16 rows of any input width up to 131072. */
+/* The q2 dequantization tile, allocated once at creation and shared by the
+ * forward and backward GEMMs: 2M floats (8 MiB) hold a whole projection of up
+ * to 2M weights (SmolLM2-135M's largest is 0.9M), so each is one GEMM; a larger
+ * one is a few GEMMs of as many rows as fit (LLaMA-2-7B: 190 to 512 rows). */
 #define RQ_CPU_Q2_TILE_FLOATS ((size_t)1 << 21)
 /* Below this many queries attention_bwd runs loops without scratch (GEMM call
- * overhead, tiny squares); from it on, a T x T scratch per call. */
+ * overhead, tiny squares); from it on, a T x T scratch (grown once, then held). */
 #define RQ_CPU_ATTENTION_BWD_GEMM_MIN_T 32
-
-/* Rows of a q2 weight [out][in] dequantized at once: ~256 KiB of fp32, so a
- * tile stays in L2 between dequantization and GEMM (at least 16 rows). */
-static inline int rq_cpu_q2_tile_rows(int out, int in) {
-    int rows = 65536 / (in > 0 ? in : 1);
-    if (rows < 16) rows = 16;
-    return rows > out ? out : rows;
-}
 
 /* High-water mark of the CPU backend's own buffers for passes of model c over
  * batch x seq tokens with n_threads threads: the forward tile (held from
  * creation); in inference the attention scores, seq x seq floats per thread
- * (grown once, then held); in training the larger of backward's per-call
- * buffers (a q2 tile of linear_bwd_input, attention_bwd's T x T). */
+ * (grown once, then held); in training attention_bwd's T x T. */
 size_t rq_cpu_scratch_bytes(int n_threads, const rq_config *c, int batch, int seq, bool train, bool q2);
 
 /* ---- CUDA (cuda.c; these build without CUDA, for plans) ---- */

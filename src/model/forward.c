@@ -10,6 +10,11 @@
 /* Rows of logits computed at once by rq_forward_nll: bounds the logits
  * buffer to NLL_CHUNK x vocab floats whatever B*T is. */
 #define NLL_CHUNK 64
+/* Rows of logits a training state computes at once (the losses' head GEMMs):
+ * each head GEMM repacks the whole [vocab][dim] head, so few large chunks beat
+ * many small ones (SmolLM2: 48 MiB of logits instead of 12, against one
+ * fourth of the packing); still never [B*T][vocab] for long windows. */
+#define TRAIN_HEAD_CHUNK 256
 
 /* Activations of one decoder layer for one call, [N = B*T rows][...]. In
  * inference every layer shares one set (nothing is kept); in training each
@@ -46,6 +51,7 @@ struct rq_forward_state {
     float *rope_host;     /* host cos|sin [max_seq][hd/2] each */
     size_t act_bytes, kv_bytes, host_bytes;
     size_t rope_host_floats, logits_host_floats;
+    int head_chunk;       /* rows of s->logits (and logits2): NLL_CHUNK, TRAIN_HEAD_CHUNK in training */
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
     bool bound;           /* the model's weights are bound to be for the state's lifetime */
@@ -170,9 +176,10 @@ static rq_status forward_layout(const rq_config *c, const rq_forward_opts *o, rq
     }
     table_add(&t, &s->rstd_final, N);
     table_add(&t, &s->hidden, N * c->dim);
-    table_add(&t, &s->logits, (size_t)NLL_CHUNK * c->vocab_size);
+    s->head_chunk = o->train ? TRAIN_HEAD_CHUNK : NLL_CHUNK;
+    table_add(&t, &s->logits, (size_t)s->head_chunk * c->vocab_size);
     table_add(&t, &s->gather, (size_t)NLL_CHUNK * c->dim);
-    table_add(&t, &s->row_loss, NLL_CHUNK);
+    table_add(&t, &s->row_loss, (size_t)s->head_chunk);
     table_add(&t, &s->rope_dev, 2 * T * half);
     if (o->train) {
         table_add(&t, &s->d_x, N * c->dim);
@@ -186,7 +193,7 @@ static rq_status forward_layout(const rq_config *c, const rq_forward_opts *o, rq
         table_add(&t, &s->d_up, N * H);
         table_add(&t, &s->d_adapter, adapter_scratch);
         table_add(&t, &s->d_tmp, N * c->dim);
-        table_add(&t, &s->logits2, (size_t)NLL_CHUNK * c->vocab_size);
+        table_add(&t, &s->logits2, (size_t)s->head_chunk * c->vocab_size);
         table_add(&t, &s->y_tmp, N * c->dim);
     }
     *table = t; /* the caller frees it, whatever happens */
@@ -538,23 +545,25 @@ rq_status rq_forward_ce_grad(rq_forward_state *s, const int *targets, float grad
                            targets[i], i, V - 1);
     double total = 0.0;
     int64_t n = 0;
-    float row_loss[NLL_CHUNK];
-    for (int r0 = 0; r0 < N; r0 += NLL_CHUNK) {
-        int cnt = N - r0 < NLL_CHUNK ? N - r0 : NLL_CHUNK;
-        bool any = false;
-        for (int i = 0; i < cnt; i++) any |= targets[r0 + i] >= 0;
-        if (!any) continue;
+    float row_loss[TRAIN_HEAD_CHUNK > NLL_CHUNK ? TRAIN_HEAD_CHUNK : NLL_CHUNK];
+    /* runs of consecutive counted rows, at most head_chunk at a time: masked rows
+       (a finetune source, padding) never go through the head */
+    for (int r0 = 0; r0 < N;) {
+        if (targets[r0] < 0) {
+            r0++;
+            continue;
+        }
+        int cnt = 1;
+        while (cnt < s->head_chunk && r0 + cnt < N && targets[r0 + cnt] >= 0) cnt++;
         const float *h = s->hidden + (size_t)r0 * c->dim;
         be->linear(be, s->logits, h, &s->m->lm_head, cnt, false);
         /* dlogits overwrite the logits chunk in place, then flow back through the frozen head */
         be->cross_entropy(be, s->row_loss, d_hidden ? s->logits : NULL, s->logits, targets + r0, cnt, V, grad_scale);
         if (d_hidden) be->linear_bwd_input(be, d_hidden + (size_t)r0 * c->dim, s->logits, &s->m->lm_head, cnt);
         RQ_TRY(be->download(be, row_loss, s->row_loss, sizeof(float) * (size_t)cnt, err));
-        for (int i = 0; i < cnt; i++)
-            if (targets[r0 + i] >= 0) {
-                total += row_loss[i];
-                n++;
-            }
+        for (int i = 0; i < cnt; i++) total += row_loss[i];
+        n += cnt;
+        r0 += cnt;
     }
     if (loss_sum) *loss_sum = total;
     if (count) *count = n;
@@ -570,8 +579,8 @@ rq_status rq_forward_logit_mse_grad(rq_forward_state *s, const float *teacher_hi
     if (r0 < 0 || rows < 0 || r0 + rows > N)
         return RQ_FAIL(err, RQ_ERR_ARG, "logit MSE: rows %d..%d outside the last run's %d", r0, r0 + rows, N);
     double total = 0.0;
-    for (int c0 = r0; c0 < r0 + rows; c0 += NLL_CHUNK) {
-        int cnt = r0 + rows - c0 < NLL_CHUNK ? r0 + rows - c0 : NLL_CHUNK;
+    for (int c0 = r0; c0 < r0 + rows; c0 += s->head_chunk) {
+        int cnt = r0 + rows - c0 < s->head_chunk ? r0 + rows - c0 : s->head_chunk;
         const size_t n = (size_t)cnt * V;
         /* teacher logits from the teacher's final hidden states: the head is not quantized, so it is the
            teacher's own head and the full [T][vocab] teacher logits never need storing */

@@ -111,8 +111,8 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
     p->host = trainer.host + student.host_bytes + teacher.host_bytes;
     p->scratch = trainer.device;
     /* the device's own scratch, as the CUDA backend sizes it (bf16 GEMM operands, the default
-       precision). The CPU backend's (rq_cpu_scratch_bytes: its 8 MiB dequantization tile, the
-       backward's per-call tiles) is not counted here: see plan.h */
+       precision). The CPU backend's (rq_cpu_scratch_bytes: its 8 MiB dequantization tile,
+       attention_bwd's T x T) is not counted here: see plan.h */
     if (cuda) p->scratch += rq_cuda_scratch_bytes(true, c, o->micro_batch, o->seq_len, true, o->student_q2);
     const uint64_t weights = p->weights_q2 + p->weights_dense;
     p->training = weights + p->adapters + p->grads + p->moments + p->activations + p->scratch + p->teacher_weights +

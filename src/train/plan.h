@@ -3,7 +3,7 @@
  *
  * Memory is counted per category as ARCHITECTURE.md "Memory" lists them, in
  * the dtypes of the device:
- *   cpu   everything fp32 (weights dequantized tile by tile from q2).
+ *   cpu   everything fp32 (q2 weights dequantized into an 8 MiB tile, a projection at a time).
  *   cuda  q2 weights as stored; non-quantized tensors fp32 (the op table hands
  *         every op float pointers, so the device mirrors them as they are);
  *         the activations forward.c saves are fp32 buffers allocated through
@@ -20,7 +20,7 @@
  *   device scratch    rq_cuda_scratch_bytes (src/backend/scratch.h; be->scratch_bytes of the CUDA
  *                     backend answers with it), so a CUDA plan needs no GPU.
  * The CPU backend's own scratch (rq_cpu_scratch_bytes: an 8 MiB dequantization
- * tile held from creation, and per-call backward tiles; in inference T x T
+ * tile held from creation, in training attention_bwd's T x T; in inference T x T
  * floats per thread of attention scores) is not in the CPU plan: the tile is
  * already allocated when mem_info is read, and tests/test_plan.c pins the CPU
  * scratch to the trainer's buffers and the teacher pass to weights + one
