@@ -64,6 +64,11 @@ row() { # label model [adapter] [cost-name]
 
 wiki() { ppl "$1" "${2:-}" | cut -d' ' -f1; }
 
+merged_row() { # label name: the merged artifact's row, or what the merge said when it refused
+  if [ -f "$out/$2/config.json" ]; then row "$1" "$out/$2"
+  else printf '| %s | refused: %s | | | |\n' "$1" "$(grep -o 'relative [0-9.e+-]*, above the bound [0-9.e+-]*' "$out/$2.log" | head -n 1)" | tee -a "$out/table.md"; fi
+}
+
 gptq="--method gptq --calib-windows $gw --calib-seq-len $gl"
 refine="--calib-windows $rw --calib-seq-len $rl --refine-epochs $re"
 for g in 64 ${G32:+32}; do
@@ -111,9 +116,10 @@ for b in $best; do
       --max-micro-steps "$steps" --lr 1e-3 --head-error-windows 4 --cache "$out/cache" $T > "$cal.log" 2>&1
     read -r secs kib < "$cal.time"; echo "$secs $((kib / 1024))" > "$out/rilq-$b.cost"
   fi
-  [ -f "$out/merged-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-$b" $T > "$out/merged-$b.log" 2>&1
+  # the merge refuses (and writes nothing) when its logit check fails: a row says so
+  [ -f "$out/merged-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-$b" $T > "$out/merged-$b.log" 2>&1 || true
   row "$b + RILQ" "$out/$b" "$cal/adapter" "rilq-$b"
-  row "$b + RILQ, merged (2-bit, no adapters)" "$out/merged-$b"
+  merged_row "$b + RILQ, merged (2-bit, no adapters)" "merged-$b"
 done
 # trainable group scales beside the adapters, on the best base
 b=$(echo "$best" | head -n 1)
@@ -124,10 +130,13 @@ if [ ! -f "$cal/adapter/adapter_config.json" ]; then
     --max-micro-steps "$steps" --lr 1e-3 --head-error-windows 4 --cache "$out/cache" $T > "$cal.log" 2>&1
   read -r secs kib < "$cal.time"; echo "$secs $((kib / 1024))" > "$out/rilq-scales-$b.cost"
 fi
-[ -f "$out/merged-scales-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-scales-$b" $T > "$out/merged-scales-$b.log" 2>&1
+[ -f "$out/merged-scales-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-scales-$b" $T > "$out/merged-scales-$b.log" 2>&1 || true
 row "$b + RILQ + trainable scales" "$out/$b" "$cal/adapter" "rilq-scales-$b"
-row "$b + RILQ + trainable scales, merged" "$out/merged-scales-$b"
-best_merged="merged-$(echo "$best" | head -n 1) merged-$(echo "$best" | tail -n 1) merged-scales-$b"
+merged_row "$b + RILQ + trainable scales, merged" "merged-scales-$b"
+best_merged=""
+for n in merged-$(echo "$best" | head -n 1) merged-$(echo "$best" | tail -n 1) merged-scales-$b; do
+  [ -f "$out/$n/config.json" ] && best_merged="$best_merged $n"
+done
 
 if [ -n "${TASKS:-}" ]; then
   base=$(echo "$best" | head -n 1)
