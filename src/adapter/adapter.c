@@ -82,19 +82,6 @@ void rq_adapter_backward(rq_backend *be, const rq_adapter *a, float *dx, const f
 
 /* ---- shapes and names --------------------------------------------------------------- */
 
-static void proj_shape(const rq_config *c, int proj, int *out, int *in) {
-    const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    switch (proj) {
-    case RQ_PROJ_Q: *out = q_dim, *in = c->dim; break;
-    case RQ_PROJ_K:
-    case RQ_PROJ_V: *out = kv_dim, *in = c->dim; break;
-    case RQ_PROJ_O: *out = c->dim, *in = q_dim; break;
-    case RQ_PROJ_GATE:
-    case RQ_PROJ_UP: *out = c->hidden_dim, *in = c->dim; break;
-    default: *out = c->dim, *in = c->hidden_dim; break; /* down */
-    }
-}
-
 /* PEFT's key: base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight */
 /* The trained group scales of a projection: rilq's own tensor beside PEFT's. */
 static void scales_key(char *buf, size_t n, int layer, int proj) {
@@ -194,7 +181,7 @@ static rq_status set_shape(const rq_config *mc, const rq_adapter_config *cfg, rq
         for (int p = 0; p < RQ_N_PROJ; p++) {
             if (!(s->cfg.targets & (1u << p))) continue;
             rq_adapter *a = &s->items[(size_t)l * RQ_N_PROJ + p];
-            proj_shape(mc, p, &a->out, &a->in);
+            rq_proj_shape(mc, p, &a->out, &a->in);
             a->type = s->cfg.type;
             a->r = s->cfg.r;
             a->group_size = s->cfg.group_size;

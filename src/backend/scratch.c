@@ -2,20 +2,6 @@
  * configuration: a CUDA plan needs no CUDA. */
 #include "scratch.h"
 
-/* out and in of projection p (the shapes rq_layer_proj holds). */
-static void proj_shape(const rq_config *c, int p, int *out, int *in) {
-    const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
-    switch (p) {
-    case RQ_PROJ_Q: *out = qd, *in = c->dim; break;
-    case RQ_PROJ_K:
-    case RQ_PROJ_V: *out = kvd, *in = c->dim; break;
-    case RQ_PROJ_O: *out = c->dim, *in = qd; break;
-    case RQ_PROJ_GATE:
-    case RQ_PROJ_UP: *out = c->hidden_dim, *in = c->dim; break;
-    default: *out = c->dim, *in = c->hidden_dim; break;
-    }
-}
-
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 size_t rq_cpu_scratch_bytes(int n_threads, const rq_config *c, int batch, int seq, bool train, bool q2) {
@@ -34,7 +20,7 @@ size_t rq_cuda_scratch_bytes(bool q2_bf16, const rq_config *c, int batch, int se
         size_t widest = 0, tile = 0;
         for (int p = 0; p < RQ_N_PROJ; p++) {
             int out, in;
-            proj_shape(c, p, &out, &in);
+            rq_proj_shape(c, p, &out, &in);
             widest = max_sz(widest, (size_t)(in > out ? in : out)); /* forward reads in, backward out */
             tile = max_sz(tile, (size_t)rq_cuda_q2_tile_rows(out, in) * (size_t)in);
         }

@@ -35,4 +35,18 @@ typedef struct rq_config {
 /* The seven projections of a decoder layer, in this order everywhere. */
 enum { RQ_PROJ_Q, RQ_PROJ_K, RQ_PROJ_V, RQ_PROJ_O, RQ_PROJ_GATE, RQ_PROJ_UP, RQ_PROJ_DOWN, RQ_N_PROJ };
 
+/* out and in of projection p of a layer of shape c ([out][in] weights). */
+static inline void rq_proj_shape(const rq_config *c, int p, int *out, int *in) {
+    const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    switch (p) {
+    case RQ_PROJ_Q: *out = qd, *in = c->dim; break;
+    case RQ_PROJ_K:
+    case RQ_PROJ_V: *out = kvd, *in = c->dim; break;
+    case RQ_PROJ_O: *out = c->dim, *in = qd; break;
+    case RQ_PROJ_GATE:
+    case RQ_PROJ_UP: *out = c->hidden_dim, *in = c->dim; break;
+    default: *out = c->dim, *in = c->hidden_dim; break; /* down */
+    }
+}
+
 #endif

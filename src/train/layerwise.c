@@ -37,10 +37,6 @@ static void capture_input(void *user, int layer, int proj, const float *x, int N
     c->rows += N;
 }
 
-static int proj_in_dim(const rq_config *c, int p) {
-    return p == RQ_PROJ_O ? c->n_heads * c->head_dim : p == RQ_PROJ_DOWN ? c->hidden_dim : c->dim;
-}
-
 
 /* Run layer l over every window: x [n][T][dim] in, and (when write_back) the layer's output back into x. */
 static rq_status run_layer_all(rq_forward_state *fs, rq_backend *be, float *x, int n, int T, int dim, int l, int B,
@@ -383,7 +379,8 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
             bool any = false;
             for (int k = 0; k < 3; k++) any |= group_members[g][k] >= 0 && (mask & (1u << group_members[g][k]));
             if (!any) continue;
-            const int in = proj_in_dim(c, group_first[g]);
+            int out_unused, in;
+            rq_proj_shape(c, group_first[g], &out_unused, &in);
             if (o->gptq_init) {
                 memset(H, 0, sizeof(double) * (size_t)in * in);
                 capture cap = {be, l, group_first[g], H, xh, xd, 0, RQ_OK, err};

@@ -21,19 +21,6 @@ void rq_plan_default_opts(rq_plan_opts *o) {
                         .quant_group_size = 64};
 }
 
-static void proj_shape(const rq_config *c, int p, int *out, int *in) {
-    const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
-    switch (p) {
-    case RQ_PROJ_Q: *out = qd, *in = c->dim; break;
-    case RQ_PROJ_K:
-    case RQ_PROJ_V: *out = kvd, *in = c->dim; break;
-    case RQ_PROJ_O: *out = c->dim, *in = qd; break;
-    case RQ_PROJ_GATE:
-    case RQ_PROJ_UP: *out = c->hidden_dim, *in = c->dim; break;
-    default: *out = c->dim, *in = c->hidden_dim; break;
-    }
-}
-
 static int adapter_cols(const rq_plan_opts *o, int in) {
     int gs = o->adapter_group_size > 0 ? o->adapter_group_size : 64;
     return o->adapter == RQ_ADAPTER_QALORA ? (in + gs - 1) / gs : in;
@@ -70,7 +57,7 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
     for (int l = 0; l < c->n_layers; l++)
         for (int pj = 0; pj < RQ_N_PROJ; pj++) {
             int out, in;
-            proj_shape(c, pj, &out, &in);
+            rq_proj_shape(c, pj, &out, &in);
             if (o->student_q2) q2 += rq_q2_data_bytes(out, in, o->quant_group_size);
             else dense_floats += (uint64_t)out * in;
         }
@@ -167,7 +154,7 @@ void rq_plan_flops_compute(const rq_config *c, const rq_plan_opts *o, rq_plan_fl
     double proj = 0, q2 = 0, ad_fwd = 0;
     for (int pj = 0; pj < RQ_N_PROJ; pj++) {
         int out, in;
-        proj_shape(c, pj, &out, &in);
+        rq_proj_shape(c, pj, &out, &in);
         proj += (double)out * in;
         if (o->student_q2) q2 += (double)rq_q2_data_bytes(out, in, o->quant_group_size);
         else q2 += 4.0 * out * in;
