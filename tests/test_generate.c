@@ -4,7 +4,7 @@
  * the WikiText-2 text is joined the GPTQ way. */
 #include <math.h>
 
-#include "eval/generate.h"
+#include "model/generate.h"
 #include "eval/ppl.h"
 #include "model/forward.h"
 #include "test.h"

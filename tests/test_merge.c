@@ -253,6 +253,35 @@ static bool same_offsets(const rq_model *a, const rq_model *b) {
     return true;
 }
 
+/* The verification's tokens: text the adapter model samples (from BOS, seeded,
+ * the same for the same seed), or uniform random tokens; both verify a correct merge. */
+static void test_verify_tokens(const char *dir) {
+    rq_err err = {0};
+    rq_model *m = load(dir);
+    if (!m) return;
+    rq_adapter_set *s = random_adapters(m, RQ_ADAPTER_QALORA, 8, 64, b_range(8, 64));
+    enum { N = 2, T = 24 };
+    int a[N * T], b[N * T], c[N * T];
+    CHECK_OK(rq_merge_sample_tokens(m, be, s, a, N, T, 5, &err), &err);
+    CHECK_OK(rq_merge_sample_tokens(m, be, s, b, N, T, 5, &err), &err);
+    CHECK_OK(rq_merge_sample_tokens(m, be, s, c, N, T, 6, &err), &err);
+    CHECK(memcmp(a, b, sizeof a) == 0 && memcmp(a, c, sizeof a) != 0);
+    bool in_range = true;
+    for (int i = 0; i < N * T; i++) in_range &= a[i] >= 0 && a[i] < m->cfg.vocab_size;
+    CHECK(in_range);
+    if (m->cfg.bos_id >= 0) CHECK(a[0] == m->cfg.bos_id && a[T] == m->cfg.bos_id);
+    CHECK(m->adapters == NULL); /* the adapters were attached only while sampling */
+    rq_merge_opts o;
+    rq_merge_opts_default(&o);
+    o.verify_random = true;
+    rq_merge_report rep;
+    CHECK_OK(rq_merge_model(m, s, be, &o, &rep, &err), &err);
+    CHECK(rep.verified && rep.passed);
+    printf("random-token verification: relative %.3e (bound %.3e)\n", rep.max_rel_diff, rep.tolerance);
+    rq_adapter_set_free(s);
+    rq_model_free(m);
+}
+
 static void test_refusals(const char *dir) {
     rq_err err = {0};
     rq_model *m = load(dir), *pristine = load(dir);
@@ -429,6 +458,7 @@ int main(void) {
     const char *dir = rq_test_out("merge-stories-nf2-64");
     make_artifact(true, RQ_QUANT_NF2, 64, dir);
     test_bound_catches_error(dir);
+    test_verify_tokens(dir);
     test_refusals(dir);
     test_requantize(dir, true);
     test_end_to_end(dir);

@@ -9,6 +9,7 @@
 #include "../io/artifact.h"
 #include "../model/bind.h"
 #include "../model/forward.h"
+#include "../model/generate.h"
 #include "../quant/quantize.h"
 #include "merge.h"
 
@@ -140,6 +141,24 @@ void rq_merge_verify_tokens(int *tokens, int n, int T, int vocab, uint64_t seed)
     rq_rng rng;
     rq_rng_seed(&rng, seed);
     for (size_t i = 0; i < (size_t)n * (size_t)T; i++) tokens[i] = (int)(rq_rng_u64(&rng) % (uint64_t)vocab);
+}
+
+rq_status rq_merge_sample_tokens(rq_model *m, rq_backend *be, rq_adapter_set *ad, int *tokens, int n, int T,
+                                 uint64_t seed, rq_err *err) {
+    rq_merge_verify_tokens(tokens, n, T, m->cfg.vocab_size, seed); /* the first tokens when there is no BOS */
+    rq_adapter_set *attached = m->adapters;
+    m->adapters = ad; /* generation runs the model with what it has attached */
+    rq_status s = RQ_OK;
+    for (int i = 0; s == RQ_OK && i < n && T > 1; i++) {
+        int *seq = tokens + (size_t)i * (size_t)T, *gen = NULL, n_gen = 0;
+        if (m->cfg.bos_id >= 0 && m->cfg.bos_id < m->cfg.vocab_size) seq[0] = m->cfg.bos_id;
+        rq_sample_opts so = {.max_new = T - 1, .temperature = 1.0f, .top_p = 1.0f, .seed = seed + (uint64_t)i};
+        s = rq_generate(m, be, seq, 1, &so, NULL, 0, NULL, NULL, &gen, &n_gen, err);
+        if (s == RQ_OK) memcpy(seq + 1, gen, sizeof(int) * (size_t)n_gen); /* n_gen == T - 1: no stop tokens */
+        free(gen);
+    }
+    m->adapters = attached;
+    return s;
 }
 
 rq_status rq_merge_logits(rq_model *m, rq_backend *be, rq_adapter_set *ad, const int *tokens, int n, int T, float *out,
@@ -446,8 +465,9 @@ rq_status rq_merge_model(rq_model *m, rq_adapter_set *s, rq_backend *be, const r
     if (r == RQ_OK) r = stage_all(m, s, host, &o, st, rep, err);
     if (r == RQ_OK && n > 0) {
         /* reference and base logits before anything changes */
-        rq_merge_verify_tokens(tokens, n, T, V, o.verify_seed);
-        r = rq_merge_logits(m, be, s, tokens, n, T, ref, err);
+        if (o.verify_random) rq_merge_verify_tokens(tokens, n, T, V, o.verify_seed);
+        else r = rq_merge_sample_tokens(m, be, s, tokens, n, T, o.verify_seed, err);
+        if (r == RQ_OK) r = rq_merge_logits(m, be, s, tokens, n, T, ref, err);
         if (r == RQ_OK) r = rq_merge_logits(m, be, NULL, tokens, n, T, got, err);
         if (r == RQ_OK)
             rq_merge_compare(ref, got, (size_t)n * T, V, &rep->adapter_abs_diff, &rep->adapter_rel_diff,

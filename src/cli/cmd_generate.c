@@ -1,7 +1,7 @@
 /* rilq generate: prompt -> text, streamed as it is produced. */
 #include <stdlib.h>
 
-#include "../eval/generate.h"
+#include "../model/generate.h"
 #include "../pipeline/stages.h"
 #include "cli.h"
 

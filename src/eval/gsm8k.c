@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "../model/bind.h"
-#include "generate.h"
+#include "../model/generate.h"
 #include "gsm8k.h"
 #include "gsm8k_extract.h"
 #include "mc.h"

@@ -13,7 +13,10 @@ static const rq_opt merge_opts[] = {
              "then reported, not checked, unless --tolerance is given"),
     RQ_OPT_I("--verify-seqs", NULL, O, verify_seqs, "4", 1, 65536, "N", "sequences for the verification"),
     RQ_OPT_I("--verify-len", NULL, O, verify_len, "64", 1, 1 << 20, "T", "tokens per sequence (at most the model's context)"),
-    RQ_OPT_I("--verify-seed", NULL, O, verify_seed, "1234", 0, 0x7fffffff, "S", "seed of the random tokens"),
+    RQ_OPT_S("--verify-tokens", NULL, O, verify_tokens, "sampled", "sampled|random", NULL,
+             "the verification's input: text the adapter model samples (temperature 1,\n"
+             "from BOS), or uniform random tokens"),
+    RQ_OPT_I("--verify-seed", NULL, O, verify_seed, "1234", 0, 0x7fffffff, "S", "seed of the verification tokens"),
     RQ_OPT_N("--tolerance", NULL, O, tolerance, "0", 0, 1e6, "X",
              "bound on the relative logit difference (0: the default bound above)"),
     RQ_OPT_B("--no-verify", NULL, O, no_verify, "false", "skip the logit verification (the weight check always runs)"),
@@ -41,6 +44,7 @@ rq_status rq_stage_merge(const rq_stage_merge_opts *o, rq_stage_merge_report *re
     mo.verify_seqs = o->no_verify ? 0 : (int)o->verify_seqs;
     mo.verify_len = (int)o->verify_len;
     mo.verify_seed = (uint64_t)o->verify_seed;
+    mo.verify_random = !strcmp(o->verify_tokens, "random");
     if (o->tolerance > 0) mo.tolerance = o->tolerance;
     mo.check_requantized = o->tolerance > 0;
     mo.n_threads = (int)o->common.threads;
@@ -63,9 +67,9 @@ rq_status rq_stage_merge(const rq_stage_merge_opts *o, rq_stage_merge_report *re
                     r->requant_mean_rel_err, r->requant_max_rel_err, r->requant_worst, r->requant_max_err_over_update);
     }
     if (r->verified) {
-        rq_info("verification (%d x %d random tokens): merged vs adapter model: max |diff| %.4g, relative %.4g; "
+        rq_info("verification (%d x %d %s tokens): merged vs adapter model: max |diff| %.4g, relative %.4g; "
                 "adapters vs base: %.4g, relative %.4g (max |logit| %.4g)",
-                r->verify_seqs, r->verify_len, r->max_abs_diff, r->max_rel_diff, r->adapter_abs_diff, r->adapter_rel_diff,
+                r->verify_seqs, r->verify_len, mo.verify_random ? "random" : "sampled", r->max_abs_diff, r->max_rel_diff, r->adapter_abs_diff, r->adapter_rel_diff,
                 r->max_abs_logit);
         if (r->tolerance > 0) rq_info("bound: relative %.3g: %s", r->tolerance, r->passed ? "passed" : "FAILED");
         else rq_info("bound: not applied to a re-quantized merge (give --tolerance to apply one)");

@@ -163,6 +163,7 @@ typedef struct rq_stage_merge_opts {
     const char *artifact, *adapter, *out;
     bool requantize, no_verify, compress;
     int64_t verify_seqs, verify_len, verify_seed;
+    const char *verify_tokens; /* "sampled" | "random" */
     double tolerance; /* 0: the default bound */
     rq_common_opts common;
 } rq_stage_merge_opts;

@@ -3,7 +3,7 @@
 #define RQ_GENERATE_H
 
 #include "../backend/backend.h"
-#include "../model/model.h"
+#include "model.h"
 
 typedef struct rq_sample_opts {
     int max_new;       /* new tokens at most */

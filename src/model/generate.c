@@ -3,7 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../model/forward.h"
+#include "forward.h"
 #include "generate.h"
 
 typedef struct prob_index {
