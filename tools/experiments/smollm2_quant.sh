@@ -3,7 +3,8 @@
 # good"): RTN, RTN + clip search, GPTQ, block-wise reconstruction (scales and
 # offsets: "clip"; and the weights: "weights", EfficientQAT's Block-AP) after RTN
 # or GPTQ, at group size 64 (and 32 with G32=1); then RILQ (QA-LoRA) on the two
-# best and the merged 2-bit models; ARC-Easy and PIQA for full precision, the best
+# best and the merged 2-bit models; RILQ's rank sensitivity (RANKS, default 16 32,
+# beside 64) on the best base; ARC-Easy and PIQA for full precision, the best
 # 2-bit baseline and the best merged model (TASKS=1).
 #
 # Budgets for a 2-core CPU (each settable):
@@ -108,14 +109,19 @@ best=$(for n in rtn-g64 rtn-clip-g64 gptq-g64 rtn-lwc-g64 rtn-bap-g64 gptq-bap-g
   echo '| model | WikiText-2 | C4 held out | seconds | peak MiB |'
   echo '| --- | --- | --- | --- | --- |'
 } | tee -a "$out/table.md"
+# calibrate NAME BASE ARGS...: RILQ at the budget above on base $out/BASE into $out/NAME
+# (seconds and peak memory in $out/NAME.cost)
+calibrate() {
+  local cal="$out/$1" base="$2"; shift 2
+  [ -f "$cal/adapter/adapter_config.json" ] && return 0
+  /usr/bin/time -f "%e %M" -o "$cal.time" "$rilq" calibrate "$fp" --student "$out/$base" --out "$cal" --alpha 16 \
+    --windows 48 --seq-len 128 --val-windows 16 --c4-docs 0:1000 --accum 8 --eval-every 10 --patience 3 \
+    --max-micro-steps "$steps" --lr 1e-3 --head-error-windows 4 --cache "$out/cache" $T "$@" > "$cal.log" 2>&1
+  read -r secs kib < "$cal.time"; echo "$secs $((kib / 1024))" > "$cal.cost"
+}
 for b in $best; do
   cal="$out/rilq-$b"
-  if [ ! -f "$cal/adapter/adapter_config.json" ]; then
-    /usr/bin/time -f "%e %M" -o "$cal.time" "$rilq" calibrate "$fp" --student "$out/$b" --out "$cal" --rank 64 --alpha 16 \
-      --windows 48 --seq-len 128 --val-windows 16 --c4-docs 0:1000 --accum 8 --eval-every 10 --patience 3 \
-      --max-micro-steps "$steps" --lr 1e-3 --head-error-windows 4 --cache "$out/cache" $T > "$cal.log" 2>&1
-    read -r secs kib < "$cal.time"; echo "$secs $((kib / 1024))" > "$out/rilq-$b.cost"
-  fi
+  calibrate "rilq-$b" "$b" --rank 64
   # the merge refuses (and writes nothing) when its logit check fails: a row says so
   [ -f "$out/merged-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-$b" $T > "$out/merged-$b.log" 2>&1 || true
   row "$b + RILQ" "$out/$b" "$cal/adapter" "rilq-$b"
@@ -124,15 +130,23 @@ done
 # trainable group scales beside the adapters, on the best base
 b=$(echo "$best" | head -n 1)
 cal="$out/rilq-scales-$b"
-if [ ! -f "$cal/adapter/adapter_config.json" ]; then
-  /usr/bin/time -f "%e %M" -o "$cal.time" "$rilq" calibrate "$fp" --student "$out/$b" --out "$cal" --rank 64 --alpha 16 \
-    --train-scales --windows 48 --seq-len 128 --val-windows 16 --c4-docs 0:1000 --accum 8 --eval-every 10 --patience 3 \
-    --max-micro-steps "$steps" --lr 1e-3 --head-error-windows 4 --cache "$out/cache" $T > "$cal.log" 2>&1
-  read -r secs kib < "$cal.time"; echo "$secs $((kib / 1024))" > "$out/rilq-scales-$b.cost"
-fi
+calibrate "rilq-scales-$b" "$b" --rank 64 --train-scales
 [ -f "$out/merged-scales-$b/config.json" ] || "$rilq" merge "$out/$b" "$cal/adapter" --out "$out/merged-scales-$b" $T > "$out/merged-scales-$b.log" 2>&1 || true
 row "$b + RILQ + trainable scales" "$out/$b" "$cal/adapter" "rilq-scales-$b"
 merged_row "$b + RILQ + trainable scales, merged" "merged-scales-$b"
+# rank sensitivity on the best base: the same budget at ranks RANKS (and 64 above), alpha 16
+{
+  echo
+  echo "RILQ rank sensitivity on $b (same budget, alpha 16):"
+  echo
+  echo '| model | WikiText-2 | C4 held out | seconds | peak MiB |'
+  echo '| --- | --- | --- | --- | --- |'
+} | tee -a "$out/table.md"
+for r in ${RANKS:-16 32}; do
+  calibrate "rilq-r$r-$b" "$b" --rank "$r"
+  row "$b + RILQ r=$r" "$out/$b" "$out/rilq-r$r-$b/adapter" "rilq-r$r-$b"
+done
+row "$b + RILQ r=64" "$out/$b" "$out/rilq-$b/adapter" "rilq-$b"
 best_merged=""
 for n in merged-$(echo "$best" | head -n 1) merged-$(echo "$best" | tail -n 1) merged-scales-$b; do
   [ -f "$out/$n/config.json" ] && best_merged="$best_merged $n"
