@@ -84,19 +84,6 @@ static void rm_tree(const char *path) {
     nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static rq_status write_json(const char *path, const cJSON *o, rq_err *err) {
-    char *t = cJSON_Print(o);
-    if (!t) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    rq_buf b = {0};
-    rq_buf_puts(&b, t);
-    rq_buf_puts(&b, "\n");
-    cJSON_free(t);
-    rq_status st = b.failed ? RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path)
-                            : rq_write_file_atomic(path, b.data, b.len, err);
-    rq_buf_free(&b);
-    return st;
-}
-
 static cJSON *read_json(const char *path) {
     char *text = NULL;
     size_t n = 0;
@@ -283,7 +270,7 @@ static void run_stage(run_ctx *c, const char *name, const char *subdir, const st
     cJSON_AddItemToObject(m, "options", rq_opts_to_json(call->table, call->opts));
     cJSON_AddItemToObject(m, "report", report ? report : cJSON_CreateObject());
     cJSON_AddNumberToObject(m, "finished_unix", (double)time(NULL));
-    if (write_json(marker, m, &err) != RQ_OK) {
+    if (rq_json_write_file(marker, m, &err) != RQ_OK) {
         fprintf(stderr, "rilq run: %s: %s\n", name, err.msg);
         rec->status = "failed";
         c->n_failed++;
@@ -671,7 +658,7 @@ static rq_status write_outputs(const run_ctx *c, const cJSON *results, rq_err *e
     s = write_file_in(c->dir, "metrics.jsonl", metrics, len, err);
     if (s == RQ_OK) {
         char *path = rq_path_join_alloc(c->dir, "results.json", err);
-        s = path ? write_json(path, results, err) : RQ_ERR_NOMEM;
+        s = path ? rq_json_write_file(path, results, err) : RQ_ERR_NOMEM;
         free(path);
     }
     char *recipe = rq_recipe_to_json(c->r), *html = NULL;
@@ -836,7 +823,7 @@ static rq_status write_versions(const run_ctx *c, int argc, char **argv, rq_err 
     cJSON_AddItemToArray(args, cJSON_CreateString("rilq"));
     for (int i = 0; i < argc; i++) cJSON_AddItemToArray(args, cJSON_CreateString(argv[i]));
     cJSON_AddItemToArray(inv, e);
-    rq_status st = write_json(path, v, err);
+    rq_status st = rq_json_write_file(path, v, err);
     cJSON_Delete(v);
     free(path);
     return st;

@@ -55,9 +55,7 @@ rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts 
     return rq_plan_check(&plan, o, be, resident, err);
 }
 
-rq_status rq_stage_write_json(const char *dir, const char *name, const cJSON *o, rq_err *err) {
-    char *path = rq_path_join_alloc(dir, name, err);
-    if (!path) return RQ_ERR_NOMEM;
+rq_status rq_json_write_file(const char *path, const cJSON *o, rq_err *err) {
     char *text = cJSON_Print(o);
     rq_buf b = {0};
     if (text) {
@@ -68,6 +66,13 @@ rq_status rq_stage_write_json(const char *dir, const char *name, const cJSON *o,
     rq_status st = !text || b.failed ? RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path)
                                      : rq_write_file_atomic(path, b.data, b.len, err);
     rq_buf_free(&b);
+    return st;
+}
+
+rq_status rq_stage_write_json(const char *dir, const char *name, const cJSON *o, rq_err *err) {
+    char *path = rq_path_join_alloc(dir, name, err);
+    if (!path) return RQ_ERR_NOMEM;
+    rq_status st = rq_json_write_file(path, o, err);
     free(path);
     return st;
 }

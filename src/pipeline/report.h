@@ -18,6 +18,9 @@
 
 #include "../core/core.h"
 
+/* o as indented JSON plus a newline, written atomically to path. */
+rq_status rq_json_write_file(const char *path, const cJSON *o, rq_err *err);
+
 /* The table as aligned text (malloc'd); a missing value prints as "-". */
 char *rq_report_table(const cJSON *results);
 
