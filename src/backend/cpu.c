@@ -12,6 +12,7 @@
 #include "../quant/q2.h"
 #include "backend.h"
 #include "cpu_internal.h"
+#include "cpu_matvec.h"
 #include "ops_math.h"
 #include "scratch.h"
 
@@ -258,6 +259,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->scratch_bytes = cpu_scratch_bytes;
     be->gather_rows = cpu_gather_rows;
     be->linear = cpu_linear;
+    be->linear_rows = rq_cpu_linear_rows;
     be->matmul_nt = cpu_matmul_nt;
     be->embedding = cpu_embedding;
     be->rmsnorm_fwd = cpu_rmsnorm_fwd;
