@@ -4,7 +4,10 @@
  * 172-wide down_proj, rows that are no multiple of a vector, group sizes that
  * straddle bytes), M = 1..9 activation rows; each weight as a kernel uses it
  * is the reference dequantization's bit for bit (one-hot inputs); results do
- * not depend on the thread count; accumulate adds exactly the fresh result. */
+ * not depend on the thread count; accumulate adds exactly the fresh result.
+ * Exact compact copies of fp32 matrices (int8 blocks, bf16, fp16) give the
+ * fp32 kernels' results bit for bit, and the backend drops its copies when a
+ * model is unbound or rebound. */
 #include <math.h>
 
 #include "backend/cpu_matvec.h"
@@ -203,6 +206,98 @@ static void test_f32_shape(int out, int in) {
     free(w), free(x), free(y), free(y2);
 }
 
+/* A matrix whose every block of 32 is d * q with an fp16 d and int8 q (as a
+ * GGUF Q8_0 tensor dequantized in fp32), or bf16 / fp16 values, or plain fp32. */
+static float *dense_values(int out, int in, rq_dense_kind kind) {
+    float *w = random_vec((size_t)out * in);
+    for (size_t b = 0; kind == RQ_DENSE_I8 && b < (size_t)out * in / 32; b++) {
+        float d = rq_f16_to_f32(rq_f32_to_f16(0.01f + 0.001f * (float)(b % 17)));
+        for (int i = 0; i < 32; i++) w[b * 32 + i] = d * (float)((int)(next_u64() % 255) - 127);
+        w[b * 32 + b % 32] = (b & 1 ? -127.0f : 127.0f) * d; /* Q8_0's d = max|w| / 127: some |q| is 127 */
+    }
+    for (size_t i = 0; i < (size_t)out * in; i++) {
+        if (kind == RQ_DENSE_BF16) w[i] = rq_bf16_to_f32(rq_f32_to_bf16(w[i]));
+        if (kind == RQ_DENSE_F16) w[i] = rq_f16_to_f32(rq_f32_to_f16(w[i]));
+    }
+    return w;
+}
+
+/* Exact compact copies: the expected kind for each kind of values, and the
+ * kernels on a copy give the fp32 kernels' results bit for bit (the same
+ * weights in the same summation order), at any M and thread count. */
+static void test_dense_compact(int out, int in) {
+    rq_err err = {0};
+    for (int kind = RQ_DENSE_F32; kind <= RQ_DENSE_F16; kind++) {
+        float *w = dense_values(out, in, (rq_dense_kind)kind);
+        rq_dense_matrix cm;
+        CHECK_OK(rq_dense_compact(w, out, in, &cm, &err), &err);
+        /* int8 blocks need whole blocks of 32; bf16 values are also fp16 values only by chance */
+        rq_dense_kind want = kind == RQ_DENSE_I8 && in % 32 ? RQ_DENSE_F32 : (rq_dense_kind)kind;
+        if (kind == RQ_DENSE_I8 && in % 32) want = cm.kind; /* whatever 16-bit form fits, or fp32 */
+        CHECKF(cm.kind == want, "%dx%d values of kind %s compacted to %s", out, in,
+               rq_dense_kind_name((rq_dense_kind)kind), rq_dense_kind_name(cm.kind));
+        CHECK((cm.kind == RQ_DENSE_F32) == (cm.owned == NULL) && (cm.kind != RQ_DENSE_F32 || cm.w == w));
+        const int ldy = out;
+        float *x = random_vec((size_t)5 * in), *a = malloc(sizeof(float) * 5 * out), *b = malloc(sizeof(float) * 5 * out);
+        for (int isa = 0; isa < RQ_MATVEC_N_ISA; isa++) {
+            if (!rq_matvec_isa_supported((rq_matvec_isa)isa)) continue;
+            for (int M = 1; M <= 5; M++) {
+                rq_f32_matvec((rq_matvec_isa)isa, w, out, in, x, M, a, ldy, false, 1);
+                rq_dense_matvec((rq_matvec_isa)isa, &cm, x, M, b, ldy, false, 2);
+                CHECKF(memcmp(a, b, sizeof(float) * (size_t)M * out) == 0, "%s copy (%s, %dx%d, M=%d) differs from fp32",
+                       rq_dense_kind_name(cm.kind), rq_matvec_isa_name((rq_matvec_isa)isa), out, in, M);
+            }
+        }
+        free(x), free(a), free(b), free(w);
+        rq_dense_free(&cm);
+    }
+    /* -0.0 is not d * q (that gives +0.0): no int8 copy */
+    float *w = dense_values(out, in, RQ_DENSE_I8);
+    w[0] = -0.0f;
+    rq_dense_matrix cm;
+    CHECK_OK(rq_dense_compact(w, out, in, &cm, &err), &err);
+    CHECK(cm.kind != RQ_DENSE_I8);
+    rq_dense_free(&cm);
+    free(w);
+}
+
+/* The backend keeps compact copies only of bound weights, and drops them when
+ * the model is unbound (last binding) or rebound (its arrays rewritten). */
+static void test_decode_cache(void) {
+    rq_err err = {0};
+    rq_backend *be = NULL;
+    CHECK_OK(rq_backend_cpu_create(0, &be, &err), &err);
+    if (!be || !be->linear_rows) return;
+    const int out = 1024, in = 512; /* 2 MiB of fp32: above the size worth a copy */
+    float *w = dense_values(out, in, RQ_DENSE_BF16);
+    rq_linear L = {.out = out, .in = in, .w = w};
+    float *x = random_vec(in), *ref = malloc(sizeof(float) * out), *y = malloc(sizeof(float) * out);
+    int key; /* any address serves as the model's key */
+    rq_weight_span span = {w, sizeof(float) * (size_t)out * in};
+    CHECK_OK(be->bind_weights(be, (const struct rq_model *)&key, &span, 1, &err), &err);
+    CHECK_OK(be->bind_weights(be, (const struct rq_model *)&key, &span, 1, &err), &err); /* bindings nest */
+    rq_f32_matvec(rq_matvec_isa_best(), w, out, in, x, 1, ref, out, false, 0);
+    be->linear_rows(be, y, x, &L, 1, false);
+    CHECK(memcmp(ref, y, sizeof(float) * out) == 0);
+    be->unbind_weights(be, (const struct rq_model *)&key); /* still bound once: the copy stays valid */
+    be->linear_rows(be, y, x, &L, 1, false);
+    CHECK(memcmp(ref, y, sizeof(float) * out) == 0);
+    /* rewritten and rebound: the next call reads the new values */
+    for (int i = 0; i < in; i++) w[i] = rq_bf16_to_f32(rq_f32_to_bf16(2.0f * w[i] + 1.0f));
+    CHECK_OK(be->rebind_weights(be, (const struct rq_model *)&key, &span, 1, &err), &err);
+    rq_f32_matvec(rq_matvec_isa_best(), w, out, in, x, 1, ref, out, false, 0);
+    be->linear_rows(be, y, x, &L, 1, false);
+    CHECKF(memcmp(ref, y, sizeof(float) * out) == 0, "linear_rows after a rebind reads stale weights");
+    /* unbound: no copy; rewritten values (no longer bf16) are read as they are */
+    be->unbind_weights(be, (const struct rq_model *)&key);
+    for (int i = 0; i < in; i++) w[i] += 1e-3f;
+    rq_f32_matvec(rq_matvec_isa_best(), w, out, in, x, 1, ref, out, false, 0);
+    be->linear_rows(be, y, x, &L, 1, false);
+    CHECKF(memcmp(ref, y, sizeof(float) * out) == 0, "linear_rows after the last unbind reads a stale copy");
+    free(w), free(x), free(ref), free(y);
+    rq_backend_destroy(be);
+}
+
 /* The backend op: linear_rows agrees with linear (the GEMM path) for fp32 and q2 weights. */
 static void test_backend_op(void) {
     rq_err err = {0};
@@ -241,6 +336,10 @@ int main(void) {
     test_f32_shape(13, 172);
     test_f32_shape(5, 7);
     test_f32_shape(70, 1000);
+    test_dense_compact(40, 576);
+    test_dense_compact(13, 172);
+    test_dense_compact(3, 7);
+    test_decode_cache();
     test_backend_op();
     return rq_test_finish();
 }

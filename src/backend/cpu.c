@@ -213,18 +213,31 @@ static void cpu_destroy(rq_backend *be) {
         free(c->tile);
         free(c->att);
         free(c->ds);
+        rq_decode_cache_free(c->decode);
     }
     free(c);
     free(be);
 }
 
-/* The ops read frozen weights in host memory, where they are: nothing to bind. */
+/* The ops read frozen weights in host memory, where they are: binding only
+ * tells linear_rows which weights it may keep compact copies of. */
 static rq_status cpu_bind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
                                   rq_err *err) {
+    rq_decode_cache_bind(&((cpu_ctx *)be->ctx)->decode, m, spans, n);
     return RQ_OK;
 }
 
-static void cpu_unbind_weights(rq_backend *be, const struct rq_model *m) {}
+static void cpu_unbind_weights(rq_backend *be, const struct rq_model *m) {
+    rq_decode_cache_unbind(((cpu_ctx *)be->ctx)->decode, m, false);
+}
+
+static rq_status cpu_rebind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                                    rq_err *err) {
+    rq_decode_cache_unbind(((cpu_ctx *)be->ctx)->decode, m, true);
+    return RQ_OK;
+}
+
+rq_decode_cache *rq_cpu_decode_cache(rq_backend *be) { return ((cpu_ctx *)be->ctx)->decode; }
 
 rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     *out = NULL;
@@ -270,7 +283,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->add_inplace = cpu_add_inplace;
     be->bind_weights = cpu_bind_weights;
     be->unbind_weights = cpu_unbind_weights;
-    be->rebind_weights = cpu_bind_weights;
+    be->rebind_weights = cpu_rebind_weights;
     be->destroy = cpu_destroy;
     rq_cpu_train_ops_install(be);
     *out = be;

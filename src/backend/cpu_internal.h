@@ -27,6 +27,7 @@ typedef struct cpu_ctx {
     size_t att_floats;
     float *ds;          /* attention_bwd's T x T score-gradient scratch, grown on demand, then held */
     size_t ds_floats;
+    struct rq_decode_cache *decode; /* compact copies of bound fp32 weights for linear_rows (cpu_matvec.h) */
 } cpu_ctx;
 
 /* Rows of a q2 weight [out][in] dequantized at once into the tile: as many as
