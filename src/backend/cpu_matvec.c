@@ -83,11 +83,12 @@ static void luts_scalar(const float *levels, const uint16_t *s, const uint16_t *
 /* Codes of the row this far ahead are prefetched as a row starts: the hardware
  * prefetcher alone left the SIMD loops waiting on code bytes. */
 #define PREFETCH_ROWS_AHEAD 4
+static ALWAYS_INLINE void prefetch_bytes(const void *p, size_t n) {
+    for (size_t off = 0; off < n; off += 64) __builtin_prefetch((const char *)p + off, 0, 3);
+}
 static ALWAYS_INLINE void prefetch_codes(const rq_q2_tensor *t, int row) {
     row += PREFETCH_ROWS_AHEAD;
-    if (row >= t->out) return;
-    const uint8_t *p = t->codes + (size_t)row * (size_t)t->row_bytes;
-    for (int off = 0; off < t->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+    if (row < t->out) prefetch_bytes(t->codes + (size_t)row * (size_t)t->row_bytes, (size_t)t->row_bytes);
 }
 
 /* ---- portable C ----------------------------------------------------------------------- */
@@ -340,11 +341,18 @@ TARGET_AVX512 static ALWAYS_INLINE void q2_row_avx512(const rq_q2_tensor *t, int
 /* What each kind's rows read: the fp32 row, int8 codes with one exact fp32
  * scale per block of 32 (w = d * q, a product that is exact by construction),
  * or 16-bit floats (bf16: the high half of the fp32 bits). */
-#define PREP_F32 const float *wr = (const float *)W->w + (size_t)r * (size_t)in
-#define PREP_I8                                                      \
+#define PREFETCH_DENSE(row_ptr, row_bytes) \
+    if (r + PREFETCH_ROWS_AHEAD < W->out) prefetch_bytes((row_ptr) + PREFETCH_ROWS_AHEAD * (size_t)in, row_bytes)
+#define PREP_F32                                                   \
+    const float *wr = (const float *)W->w + (size_t)r * (size_t)in; \
+    PREFETCH_DENSE(wr, sizeof(float) * (size_t)in)
+#define PREP_I8                                                       \
     const int8_t *qr = (const int8_t *)W->w + (size_t)r * (size_t)in; \
-    const float *dr = W->d + (size_t)r * (size_t)(in / RQ_DENSE_I8_BLOCK)
-#define PREP_H16 const uint16_t *hr = (const uint16_t *)W->w + (size_t)r * (size_t)in
+    const float *dr = W->d + (size_t)r * (size_t)(in / RQ_DENSE_I8_BLOCK); \
+    PREFETCH_DENSE(qr, (size_t)in)
+#define PREP_H16                                                         \
+    const uint16_t *hr = (const uint16_t *)W->w + (size_t)r * (size_t)in; \
+    PREFETCH_DENSE(hr, 2 * (size_t)in)
 #define ONE_F32(c) wr[c]
 #define ONE_I8(c) (dr[(c) / RQ_DENSE_I8_BLOCK] * (float)qr[c])
 #define ONE_BF16(c) rq_bf16_to_f32(hr[c])
