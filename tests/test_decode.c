@@ -4,7 +4,7 @@
  * (the backend without linear_rows) for the fp32 model and for its 2-bit
  * quantization (RTN and NF2, group 64: the 172-wide down_proj has a ragged
  * group of 44), with and without a 4-token prompt. */
-#include "eval/generate.h"
+#include "decode_common.h"
 #include "model/model.h"
 #include "quant/quantize_model.h"
 #include "test.h"
@@ -18,27 +18,12 @@ static const int golden_tokens[32] = {1,   403, 407, 261, 378, 432, 383, 286, 26
  * apart at the first near-tie if the paths disagreed by more than rounding. */
 #define N_NEW 120
 
-/* Greedy tokens after prompt[n_prompt], through the decode kernels (rows = true)
- * or the GEMM path. */
-static int *generate(const rq_model *m, rq_backend *be, const int *prompt, int n_prompt, int max_new, bool rows,
-                     int *n_out) {
-    rq_err err = {0};
-    void (*linear_rows)(rq_backend *, float *, const float *, const rq_linear *, int, bool) = be->linear_rows;
-    if (!rows) be->linear_rows = NULL;
-    rq_sample_opts o = {.max_new = max_new};
-    int *out = NULL;
-    *n_out = 0;
-    CHECK_OK(rq_generate(m, be, prompt, n_prompt, &o, NULL, 0, NULL, NULL, &out, n_out, &err), &err);
-    be->linear_rows = linear_rows;
-    return out;
-}
-
 static void compare_paths(const rq_model *m, rq_backend *be, const char *what) {
     const int prompts[2][5] = {{1, 0, 0, 0, 0}, {1, 403, 407, 261, 378}};
     for (int p = 0; p < 2; p++) {
         int n_prompt = p ? 5 : 1, na = 0, nb = 0;
-        int *a = generate(m, be, prompts[p], n_prompt, N_NEW, true, &na);
-        int *b = generate(m, be, prompts[p], n_prompt, N_NEW, false, &nb);
+        int *a = generate_greedy(m, be, prompts[p], n_prompt, N_NEW, true, &na);
+        int *b = generate_greedy(m, be, prompts[p], n_prompt, N_NEW, false, &nb);
         int first = -1;
         for (int i = 0; a && b && i < na && i < nb && first < 0; i++)
             if (a[i] != b[i]) first = i;

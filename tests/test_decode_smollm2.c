@@ -4,22 +4,10 @@
  * greedy generation through the decode kernels (that copy, the q2 kernels)
  * gives the same tokens as the GEMM path. */
 #include "backend/cpu_matvec.h"
-#include "eval/generate.h"
+#include "decode_common.h"
 #include "model/model.h"
 #include "quant/quantize_model.h"
 #include "test.h"
-
-static int *generate(const rq_model *m, rq_backend *be, const int *ids, int n_ids, int n_new, bool kernels, int *n) {
-    rq_err err = {0};
-    void (*rows)(rq_backend *, float *, const float *, const rq_linear *, int, bool) = be->linear_rows;
-    if (!kernels) be->linear_rows = NULL;
-    rq_sample_opts o = {.max_new = n_new};
-    int *out = NULL;
-    *n = 0;
-    CHECK_OK(rq_generate(m, be, ids, n_ids, &o, NULL, 0, NULL, NULL, &out, n, &err), &err);
-    be->linear_rows = rows;
-    return out;
-}
 
 int main(void) {
     const char *path = rq_test_smollm2();
@@ -50,7 +38,8 @@ int main(void) {
     CHECK_OK(rq_tokenizer_encode(m->tok, prompt, strlen(prompt), RQ_BOS_DEFAULT, &ids, &n_ids, &err), &err);
     if (be && ids) {
         int na = 0, nb = 0;
-        int *a = generate(m, be, ids, n_ids, 24, true, &na), *b = generate(m, be, ids, n_ids, 24, false, &nb);
+        int *a = generate_greedy(m, be, ids, n_ids, 24, true, &na);
+        int *b = generate_greedy(m, be, ids, n_ids, 24, false, &nb);
         int first = -1;
         for (int i = 0; a && b && i < na && i < nb && first < 0; i++)
             if (a[i] != b[i]) first = i;

@@ -14,15 +14,10 @@
 #include "quant/q2.h"
 #include "test.h"
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
-static uint64_t next_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
+static rq_rng rng = {0};
+static uint64_t next_u64(void) { return rq_rng_u64(&rng); }
 /* uniform in [-1, 1) */
-static float uniform(void) { return (float)((double)(next_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+static float uniform(void) { return 2.0f * rq_rng_uniform(&rng) - 1.0f; }
 
 /* A q2 tensor with random codes (padding codes stay 0) and random fp16 scales
  * and offsets over several magnitudes, both signs. */
@@ -327,6 +322,7 @@ static void test_backend_op(void) {
 }
 
 int main(void) {
+    rq_rng_seed(&rng, 20261203);
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         test_q2_shape(&shapes[i], RQ_Q2_INT2);
         test_q2_shape(&shapes[i], RQ_Q2_NF2);

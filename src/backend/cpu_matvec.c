@@ -154,70 +154,6 @@ TARGET_AVX2 static ALWAYS_INLINE void luts_avx2(const float *levels, const uint1
     }
 }
 
-/* 8 weights from 16 bits of codes: every lane gets the word shifted to its own
- * code, and the in-lane permute reads the 2 low bits of its index */
-#define Q2_W8(table, shifts, cb) \
-    _mm256_permutevar_ps(table, _mm256_srlv_epi32(_mm256_set1_epi32((int)rq_rd_u16(cb)), shifts))
-
-TARGET_AVX2 static ALWAYS_INLINE float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-TARGET_AVX2 static ALWAYS_INLINE void q2_row_avx2(const rq_q2_tensor *t, int row, const float *x, const int M,
-                                                  float *sum) {
-    const int in = t->in, gs = t->group_size;
-    const uint8_t *codes = t->codes + (size_t)row * (size_t)t->row_bytes;
-    const uint16_t *s = t->scales + (size_t)row * (size_t)t->n_groups;
-    const uint16_t *m = t->offsets + (size_t)row * (size_t)t->n_groups;
-    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    __m256 acc[ROW_M][4];
-    float tail[ROW_M] = {0};
-    for (int mi = 0; mi < M; mi++)
-        for (int k = 0; k < 4; k++) acc[mi][k] = _mm256_setzero_ps();
-    float lut[4 * LUT_GROUPS] __attribute__((aligned(32)));
-    prefetch_codes(t, row);
-    for (int g0 = 0; g0 < t->n_groups; g0 += LUT_GROUPS) {
-        const int gn = min_int(LUT_GROUPS, t->n_groups - g0);
-        luts_avx2(t->codebook, s + g0, m + g0, gn, lut);
-        for (int gi = 0; gi < gn; gi++) {
-            const int c0 = (g0 + gi) * gs, len = min_int(gs, in - c0);
-            const __m256 table = _mm256_broadcast_ps((const __m128 *)(const void *)(lut + 4 * gi));
-            const uint8_t *cb = codes + (c0 >> 2);
-            const float *xg = x + c0;
-            int j = 0;
-            for (; j + 32 <= len; j += 32) {
-                const __m256 w0 = Q2_W8(table, shifts, cb + j / 4), w1 = Q2_W8(table, shifts, cb + j / 4 + 2);
-                const __m256 w2 = Q2_W8(table, shifts, cb + j / 4 + 4), w3 = Q2_W8(table, shifts, cb + j / 4 + 6);
-#pragma GCC unroll 4
-                for (int mi = 0; mi < M; mi++) {
-                    const float *xr = xg + (size_t)mi * in + j;
-                    acc[mi][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[mi][0]);
-                    acc[mi][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[mi][1]);
-                    acc[mi][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[mi][2]);
-                    acc[mi][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[mi][3]);
-                }
-            }
-            for (; j + 8 <= len; j += 8) {
-                const __m256 w = Q2_W8(table, shifts, cb + j / 4);
-#pragma GCC unroll 4
-                for (int mi = 0; mi < M; mi++)
-                    acc[mi][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg + (size_t)mi * in + j), acc[mi][0]);
-            }
-            for (; j < len; j++) { /* a ragged last group */
-                const float w = lut[4 * gi + code_at(cb, j)];
-                for (int mi = 0; mi < M; mi++) tail[mi] += w * xg[(size_t)mi * in + j];
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int mi = 0; mi < M; mi++)
-        sum[mi] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[mi][0], acc[mi][1]), _mm256_add_ps(acc[mi][2], acc[mi][3]))) +
-                  tail[mi];
-}
-
 /* ---- AVX-512 --------------------------------------------------------------------------- */
 
 /* luts_scalar, 16 groups per step */
@@ -240,62 +176,87 @@ TARGET_AVX512 static ALWAYS_INLINE void luts_avx512(const float *levels, const u
     }
 }
 
-/* 16 weights from 32 bits of codes (as Q2_W8) */
+/* 8 (AVX2) or 16 (AVX-512) weights from 16 or 32 bits of codes: every lane
+ * gets the word shifted to its own code, and the in-lane permute reads the 2
+ * low bits of its index */
+#define Q2_W8(table, shifts, cb) \
+    _mm256_permutevar_ps(table, _mm256_srlv_epi32(_mm256_set1_epi32((int)rq_rd_u16(cb)), shifts))
 #define Q2_W16(table, shifts, cb) \
     _mm512_permutevar_ps(table, _mm512_srlv_epi32(_mm512_set1_epi32((int)rq_rd_u32(cb)), shifts))
+#define TABLE_AVX2(lut4) _mm256_broadcast_ps((const __m128 *)(const void *)(lut4))
+#define TABLE_AVX512(lut4) _mm512_broadcast_f32x4(_mm_load_ps(lut4))
 
-TARGET_AVX512 static ALWAYS_INLINE void q2_row_avx512(const rq_q2_tensor *t, int row, const float *x, const int M,
-                                                      float *sum) {
-    const int in = t->in, gs = t->group_size;
-    const uint8_t *codes = t->codes + (size_t)row * (size_t)t->row_bytes;
-    const uint16_t *s = t->scales + (size_t)row * (size_t)t->n_groups;
-    const uint16_t *m = t->offsets + (size_t)row * (size_t)t->n_groups;
-    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    __m512 acc[ROW_M][4];
-    float tail[ROW_M] = {0};
-    for (int mi = 0; mi < M; mi++)
-        for (int k = 0; k < 4; k++) acc[mi][k] = _mm512_setzero_ps();
-    float lut[4 * LUT_GROUPS] __attribute__((aligned(64)));
-    prefetch_codes(t, row);
-    for (int g0 = 0; g0 < t->n_groups; g0 += LUT_GROUPS) {
-        const int gn = min_int(LUT_GROUPS, t->n_groups - g0);
-        luts_avx512(t->codebook, s + g0, m + g0, gn, lut);
-        for (int gi = 0; gi < gn; gi++) {
-            const int c0 = (g0 + gi) * gs, len = min_int(gs, in - c0);
-            const __m512 table = _mm512_broadcast_f32x4(_mm_load_ps(lut + 4 * gi));
-            const uint8_t *cb = codes + (c0 >> 2);
-            const float *xg = x + c0;
-            int j = 0;
-            for (; j + 64 <= len; j += 64) {
-                const __m512 w0 = Q2_W16(table, shifts, cb + j / 4), w1 = Q2_W16(table, shifts, cb + j / 4 + 4);
-                const __m512 w2 = Q2_W16(table, shifts, cb + j / 4 + 8), w3 = Q2_W16(table, shifts, cb + j / 4 + 12);
-#pragma GCC unroll 4
-                for (int mi = 0; mi < M; mi++) {
-                    const float *xr = xg + (size_t)mi * in + j;
-                    acc[mi][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), acc[mi][0]);
-                    acc[mi][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), acc[mi][1]);
-                    acc[mi][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xr + 32), acc[mi][2]);
-                    acc[mi][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xr + 48), acc[mi][3]);
-                }
-            }
-            for (; j + 16 <= len; j += 16) {
-                const __m512 w = Q2_W16(table, shifts, cb + j / 4);
-#pragma GCC unroll 4
-                for (int mi = 0; mi < M; mi++)
-                    acc[mi][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xg + (size_t)mi * in + j), acc[mi][0]);
-            }
-            for (; j < len; j++) { /* a ragged last group */
-                const float w = lut[4 * gi + code_at(cb, j)];
-                for (int mi = 0; mi < M; mi++) tail[mi] += w * xg[(size_t)mi * in + j];
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int mi = 0; mi < M; mi++)
-        sum[mi] = _mm512_reduce_add_ps(
-                      _mm512_add_ps(_mm512_add_ps(acc[mi][0], acc[mi][1]), _mm512_add_ps(acc[mi][2], acc[mi][3]))) +
-                  tail[mi];
+/* (a + b) + (c + d), then its lanes summed in a fixed order */
+TARGET_AVX2 static ALWAYS_INLINE float hsum4_avx2(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 v = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
+TARGET_AVX512 static ALWAYS_INLINE float hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d) {
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+}
+
+/* One row of a q2 tensor dotted with M activation rows (4 | group size), COLS
+ * weights per vector: LUTS builds the row's group tables (q2.h's formula),
+ * TABLE broadcasts one, WEIGHTS expands COLS codes (COLS / 4 bytes) through it.
+ * A ragged last group's last columns are summed one by one. */
+#define Q2_ROW(name, attr, VEC, VECI, COLS, SHIFTS, ZERO, FMA, LOADX, HSUM4, LUTS, TABLE, WEIGHTS)              \
+    attr static ALWAYS_INLINE void name(const rq_q2_tensor *t, int row, const float *x, const int M, float *sum) { \
+        const int in = t->in, gs = t->group_size;                                                              \
+        const uint8_t *codes = t->codes + (size_t)row * (size_t)t->row_bytes;                                  \
+        const uint16_t *s = t->scales + (size_t)row * (size_t)t->n_groups;                                     \
+        const uint16_t *m = t->offsets + (size_t)row * (size_t)t->n_groups;                                    \
+        const VECI shifts = SHIFTS;                                                                            \
+        VEC acc[ROW_M][4];                                                                                     \
+        float tail[ROW_M] = {0};                                                                               \
+        for (int mi = 0; mi < M; mi++)                                                                         \
+            for (int k = 0; k < 4; k++) acc[mi][k] = ZERO();                                                   \
+        float lut[4 * LUT_GROUPS] __attribute__((aligned(64)));                                                \
+        prefetch_codes(t, row);                                                                                \
+        for (int g0 = 0; g0 < t->n_groups; g0 += LUT_GROUPS) {                                                 \
+            const int gn = min_int(LUT_GROUPS, t->n_groups - g0);                                              \
+            LUTS(t->codebook, s + g0, m + g0, gn, lut);                                                        \
+            for (int gi = 0; gi < gn; gi++) {                                                                  \
+                const int c0 = (g0 + gi) * gs, len = min_int(gs, in - c0);                                     \
+                const VEC table = TABLE(lut + 4 * gi);                                                         \
+                const uint8_t *cb = codes + (c0 >> 2);                                                         \
+                const float *xg = x + c0;                                                                      \
+                int j = 0;                                                                                     \
+                for (; j + 4 * COLS <= len; j += 4 * COLS) {                                                   \
+                    const uint8_t *cj = cb + j / 4;                                                            \
+                    const VEC w0 = WEIGHTS(table, shifts, cj), w1 = WEIGHTS(table, shifts, cj + COLS / 4);     \
+                    const VEC w2 = WEIGHTS(table, shifts, cj + COLS / 2);                                      \
+                    const VEC w3 = WEIGHTS(table, shifts, cj + 3 * COLS / 4);                                  \
+                    _Pragma("GCC unroll 4") for (int mi = 0; mi < M; mi++) {                                   \
+                        const float *xr = xg + (size_t)mi * in + j;                                            \
+                        acc[mi][0] = FMA(w0, LOADX(xr), acc[mi][0]);                                           \
+                        acc[mi][1] = FMA(w1, LOADX(xr + COLS), acc[mi][1]);                                    \
+                        acc[mi][2] = FMA(w2, LOADX(xr + 2 * COLS), acc[mi][2]);                                \
+                        acc[mi][3] = FMA(w3, LOADX(xr + 3 * COLS), acc[mi][3]);                                \
+                    }                                                                                          \
+                }                                                                                              \
+                for (; j + COLS <= len; j += COLS) {                                                           \
+                    const VEC w = WEIGHTS(table, shifts, cb + j / 4);                                          \
+                    _Pragma("GCC unroll 4") for (int mi = 0; mi < M; mi++) acc[mi][0] =                        \
+                        FMA(w, LOADX(xg + (size_t)mi * in + j), acc[mi][0]);                                   \
+                }                                                                                              \
+                for (; j < len; j++) {                                                                         \
+                    const float w = lut[4 * gi + code_at(cb, j)];                                              \
+                    for (int mi = 0; mi < M; mi++) tail[mi] += w * xg[(size_t)mi * in + j];                    \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        _Pragma("GCC unroll 4") for (int mi = 0; mi < M; mi++) sum[mi] =                                       \
+            HSUM4(acc[mi][0], acc[mi][1], acc[mi][2], acc[mi][3]) + tail[mi];                                  \
+    }
+
+Q2_ROW(q2_row_avx2, TARGET_AVX2, __m256, __m256i, 8, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), _mm256_setzero_ps,
+       _mm256_fmadd_ps, _mm256_loadu_ps, hsum4_avx2, luts_avx2, TABLE_AVX2, Q2_W8)
+Q2_ROW(q2_row_avx512, TARGET_AVX512, __m512, __m512i, 16,
+       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), _mm512_setzero_ps,
+       _mm512_fmadd_ps, _mm512_loadu_ps, hsum4_avx512, luts_avx512, TABLE_AVX512, Q2_W16)
 
 #endif /* RQ_MATVEC_X86 */
 
@@ -338,6 +299,13 @@ TARGET_AVX512 static ALWAYS_INLINE void q2_row_avx512(const rq_q2_tensor *t, int
 /* expands the *_ARGS lists into DENSE_ROW's parameters */
 #define DENSE_ROW_EXPAND(...) DENSE_ROW(__VA_ARGS__)
 
+/* The four kinds' row kernels of one variant: f32_row_<sfx>, i8_row_<sfx>, ... */
+#define DENSE_KINDS(sfx, SFX, attr, ARGS)                                              \
+    DENSE_ROW_EXPAND(f32_row_##sfx, attr, ARGS, PREP_F32, VEC_F32_##SFX, ONE_F32)     \
+    DENSE_ROW_EXPAND(i8_row_##sfx, attr, ARGS, PREP_I8, VEC_I8_##SFX, ONE_I8)         \
+    DENSE_ROW_EXPAND(bf16_row_##sfx, attr, ARGS, PREP_H16, VEC_BF16_##SFX, ONE_BF16)  \
+    DENSE_ROW_EXPAND(f16_row_##sfx, attr, ARGS, PREP_H16, VEC_F16_##SFX, ONE_F16)
+
 /* What each kind's rows read: the fp32 row, int8 codes with one exact fp32
  * scale per block of 32 (w = d * q, a product that is exact by construction),
  * or 16-bit floats (bf16: the high half of the fp32 bits). */
@@ -379,15 +347,9 @@ static ALWAYS_INLINE float f4_hsum(f4 a, f4 b, f4 c, f4 d) {
 #define VEC_BF16_SCALAR(c) F4_OF(ONE_BF16, c)
 #define VEC_F16_SCALAR(c) F4_OF(ONE_F16, c)
 #define SCALAR_ARGS f4, 4, f4_zero, f4_fma, f4_load, f4_hsum
-DENSE_ROW_EXPAND(f32_row_scalar, , SCALAR_ARGS, PREP_F32, VEC_F32_SCALAR, ONE_F32)
-DENSE_ROW_EXPAND(i8_row_scalar, , SCALAR_ARGS, PREP_I8, VEC_I8_SCALAR, ONE_I8)
-DENSE_ROW_EXPAND(bf16_row_scalar, , SCALAR_ARGS, PREP_H16, VEC_BF16_SCALAR, ONE_BF16)
-DENSE_ROW_EXPAND(f16_row_scalar, , SCALAR_ARGS, PREP_H16, VEC_F16_SCALAR, ONE_F16)
+DENSE_KINDS(scalar, SCALAR, , SCALAR_ARGS)
 
 #if RQ_MATVEC_X86
-TARGET_AVX2 static ALWAYS_INLINE float hsum4_avx2(__m256 a, __m256 b, __m256 c, __m256 d) {
-    return hsum256(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
-}
 #define VEC_F32_AVX2(c) _mm256_loadu_ps(wr + (c))
 #define VEC_I8_AVX2(c)                                                                                  \
     _mm256_mul_ps(_mm256_set1_ps(dr[(c) / RQ_DENSE_I8_BLOCK]),                                          \
@@ -397,14 +359,8 @@ TARGET_AVX2 static ALWAYS_INLINE float hsum4_avx2(__m256 a, __m256 b, __m256 c, 
         _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(hr + (c)))), 16))
 #define VEC_F16_AVX2(c) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(hr + (c))))
 #define AVX2_ARGS __m256, 8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps, hsum4_avx2
-DENSE_ROW_EXPAND(f32_row_avx2, TARGET_AVX2, AVX2_ARGS, PREP_F32, VEC_F32_AVX2, ONE_F32)
-DENSE_ROW_EXPAND(i8_row_avx2, TARGET_AVX2, AVX2_ARGS, PREP_I8, VEC_I8_AVX2, ONE_I8)
-DENSE_ROW_EXPAND(bf16_row_avx2, TARGET_AVX2, AVX2_ARGS, PREP_H16, VEC_BF16_AVX2, ONE_BF16)
-DENSE_ROW_EXPAND(f16_row_avx2, TARGET_AVX2, AVX2_ARGS, PREP_H16, VEC_F16_AVX2, ONE_F16)
+DENSE_KINDS(avx2, AVX2, TARGET_AVX2, AVX2_ARGS)
 
-TARGET_AVX512 static ALWAYS_INLINE float hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d) {
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-}
 #define VEC_F32_AVX512(c) _mm512_loadu_ps(wr + (c))
 #define VEC_I8_AVX512(c)                                                                                \
     _mm512_mul_ps(_mm512_set1_ps(dr[(c) / RQ_DENSE_I8_BLOCK]),                                          \
@@ -414,10 +370,7 @@ TARGET_AVX512 static ALWAYS_INLINE float hsum4_avx512(__m512 a, __m512 b, __m512
         _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(hr + (c)))), 16))
 #define VEC_F16_AVX512(c) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(hr + (c))))
 #define AVX512_ARGS __m512, 16, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, hsum4_avx512
-DENSE_ROW_EXPAND(f32_row_avx512, TARGET_AVX512, AVX512_ARGS, PREP_F32, VEC_F32_AVX512, ONE_F32)
-DENSE_ROW_EXPAND(i8_row_avx512, TARGET_AVX512, AVX512_ARGS, PREP_I8, VEC_I8_AVX512, ONE_I8)
-DENSE_ROW_EXPAND(bf16_row_avx512, TARGET_AVX512, AVX512_ARGS, PREP_H16, VEC_BF16_AVX512, ONE_BF16)
-DENSE_ROW_EXPAND(f16_row_avx512, TARGET_AVX512, AVX512_ARGS, PREP_H16, VEC_F16_AVX512, ONE_F16)
+DENSE_KINDS(avx512, AVX512, TARGET_AVX512, AVX512_ARGS)
 #endif /* RQ_MATVEC_X86 */
 
 /* ---- rows [r0, r1) of one variant, M = 1..4 activation rows ---------------------------- */
