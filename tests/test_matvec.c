@@ -92,6 +92,7 @@ static const shape shapes[] = {
     {3, 7, 64},      /* narrower than a group and a byte-ragged row */
     {1, 5, 3},
     {70, 4160, 64},  /* more groups than one table batch (65) */
+    {130, 4160, 64}, /* large enough to be split over threads */
 };
 
 static void test_q2_shape(const shape *sh, rq_q2_codebook_kind kind) {
@@ -332,6 +333,7 @@ int main(void) {
     test_f32_shape(13, 172);
     test_f32_shape(5, 7);
     test_f32_shape(70, 1000);
+    test_f32_shape(600, 1000); /* split over threads */
     test_dense_compact(40, 576);
     test_dense_compact(13, 172);
     test_dense_compact(3, 7);
