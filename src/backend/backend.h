@@ -23,6 +23,10 @@
 
 typedef struct rq_backend rq_backend;
 
+/* Rows of activations up to which a decode step's projections go through
+ * linear_rows instead of linear (rq_forward_opts.decode). */
+#define RQ_LINEAR_ROWS_MAX 4
+
 struct rq_model; /* src/model/model.h: only a key here, the op table needs no model layout */
 
 /* What a backend is, for the code that must treat backends differently (memory
@@ -70,6 +74,11 @@ struct rq_backend {
     /* out[N][W.out] = in[N][W.in] * W^T (+ out when accumulate). W may be fp32
      * or q2 (dequantized tile by tile). */
     void (*linear)(rq_backend *be, float *out, const float *in, const rq_linear *W, int N, bool accumulate);
+    /* linear for a few rows, N <= RQ_LINEAR_ROWS_MAX (a decode step): each weight is read once
+     * from where it is stored (q2: codes expanded in registers, no dequantized tile), the same
+     * weights as linear's, only the dot products sum in another order. NULL when the backend
+     * has none (linear serves). */
+    void (*linear_rows)(rq_backend *be, float *out, const float *in, const rq_linear *W, int N, bool accumulate);
     /* out[N][M] = a[N][K] * b[M][K]^T (+ out when accumulate), plain fp32. */
     void (*matmul_nt)(rq_backend *be, float *out, const float *a, const float *b, int N, int M, int K,
                       bool accumulate);

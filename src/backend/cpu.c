@@ -12,6 +12,7 @@
 #include "../quant/q2.h"
 #include "backend.h"
 #include "cpu_internal.h"
+#include "cpu_matvec.h"
 #include "ops_math.h"
 #include "scratch.h"
 
@@ -74,7 +75,7 @@ static void cpu_embedding(rq_backend *be, float *out, const int *tokens, const f
 
 static void cpu_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const float *x, const float *w, int N, int C,
                             float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= RQ_CPU_PARALLEL_FLOATS)
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * C;
         float *o = out + (size_t)n * C;
@@ -90,7 +91,7 @@ static void cpu_rmsnorm_fwd(rq_backend *be, float *out, float *rstd, const float
 static void cpu_rope_fwd(rq_backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T,
                          int n_heads, int hd) {
     int half = hd / 2;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * T * n_heads * hd >= RQ_CPU_PARALLEL_FLOATS)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             const float *c = cos_t + (size_t)t * half, *s = sin_t + (size_t)t * half;
@@ -131,7 +132,10 @@ static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const floa
     const bool pthread_blas = openblas_get_parallel() == 1;
     const int blas_threads = openblas_get_num_threads();
     if (pthread_blas) openblas_set_num_threads(1);
-#pragma omp parallel num_threads(n_threads)
+    /* below ~1M multiply-adds (a decode step over up to ~1000 keys of a small model) one thread
+       beats a fork/join; the result does not depend on it */
+    const bool parallel = (size_t)B * nh * T * Tk * hd >= ((size_t)1 << 20);
+#pragma omp parallel num_threads(n_threads) if (parallel)
     {
         float *scratch = att ? NULL : c->att + per_thread * omp_get_thread_num();
 #pragma omp for collapse(2) schedule(dynamic, 1)
@@ -168,7 +172,7 @@ static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const floa
 
 static void cpu_swiglu_fwd(rq_backend *be, float *out, const float *gate, const float *up, int N, int H) {
     size_t n = (size_t)N * H;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= RQ_CPU_PARALLEL_FLOATS)
     for (size_t i = 0; i < n; i++) out[i] = rq_swiglu(gate[i], up[i]);
 }
 
@@ -179,7 +183,7 @@ static void cpu_cache_store(rq_backend *be, float *cache, const float *src, int 
 }
 
 static void cpu_add_inplace(rq_backend *be, float *x, const float *y, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= RQ_CPU_PARALLEL_FLOATS)
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -212,18 +216,31 @@ static void cpu_destroy(rq_backend *be) {
         free(c->tile);
         free(c->att);
         free(c->ds);
+        rq_decode_cache_free(c->decode);
     }
     free(c);
     free(be);
 }
 
-/* The ops read frozen weights in host memory, where they are: nothing to bind. */
+/* The ops read frozen weights in host memory, where they are: binding only
+ * tells linear_rows which weights it may keep compact copies of. */
 static rq_status cpu_bind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
                                   rq_err *err) {
+    rq_decode_cache_bind(&((cpu_ctx *)be->ctx)->decode, m, spans, n);
     return RQ_OK;
 }
 
-static void cpu_unbind_weights(rq_backend *be, const struct rq_model *m) {}
+static void cpu_unbind_weights(rq_backend *be, const struct rq_model *m) {
+    rq_decode_cache_unbind(((cpu_ctx *)be->ctx)->decode, m, false);
+}
+
+static rq_status cpu_rebind_weights(rq_backend *be, const struct rq_model *m, const rq_weight_span *spans, size_t n,
+                                    rq_err *err) {
+    rq_decode_cache_unbind(((cpu_ctx *)be->ctx)->decode, m, true);
+    return RQ_OK;
+}
+
+rq_decode_cache *rq_cpu_decode_cache(rq_backend *be) { return ((cpu_ctx *)be->ctx)->decode; }
 
 rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     *out = NULL;
@@ -258,6 +275,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->scratch_bytes = cpu_scratch_bytes;
     be->gather_rows = cpu_gather_rows;
     be->linear = cpu_linear;
+    be->linear_rows = rq_cpu_linear_rows;
     be->matmul_nt = cpu_matmul_nt;
     be->embedding = cpu_embedding;
     be->rmsnorm_fwd = cpu_rmsnorm_fwd;
@@ -268,7 +286,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->add_inplace = cpu_add_inplace;
     be->bind_weights = cpu_bind_weights;
     be->unbind_weights = cpu_unbind_weights;
-    be->rebind_weights = cpu_bind_weights;
+    be->rebind_weights = cpu_rebind_weights;
     be->destroy = cpu_destroy;
     rq_cpu_train_ops_install(be);
     *out = be;

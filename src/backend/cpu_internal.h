@@ -17,6 +17,10 @@
  * RQ_CPU_PARALLEL_PARTS pieces (below it a parallel region costs more than it saves) */
 #define RQ_CPU_PARALLEL_BYTES ((size_t)1 << 20)
 #define RQ_CPU_PARALLEL_PARTS 64
+/* Elementwise and row-wise ops on fewer floats than this (a decode step's one
+ * row) run on one thread: a parallel region's fork/join (futex wake-ups under
+ * OMP_WAIT_POLICY=passive) costs more than the work */
+#define RQ_CPU_PARALLEL_FLOATS ((size_t)1 << 14)
 
 typedef struct cpu_ctx {
     float *tile;        /* dequantization scratch for q2 weights, allocated once at creation:
@@ -27,6 +31,7 @@ typedef struct cpu_ctx {
     size_t att_floats;
     float *ds;          /* attention_bwd's T x T score-gradient scratch, grown on demand, then held */
     size_t ds_floats;
+    struct rq_decode_cache *decode; /* compact copies of bound fp32 weights for linear_rows (cpu_matvec.h) */
 } cpu_ctx;
 
 /* Rows of a q2 weight [out][in] dequantized at once into the tile: as many as

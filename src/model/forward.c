@@ -293,11 +293,19 @@ static rq_status upload_rope(rq_forward_state *s, int T, int pos0, rq_err *err) 
     return s->be->upload(s->be, s->rope_dev, s->rope_host, 2 * (size_t)T * half * sizeof(float), err);
 }
 
+/* out[N][W.out] (+)= in W^T: a decode state's small calls through the backend's matrix-vector op. */
+static void linear_fwd(rq_forward_state *s, float *out, const float *in, const rq_linear *W, int N, bool accumulate) {
+    if (s->o.decode && N <= RQ_LINEAR_ROWS_MAX && s->be->linear_rows)
+        s->be->linear_rows(s->be, out, in, W, N, accumulate);
+    else
+        s->be->linear(s->be, out, in, W, N, accumulate);
+}
+
 /* out[N][W.out] (+)= in W^T, plus the adapter's s * B A x~ when one is attached. */
 static void proj_forward(rq_forward_state *s, int l, int p, float *out, const float *in, int N, bool accumulate,
                          layer_acts *a) {
     const rq_layer *L = &s->m->layers[l];
-    s->be->linear(s->be, out, in, rq_layer_proj((rq_layer *)L, p), N, accumulate);
+    linear_fwd(s, out, in, rq_layer_proj((rq_layer *)L, p), N, accumulate);
     rq_adapter *ad = s->adapters ? rq_adapter_set_get(s->adapters, l, p) : NULL;
     if (!ad) return;
     const float *xt = rq_adapter_input(s->be, ad, in, N, a->xt[p]);
@@ -476,7 +484,7 @@ rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *
         } else {
             src = s->hidden + (size_t)r0 * c->dim;
         }
-        be->linear(be, s->logits, src, &s->m->lm_head, cnt, false);
+        linear_fwd(s, s->logits, src, &s->m->lm_head, cnt, false);
         RQ_TRY(be->download(be, out + (size_t)r0 * c->vocab_size, s->logits,
                             (size_t)cnt * c->vocab_size * sizeof(float), err));
     }

@@ -18,6 +18,10 @@ typedef struct rq_forward_opts {
     bool kv_cache;  /* keep K/V so later calls can continue at pos0 > 0 (B sequences) */
     bool train;     /* keep every layer's activations for rq_forward_backward; runs whole
                        sequences (T <= max_seq) from position 0 */
+    bool decode;    /* calls of at most RQ_LINEAR_ROWS_MAX rows (B*T: a generation step) run the
+                       projections and the head through be->linear_rows when the backend has it
+                       (the same weights, another summation order); everything else, and every
+                       call of a state without it, takes the GEMM path */
     struct rq_adapter_set *adapters; /* LoRA / QA-LoRA adapters applied in the forward, or NULL */
 } rq_forward_opts;
 

@@ -69,7 +69,7 @@ rq_status rq_generate(const rq_model *m, rq_backend *be, const int *prompt, int 
         return RQ_FAIL(err, RQ_ERR_ARG, "generate: the prompt has %d tokens; the model's context is %d", n_prompt,
                        m->cfg.max_seq_len);
     const int V = m->cfg.vocab_size;
-    rq_forward_opts fo = {.max_batch = 1, .max_seq = total, .kv_cache = !o->no_cache};
+    rq_forward_opts fo = {.max_batch = 1, .max_seq = total, .kv_cache = !o->no_cache, .decode = true};
     rq_forward_state *fs = NULL;
     RQ_TRY(rq_forward_create(m, be, &fo, &fs, err));
     int *seq = rq_calloc((size_t)total, sizeof(int), err);
