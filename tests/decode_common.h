@@ -4,7 +4,7 @@
 #ifndef RQ_TEST_DECODE_COMMON_H
 #define RQ_TEST_DECODE_COMMON_H
 
-#include "eval/generate.h"
+#include "model/generate.h"
 #include "test.h"
 
 /* n_new greedy tokens after prompt[n_prompt]; *n_out of them came. */

@@ -27,7 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "backend/cpu_matvec.h"
-#include "eval/generate.h"
+#include "model/generate.h"
 #include "io/export.h"
 #include "model/model.h"
 #include "quant/quantize_model.h"

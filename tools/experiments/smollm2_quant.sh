@@ -2,7 +2,8 @@
 # Strong 2-bit quantizers on SmolLM2-135M-Instruct (issue: "Make the 2-bit model
 # good"): RTN, RTN + clip search, GPTQ, block-wise reconstruction (scales and
 # offsets: "clip"; and the weights: "weights", EfficientQAT's Block-AP) after RTN
-# or GPTQ, at group size 64 (and 32 with G32=1); then RILQ (QA-LoRA) on the two
+# or GPTQ, at group size 64 (and 32: G32=1 for every method, or G32="rtn rtn-bap"
+# for the methods named: rtn rtn-clip gptq rtn-lwc rtn-bap gptq-bap); then RILQ (QA-LoRA) on the two
 # best and the merged 2-bit models; RILQ's rank sensitivity (RANKS, default 16 32,
 # beside 64) on the best base; ARC-Easy and PIQA for full precision, the best
 # 2-bit baseline and the best merged model (TASKS=1).
@@ -67,18 +68,20 @@ wiki() { ppl "$1" "${2:-}" | cut -d' ' -f1; }
 
 merged_row() { # label name: the merged artifact's row, or what the merge said when it refused
   if [ -f "$out/$2/config.json" ]; then row "$1" "$out/$2"
-  else printf '| %s | refused: %s | | | |\n' "$1" "$(grep -o 'relative [0-9.e+-]*, above the bound [0-9.e+-]*' "$out/$2.log" | head -n 1)" | tee -a "$out/table.md"; fi
+  else printf '| %s | refused: %s | | | |\n' "$1" "$(grep -o 'up to [0-9.e+-]* relative.*above the bound [0-9.e+-]*' "$out/$2.log" | head -n 1)" | tee -a "$out/table.md"; fi
 }
 
 gptq="--method gptq --calib-windows $gw --calib-seq-len $gl"
 refine="--calib-windows $rw --calib-seq-len $rl --refine-epochs $re"
+# want METHOD G: is this row part of the run (g64: all; g32: G32=1 all, or the listed methods)
+want() { [ "$2" = 64 ] || [ "${G32:-}" = 1 ] || case " ${G32:-} " in *" $1 "*) true ;; *) false ;; esac; }
 for g in 64 ${G32:+32}; do
-  quantize "rtn-g$g" --method rtn --group-size "$g"
-  quantize "rtn-clip-g$g" --method rtn --group-size "$g" --clip-search
-  quantize "gptq-g$g" $gptq --group-size "$g"
-  quantize "rtn-lwc-g$g" --method rtn --group-size "$g" --refine clip $refine
-  quantize "rtn-bap-g$g" --method rtn --group-size "$g" --refine weights $refine
-  quantize "gptq-bap-g$g" --method gptq --calib-windows "$rw" --calib-seq-len "$rl" --group-size "$g" --refine weights --refine-epochs "$re"
+  want rtn $g && quantize "rtn-g$g" --method rtn --group-size "$g"
+  want rtn-clip $g && quantize "rtn-clip-g$g" --method rtn --group-size "$g" --clip-search
+  want gptq $g && quantize "gptq-g$g" $gptq --group-size "$g"
+  want rtn-lwc $g && quantize "rtn-lwc-g$g" --method rtn --group-size "$g" --refine clip $refine
+  want rtn-bap $g && quantize "rtn-bap-g$g" --method rtn --group-size "$g" --refine weights $refine
+  want gptq-bap $g && quantize "gptq-bap-g$g" --method gptq --calib-windows "$rw" --calib-seq-len "$rl" --group-size "$g" --refine weights --refine-epochs "$re"
 done
 
 : > "$out/table.md"
@@ -92,12 +95,12 @@ done
 } | tee -a "$out/table.md"
 row "full precision" "$fp"
 for g in 64 ${G32:+32}; do
-  row "RTN g$g" "$out/rtn-g$g" "" "rtn-g$g"
-  row "RTN + clip search g$g" "$out/rtn-clip-g$g" "" "rtn-clip-g$g"
-  row "GPTQ g$g ($gw x $gl)" "$out/gptq-g$g" "" "gptq-g$g"
-  row "RTN + block-wise (scales, offsets) g$g" "$out/rtn-lwc-g$g" "" "rtn-lwc-g$g"
-  row "RTN + block-wise (and weights) g$g" "$out/rtn-bap-g$g" "" "rtn-bap-g$g"
-  row "GPTQ + block-wise (and weights) g$g" "$out/gptq-bap-g$g" "" "gptq-bap-g$g"
+  want rtn $g && row "RTN g$g" "$out/rtn-g$g" "" "rtn-g$g"
+  want rtn-clip $g && row "RTN + clip search g$g" "$out/rtn-clip-g$g" "" "rtn-clip-g$g"
+  want gptq $g && row "GPTQ g$g ($gw x $gl)" "$out/gptq-g$g" "" "gptq-g$g"
+  want rtn-lwc $g && row "RTN + block-wise (scales, offsets) g$g" "$out/rtn-lwc-g$g" "" "rtn-lwc-g$g"
+  want rtn-bap $g && row "RTN + block-wise (and weights) g$g" "$out/rtn-bap-g$g" "" "rtn-bap-g$g"
+  want gptq-bap $g && row "GPTQ + block-wise (and weights) g$g" "$out/gptq-bap-g$g" "" "gptq-bap-g$g"
 done
 
 # the two best g64 bases by WikiText-2 perplexity
