@@ -32,6 +32,8 @@ typedef struct rq_mc_opts {
     rq_bos_mode bos; /* BOS on both tokenizations: off (lm-eval v0.4.x), on, tokenizer default */
     int max_length;  /* model context for truncation; 0: the model's max_position_embeddings */
     bool naive;      /* score every request alone from scratch (reference path for tests and benchmarks) */
+    int batch_tokens; /* many documents per forward: token positions per packed forward (0: one document at a
+                         time, the shared-context path above) */
 } rq_mc_opts;
 
 /* Work counters of a scorer, for the benchmark's "forward FLOPs saved" figure:
@@ -60,6 +62,19 @@ rq_status rq_mc_loglikelihood(rq_mc_scorer *s, const char *context, const char *
 /* All choices of a document: ll[n_choices], is_greedy[n_choices] (may be NULL).
  * Uses context sharing unless the scorer is naive. */
 rq_status rq_mc_score_doc(rq_mc_scorer *s, const rq_mc_doc *doc, double *ll, bool *is_greedy, rq_err *err);
+
+/* Many documents: ll and is_greedy (may be NULL) hold every document's choices,
+ * one document after another. With batch_tokens > 0 (and not naive) documents
+ * are packed, as many per forward as fit batch_tokens positions (a longer one
+ * runs alone): phase 1 runs every shared context, and every request of a
+ * document without one (or cut by truncation), from position 0 as one batch of
+ * sequences without padding; phase 2 runs every choice's remaining tokens as
+ * sequences that attend to their own context's cached keys. The logits are
+ * computed only at the scored positions. The numbers are those of one document
+ * at a time up to fp32 summation order in the larger GEMMs (tests/test_eval.c
+ * states the tolerance); fixed for a fixed batch_tokens and thread count. */
+rq_status rq_mc_score_docs(rq_mc_scorer *s, const rq_mc_doc *docs, size_t n_docs, double *ll, bool *is_greedy,
+                           rq_err *err);
 
 /* ---- metrics ---------------------------------------------------------------- */
 

@@ -30,6 +30,20 @@ void rq_forward_free(rq_forward_state *s);
  * Leaves the final hidden states (after the final norm) in the state. */
 rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err);
 
+/* A packed run: n_seqs sequences of different lengths in one batch without
+ * padding (many documents per forward). tokens[N] holds every sequence's new
+ * tokens, sequence i in rows seqs[i].row .. row+n-1 (rows consecutive from 0,
+ * N <= max_seq: create the state with max_batch 1, a KV cache and max_seq rows);
+ * its tokens sit at positions pos0 .. pos0+n-1 and, when pos0 > 0, continue the
+ * prefix whose keys a previous packed run with keep_kv left in cache rows
+ * pre_row .. pre_row+pos0-1 (several sequences may continue one prefix: the
+ * choices of one context). keep_kv: this run's keys and values replace the
+ * cache's rows [0, N) afterwards. The final hidden states are [N][dim] (B = 1,
+ * T = N for rq_forward_logits' rows). Each sequence's numbers are those of
+ * running it alone, up to fp32 summation order in the larger GEMMs. */
+rq_status rq_forward_run_packed(rq_forward_state *s, const int *tokens, const rq_attn_seq *seqs, int n_seqs,
+                                bool keep_kv, rq_err *err);
+
 /* ---- a layer at a time (GPTQ and block-wise calibration, a layer-streamed teacher) ----
  * An inference state without a KV cache runs whole sequences (positions 0..T-1)
  * one layer at a time on its residual stream (a training state runs all its
