@@ -8,10 +8,10 @@
 #include "../model/forward.h"
 #include "mc.h"
 
-/* Rows of logits computed at once: bounds the host buffer to ROWS x vocab.
- * Each head GEMM streams the whole [vocab][dim] head, so more rows per call
- * amortize it (64: the forward state's own logits chunk). */
-#define LOGIT_ROWS 64
+/* Rows of logits computed at once: bounds the host buffer to ROWS x vocab
+ * (SmolLM2: 48 MiB). Each head GEMM packs the whole [vocab][dim] head, so more
+ * rows per call amortize it; the packed state's head GEMMs take as many. */
+#define LOGIT_ROWS 256
 
 struct rq_mc_scorer {
     const rq_model *m;
@@ -215,18 +215,32 @@ static void row_push(row_list *l, int row, int target, int owner) {
     l->n++;
 }
 
+/* lm-eval's model input of a request, (ctx_ids + cont_ids)[-(max_length+1):][:-1]:
+ * its length, and its tokens into dst when not NULL. */
+static int request_input(const rq_mc_scorer *s, const mc_request *r, int *dst) {
+    const int full = r->n_ctx + r->n_cont, keep = full < s->max_length + 1 ? full : s->max_length + 1;
+    const int skip = full - keep;
+    for (int i = 0; dst && i < keep - 1; i++) {
+        int p = skip + i;
+        dst[i] = p < r->n_ctx ? r->ctx_ids[p] : r->cont[p - r->n_ctx];
+    }
+    return keep - 1;
+}
+
+static rq_status check_fits(const rq_mc_scorer *s, const mc_request *r, rq_err *err) {
+    if (r->n_cont <= request_input(s, r, NULL)) return RQ_OK;
+    return RQ_FAIL(err, RQ_ERR_ARG, "a continuation of %d tokens does not fit the model context of %d", r->n_cont,
+                   s->max_length);
+}
+
 /* Requests scored independently from position 0, as one batch padded at the
- * end: input = (ctx_ids + cont_ids)[-(max_length+1):][:-1]. */
+ * end (request_input). */
 static rq_status score_independent(rq_mc_scorer *s, const mc_request *req, int n, double *ll, bool *greedy,
                                    rq_err *err) {
     int T = 0, total_cont = 0;
     for (int b = 0; b < n; b++) {
-        int full = req[b].n_ctx + req[b].n_cont;
-        int keep = full < s->max_length + 1 ? full : s->max_length + 1;
-        if (req[b].n_cont > keep - 1)
-            return RQ_FAIL(err, RQ_ERR_ARG, "a continuation of %d tokens does not fit the model context of %d",
-                           req[b].n_cont, s->max_length);
-        if (keep - 1 > T) T = keep - 1;
+        RQ_TRY(check_fits(s, &req[b], err));
+        if (request_input(s, &req[b], NULL) > T) T = request_input(s, &req[b], NULL);
         total_cont += req[b].n_cont;
     }
     RQ_TRY(ensure_capacity(s, n, T, err));
@@ -239,14 +253,8 @@ static rq_status score_independent(rq_mc_scorer *s, const mc_request *req, int n
     }
     for (int b = 0; b < n; b++) {
         const mc_request *r = &req[b];
-        int full = r->n_ctx + r->n_cont;
-        int keep = full < s->max_length + 1 ? full : s->max_length + 1;
-        int skip = full - keep, n_in = keep - 1;
         int *row = tokens + (size_t)b * T;
-        for (int i = 0; i < n_in; i++) {
-            int p = skip + i;
-            row[i] = p < r->n_ctx ? r->ctx_ids[p] : r->cont[p - r->n_ctx];
-        }
+        const int n_in = request_input(s, r, row);
         for (int i = n_in; i < T; i++) row[i] = row[n_in - 1]; /* end padding: never seen by real positions */
         for (int j = 0; j < r->n_cont; j++) row_push(&rl, b * T + n_in - r->n_cont + j, r->cont[j], b);
         ll[b] = 0.0;
@@ -330,7 +338,7 @@ static rq_status ensure_packed(rq_mc_scorer *s, int rows, rq_err *err) {
     rq_forward_free(s->packed);
     s->packed = NULL;
     s->cap_rows = 0;
-    rq_forward_opts fo = {.max_batch = 1, .max_seq = want, .kv_cache = true};
+    rq_forward_opts fo = {.max_batch = 1, .max_seq = want, .kv_cache = true, .head_rows = LOGIT_ROWS};
     RQ_TRY(rq_forward_create(s->m, s->be, &fo, &s->packed, err));
     s->cap_rows = want;
     return RQ_OK;
@@ -395,12 +403,8 @@ static rq_status doc_plan(const rq_mc_scorer *s, const rq_mc_doc *doc, mc_reques
             }
             p->scored[0]++;
         } else {
-            int full = r->n_ctx + r->n_cont;
-            int keep = full < s->max_length + 1 ? full : s->max_length + 1;
-            if (r->n_cont > keep - 1)
-                return RQ_FAIL(err, RQ_ERR_ARG, "a continuation of %d tokens does not fit the model context of %d",
-                               r->n_cont, s->max_length);
-            p->rows[0] += keep - 1;
+            RQ_TRY(check_fits(s, r, err));
+            p->rows[0] += request_input(s, r, NULL);
             p->seqs[0]++;
             p->scored[0] += r->n_cont;
         }
@@ -439,14 +443,9 @@ static void doc_pack(rq_mc_scorer *s, const mc_doc_plan *p, int owner0, mc_phase
     } else {
         for (int b = 0; b < p->n; b++) {
             const mc_request *r = &req[b];
-            int full = r->n_ctx + r->n_cont;
-            int keep = full < s->max_length + 1 ? full : s->max_length + 1;
-            const int skip = full - keep, n_in = keep - 1;
+            const int n_in = request_input(s, r, NULL);
             const int row = phase_seq(&ph[0], n_in, 0, 0);
-            for (int i = 0; i < n_in; i++) {
-                int q = skip + i;
-                ph[0].tokens[row + i] = q < r->n_ctx ? r->ctx_ids[q] : r->cont[q - r->n_ctx];
-            }
+            request_input(s, r, ph[0].tokens + row);
             for (int j = 0; j < r->n_cont; j++) row_push(&ph[0].rl, row + n_in - r->n_cont + j, r->cont[j], owner0 + b);
             s->stats.positions_naive += n_in;
         }
@@ -509,6 +508,7 @@ static rq_status score_packed(rq_mc_scorer *s, const rq_mc_doc *docs, size_t n_a
             if (!plans[d].shared && docs[d].n_contexts == 1) s->stats.unshared_docs++;
             owner += plans[d].n;
         }
+        s->stats.batches++;
         st = rq_forward_run_packed(s->packed, ph[0].tokens, ph[0].seqs, ph[0].n_seqs, ph[1].n_seqs > 0, err);
         if (st == RQ_OK)
             st = score_rows(s, s->packed, ph[0].rl.rows, ph[0].rl.targets, ph[0].rl.owner, ph[0].rl.n, ll, greedy, err);
@@ -529,6 +529,31 @@ static rq_status score_packed(rq_mc_scorer *s, const rq_mc_doc *docs, size_t n_a
     }
     free(plans);
     if (st != RQ_OK) *n_done = 0;
+    return st;
+}
+
+rq_status rq_mc_request_input(rq_mc_scorer *s, const char *context, const char *continuation, int **input,
+                              int *n_input, int **cont, int *n_cont, rq_err *err) {
+    *input = *cont = NULL;
+    mc_request r;
+    RQ_TRY(request_prepare(s, context, continuation, &r, err));
+    const int n_in = request_input(s, &r, NULL);
+    rq_status st = check_fits(s, &r, err);
+    int *in = st == RQ_OK ? rq_calloc((size_t)n_in, sizeof(int), err) : NULL;
+    int *ct = st == RQ_OK ? rq_calloc((size_t)r.n_cont, sizeof(int), err) : NULL;
+    if (st == RQ_OK && (!in || !ct)) st = RQ_ERR_NOMEM;
+    if (st == RQ_OK) {
+        request_input(s, &r, in);
+        memcpy(ct, r.cont, sizeof(int) * (size_t)r.n_cont);
+        *input = in;
+        *n_input = n_in;
+        *cont = ct;
+        *n_cont = r.n_cont;
+    } else {
+        free(in);
+        free(ct);
+    }
+    request_free(&r);
     return st;
 }
 

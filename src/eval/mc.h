@@ -45,6 +45,7 @@ typedef struct rq_mc_stats {
     int64_t positions_useful;  /* the same without the padding */
     int64_t positions_naive;   /* what scoring every request alone would have run */
     int64_t unshared_docs;     /* shared-context documents run unshared: left truncation cut their contexts */
+    int64_t batches;           /* packed batches of documents (each one or two forwards) */
 } rq_mc_stats;
 
 typedef struct rq_mc_scorer rq_mc_scorer;
@@ -59,8 +60,16 @@ const rq_mc_stats *rq_mc_scorer_stats(const rq_mc_scorer *s);
 rq_status rq_mc_loglikelihood(rq_mc_scorer *s, const char *context, const char *continuation, double *ll,
                               bool *is_greedy, rq_err *err);
 
+/* One request as lm-eval feeds it to the model (for reference scorers fed the
+ * same tokens): *input = (ctx_ids + cont_ids) left-truncated to max_length + 1
+ * tokens minus the last one, *n_input tokens; *cont = cont_ids, *n_cont tokens,
+ * predicted by the last *n_cont positions of the input. Both malloc'd. */
+rq_status rq_mc_request_input(rq_mc_scorer *s, const char *context, const char *continuation, int **input,
+                              int *n_input, int **cont, int *n_cont, rq_err *err);
+
 /* All choices of a document: ll[n_choices], is_greedy[n_choices] (may be NULL).
- * Uses context sharing unless the scorer is naive. */
+ * Uses context sharing unless the scorer is naive; packed (one document) when
+ * batch_tokens > 0. */
 rq_status rq_mc_score_doc(rq_mc_scorer *s, const rq_mc_doc *doc, double *ll, bool *is_greedy, rq_err *err);
 
 /* Many documents: ll and is_greedy (may be NULL) hold every document's choices,

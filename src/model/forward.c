@@ -51,7 +51,8 @@ struct rq_forward_state {
     float *rope_host;     /* host cos|sin [max_seq][hd/2] each */
     size_t act_bytes, kv_bytes, host_bytes;
     size_t rope_host_floats, logits_host_floats;
-    int head_chunk;       /* rows of s->logits (and logits2): NLL_CHUNK, TRAIN_HEAD_CHUNK in training */
+    int head_chunk;       /* rows of s->logits (and logits2): NLL_CHUNK (or opts.head_rows), TRAIN_HEAD_CHUNK in
+                             training */
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
     bool bound;           /* the model's weights are bound to be for the state's lifetime */
@@ -189,8 +190,10 @@ static rq_status forward_layout(const rq_config *c, const rq_forward_opts *o, rq
     table_add(&t, &s->rstd_final, N);
     table_add(&t, &s->hidden, N * c->dim);
     s->head_chunk = o->train ? TRAIN_HEAD_CHUNK : NLL_CHUNK;
+    if (!o->train && o->head_rows > NLL_CHUNK)
+        s->head_chunk = o->head_rows < TRAIN_HEAD_CHUNK ? o->head_rows : TRAIN_HEAD_CHUNK;
     table_add(&t, &s->logits, (size_t)s->head_chunk * c->vocab_size);
-    table_add(&t, &s->gather, (size_t)NLL_CHUNK * c->dim);
+    table_add(&t, &s->gather, (size_t)s->head_chunk * c->dim);
     table_add(&t, &s->row_loss, (size_t)s->head_chunk);
     table_add(&t, &s->rope_dev, 2 * T * half);
     if (o->train) {
@@ -571,8 +574,8 @@ rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *
         int r = rows ? rows[i] : i;
         if (r < 0 || r >= N) return RQ_FAIL(err, RQ_ERR_ARG, "logits: row %d outside the last run's %d rows", r, N);
     }
-    for (int r0 = 0; r0 < n; r0 += NLL_CHUNK) {
-        int cnt = n - r0 < NLL_CHUNK ? n - r0 : NLL_CHUNK;
+    for (int r0 = 0; r0 < n; r0 += s->head_chunk) {
+        int cnt = n - r0 < s->head_chunk ? n - r0 : s->head_chunk;
         const float *src;
         if (rows) {
             be->gather_rows(be, s->gather, s->hidden, rows + r0, cnt, c->dim);

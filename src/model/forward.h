@@ -19,6 +19,8 @@ typedef struct rq_forward_opts {
     bool train;     /* keep every layer's activations for rq_forward_backward; runs whole
                        sequences (T <= max_seq) from position 0 */
     struct rq_adapter_set *adapters; /* LoRA / QA-LoRA adapters applied in the forward, or NULL */
+    int head_rows;  /* inference: rows per head GEMM in rq_forward_logits (0: 64; at most 256). Each head
+                       GEMM repacks the whole [vocab][dim] head: more rows amortize it */
 } rq_forward_opts;
 
 rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
