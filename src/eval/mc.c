@@ -171,6 +171,7 @@ static rq_status score_rows(rq_mc_scorer *s, rq_forward_state *fs, const int *ro
     const int V = s->m->cfg.vocab_size;
     double lps[LOGIT_ROWS];
     bool gs[LOGIT_ROWS];
+    s->stats.rows_scored += n;
     for (int r0 = 0; r0 < n; r0 += LOGIT_ROWS) {
         int cnt = n - r0 < LOGIT_ROWS ? n - r0 : LOGIT_ROWS;
         RQ_TRY(rq_forward_logits(fs, rows + r0, cnt, s->logits, err));
@@ -380,28 +381,49 @@ static int phase_seq(mc_phase *p, int n, int pos0, int pre_row) {
 /* How a document runs in a packed batch, from its tokenized requests: shared
  * (its context in phase 1, every choice continued from it in phase 2) or
  * independent (each request from position 0 in phase 1, lm-eval's left
- * truncation applied). rows[2]: the rows it adds to each phase. */
+ * truncation applied). A shared document's phase 1 also runs the first
+ * `common` continuation tokens when every choice begins with them (piqa's
+ * minimal pairs: "Rub hard with bed sheets" / "Rub hard with dryer sheets"):
+ * those positions are the same for every choice, as its context's are, and
+ * phase 1's rows n_ctx-1 .. n_ctx-1+common score every choice's first
+ * common+1 tokens. rows[2]: the rows it adds to each phase. */
 typedef struct mc_doc_plan {
     mc_request *req;
     int n;
     bool shared;
+    int common;
     int rows[2], seqs[2], scored[2];
 } mc_doc_plan;
+
+/* Leading continuation tokens every choice shares, leaving each choice at least
+ * its last token to score (so at most the shortest n_cont - 1). */
+static int common_prefix(const mc_request *req, int n) {
+    int k = req[0].n_cont - 1;
+    for (int b = 1; b < n; b++) {
+        int j = 0;
+        const int lim = req[b].n_cont - 1 < k ? req[b].n_cont - 1 : k;
+        while (j < lim && req[b].cont[j] == req[0].cont[j]) j++;
+        k = j;
+    }
+    return k > 0 ? k : 0;
+}
 
 static rq_status doc_plan(const rq_mc_scorer *s, const rq_mc_doc *doc, mc_request *req, int n, mc_doc_plan *p,
                           rq_err *err) {
     *p = (mc_doc_plan){.req = req, .n = n, .shared = doc->n_contexts == 1};
     for (int b = 0; b < n; b++)
         if (req[0].n_ctx + req[b].n_cont > s->max_length + 1) p->shared = false;
+    if (p->shared) p->common = common_prefix(req, n);
     for (int b = 0; b < n; b++) {
         const mc_request *r = &req[b];
         if (p->shared) {
-            if (r->n_cont > 1) {
-                p->rows[1] += r->n_cont - 1;
+            const int tail = r->n_cont - 1 - p->common;
+            if (tail > 0) {
+                p->rows[1] += tail;
                 p->seqs[1]++;
-                p->scored[1] += r->n_cont - 1;
+                p->scored[1] += tail;
             }
-            p->scored[0]++;
+            p->scored[0] += p->common + 1;
         } else {
             RQ_TRY(check_fits(s, r, err));
             p->rows[0] += request_input(s, r, NULL);
@@ -410,7 +432,7 @@ static rq_status doc_plan(const rq_mc_scorer *s, const rq_mc_doc *doc, mc_reques
         }
     }
     if (p->shared) {
-        p->rows[0] = req[0].n_ctx;
+        p->rows[0] = req[0].n_ctx + p->common;
         p->seqs[0] = 1;
     }
     return RQ_OK;
@@ -425,19 +447,21 @@ static void doc_pack(rq_mc_scorer *s, const mc_doc_plan *p, int owner0, mc_phase
         greedy[owner0 + b] = true;
     }
     if (p->shared) {
-        const int n_ctx = req[0].n_ctx;
-        const int c0 = phase_seq(&ph[0], n_ctx, 0, 0);
+        const int n_ctx = req[0].n_ctx, k = p->common;
+        const int c0 = phase_seq(&ph[0], n_ctx + k, 0, 0);
         memcpy(ph[0].tokens + c0, req[0].ctx_ids, sizeof(int) * (size_t)n_ctx);
-        for (int b = 0; b < p->n; b++) /* the context's last position predicts every first token */
-            row_push(&ph[0].rl, c0 + n_ctx - 1, req[b].cont[0], owner0 + b);
+        memcpy(ph[0].tokens + c0 + n_ctx, req[0].cont, sizeof(int) * (size_t)k);
+        for (int b = 0; b < p->n; b++) /* the context's last position predicts every first token, and so on */
+            for (int j = 0; j <= k; j++) row_push(&ph[0].rl, c0 + n_ctx - 1 + j, req[b].cont[j], owner0 + b);
         for (int b = 0; b < p->n; b++) {
             const mc_request *r = &req[b];
             s->stats.positions_naive += n_ctx + r->n_cont - 1;
-            if (r->n_cont < 2) continue;
-            const int row = phase_seq(&ph[1], r->n_cont - 1, n_ctx, c0);
-            for (int j = 0; j < r->n_cont - 1; j++) {
-                ph[1].tokens[row + j] = r->cont[j];
-                row_push(&ph[1].rl, row + j, r->cont[j + 1], owner0 + b);
+            const int tail = r->n_cont - 1 - k;
+            if (tail <= 0) continue;
+            const int row = phase_seq(&ph[1], tail, n_ctx + k, c0);
+            for (int j = 0; j < tail; j++) {
+                ph[1].tokens[row + j] = r->cont[k + j];
+                row_push(&ph[1].rl, row + j, r->cont[k + j + 1], owner0 + b);
             }
         }
     } else {

@@ -16,7 +16,10 @@
  * earlier positions). The numbers are those of scoring every request alone,
  * up to fp32 summation order inside the GEMMs (tests allow 1e-4 absolute).
  * Documents whose contexts differ per choice (winogrande) run their requests
- * from scratch as one padded batch. */
+ * from scratch as one padded batch.
+ *
+ * Packing (batch_tokens > 0, what `rilq eval` does): many documents per
+ * forward, without padding (rq_mc_score_docs below). */
 #ifndef RQ_EVAL_MC_H
 #define RQ_EVAL_MC_H
 
@@ -46,6 +49,7 @@ typedef struct rq_mc_stats {
     int64_t positions_naive;   /* what scoring every request alone would have run */
     int64_t unshared_docs;     /* shared-context documents run unshared: left truncation cut their contexts */
     int64_t batches;           /* packed batches of documents (each one or two forwards) */
+    int64_t rows_scored;       /* positions whose logits went through the head */
 } rq_mc_stats;
 
 typedef struct rq_mc_scorer rq_mc_scorer;

@@ -19,6 +19,7 @@
  *   RILQ_BENCH_TASKS   default arc_easy,piqa      RILQ_BENCH_MODELS  default fp,q2
  *   RILQ_BENCH_THREADS default 1,2                RILQ_BENCH_BATCH_TOKENS  packed budget (default: eval's)
  *   RILQ_BENCH_TORCH   0: skip the PyTorch reference     RILQ_PYTHON  default /usr/bin/python3 */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,7 +156,9 @@ static rq_status write_requests(rq_mc_scorer *s, const rq_mc_task *task, size_t 
 typedef struct figures {
     double seconds, cpu_seconds, acc; /* wall time; the process's CPU time, all threads */
     double *ll; /* [choices] */
-    int64_t batches; /* forwards of phase 1 (ours) */
+    int64_t batches; /* packed batches (ours) */
+    double gflop;    /* model FLOPs run (ours): 2 x parameters per position through the layers, 2 x vocab x dim
+                        per row through the head (attention's share left out) */
     bool ok;
 } figures;
 
@@ -163,6 +166,28 @@ static double cpu_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The same-run sgemm rate per CPU-second at a projection's shape (1024 tokens
+ * x 576 in x 1536 out: SmolLM2's gate), the ceiling for the model FLOP rate. */
+static double sgemm_gflop_per_cpu_s(void) {
+    const int M = 1024, N = 1536, K = 576, reps = 20;
+    float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)N * K, sizeof(float));
+    float *c = calloc((size_t)M * N, sizeof(float));
+    double rate = NAN;
+    if (a && b && c) {
+        for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+        for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)(i % 5) * 0.1f;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N); /* warm-up */
+        const double c0 = cpu_now();
+        for (int r = 0; r < reps; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
+        rate = 2e-9 * M * N * K * reps / (cpu_now() - c0);
+    }
+    free(a);
+    free(b);
+    free(c);
+    return rate;
 }
 
 static double accuracy(const rq_mc_task *task, size_t n_docs, const double *ll) {
@@ -184,7 +209,17 @@ static rq_status run_ours(const rq_model *m, rq_backend *be, const rq_mc_task *t
     rq_status st = rq_mc_score_docs(s, task->docs, n_docs, f->ll, NULL, err);
     f->seconds = rq_now_seconds() - t0;
     f->cpu_seconds = cpu_now() - c0;
-    f->batches = rq_mc_scorer_stats(s)->batches;
+    const rq_mc_stats *ss = rq_mc_scorer_stats(s);
+    f->batches = ss->batches;
+    const rq_config *c = &m->cfg;
+    double layer_params = 0;
+    for (int p = 0; p < RQ_N_PROJ; p++) {
+        int out, in;
+        rq_proj_shape(c, p, &out, &in);
+        layer_params += (double)out * in;
+    }
+    f->gflop = 2e-9 * ((double)ss->positions_run * layer_params * c->n_layers +
+                       (double)ss->rows_scored * c->vocab_size * c->dim);
     rq_mc_scorer_free(s);
     f->acc = st == RQ_OK ? accuracy(task, n_docs, f->ll) : NAN;
     f->ok = st == RQ_OK;
@@ -337,11 +372,15 @@ int main(int argc, char **argv) {
                 const double dt = ft.ok ? n_docs / ft.seconds : NAN;
                 const double cp = n_docs / fp.cpu_seconds, c1 = n_docs / f1.cpu_seconds;
                 const double ct = ft.ok ? n_docs / ft.cpu_seconds : NAN;
+                const double sg = sgemm_gflop_per_cpu_s();
                 printf("%-9s %-5s %3d %5zu %7lld | %8.2f %8.2f %8.2f | %6.2fx %6.2fx | %11.2f %11.2f %11.2f | %6.2fx "
                        "%6.2fx | %9.2e %9.2e | %.3f / %.3f / %.3f\n",
                        tname, mname, n_threads, n_docs, (long long)fp.batches, dp, d1, dt, dp / dt, dp / d1, cp, c1, ct,
                        cp / ct, cp / c1, max_diff(fp.ll, f1.ll, n_choices), ft.ok ? max_diff(fp.ll, ft.ll, n_choices) : NAN,
                        fp.acc, f1.acc, ft.ok ? ft.acc : NAN);
+                printf("%-9s %-5s %3d        packed: %.1f model GFLOP, %.1f GFLOP/cpu-s = %.0f%% of sgemm's %.1f "
+                       "(1024x576x1536, same threads, this run)\n",
+                       "", "", n_threads, fp.gflop, fp.gflop / fp.cpu_seconds, 100 * fp.gflop / fp.cpu_seconds / sg, sg);
                 fflush(stdout);
             }
             free(fp.ll);
