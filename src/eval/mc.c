@@ -150,44 +150,74 @@ static rq_status request_prepare(const rq_mc_scorer *s, const char *context, con
     return st;
 }
 
-/* log_softmax(logits)[target] with the log-sum-exp in fp32, and whether target
- * is the (first) argmax. */
-static double token_logprob(const float *logits, int V, int target, bool *greedy) {
+/* A row's log-softmax normalizer (the log-sum-exp in fp32) and its first argmax. */
+static void row_lse(const float *logits, int V, float *lse, int *argmax) {
     int best = 0;
     for (int v = 1; v < V; v++)
         if (logits[v] > logits[best]) best = v;
     const float mx = logits[best];
     float sum = 0.0f;
     for (int v = 0; v < V; v++) sum += expf(logits[v] - mx);
-    *greedy = best == target;
-    return (double)(logits[target] - (mx + logf(sum)));
+    *lse = mx + logf(sum);
+    *argmax = best;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
 }
 
 /* After a run of fs: row rows[i] of the flattened [B*T] positions predicts
- * targets[i]; its log-probability adds into ll[owner[i]], in the order of the
- * rows (the rows' log-softmaxes run in parallel, the fp64 sums do not). */
+ * targets[i]; its log-probability, log_softmax(logits)[target], adds into
+ * ll[owner[i]] in the order of i. A row listed several times (a context's last
+ * position predicts every choice's first token) goes through the head once;
+ * the rows' normalizers run in parallel, the fp64 sums do not. */
 static rq_status score_rows(rq_mc_scorer *s, rq_forward_state *fs, const int *rows, const int *targets,
                             const int *owner, int n, double *ll, bool *greedy, rq_err *err) {
+    if (n <= 0) return RQ_OK;
     const int V = s->m->cfg.vocab_size;
-    double lps[LOGIT_ROWS];
-    bool gs[LOGIT_ROWS];
-    s->stats.rows_scored += n;
-    for (int r0 = 0; r0 < n; r0 += LOGIT_ROWS) {
-        int cnt = n - r0 < LOGIT_ROWS ? n - r0 : LOGIT_ROWS;
-        RQ_TRY(rq_forward_logits(fs, rows + r0, cnt, s->logits, err));
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < cnt; i++) lps[i] = token_logprob(s->logits + (size_t)i * V, V, targets[r0 + i], &gs[i]);
-        for (int i = 0; i < cnt; i++) {
-            const bool g = gs[i];
-            const double lp = lps[i];
-            if (!isfinite(lp))
-                return RQ_FAIL(err, RQ_ERR_NUMERIC, "the model's logits are not finite (log-probability %g): it holds "
-                               "NaN/Inf weights or adapters; refusing to score it", lp);
-            ll[owner[r0 + i]] += lp;
-            greedy[owner[r0 + i]] &= g;
-        }
+    int64_t *order = rq_calloc((size_t)n, sizeof(int64_t), err); /* (row << 32) | entry, sorted */
+    int *uniq = rq_calloc((size_t)n, sizeof(int), err);
+    double *lps = rq_calloc((size_t)n, sizeof(double), err);
+    bool *gs = rq_calloc((size_t)n, sizeof(bool), err);
+    rq_status st = order && uniq && lps && gs ? RQ_OK : RQ_ERR_NOMEM;
+    int n_uniq = 0;
+    if (st == RQ_OK) { /* entries sorted by row, then the distinct rows */
+        for (int i = 0; i < n; i++) order[i] = (int64_t)rows[i] << 32 | (int64_t)i; /* rows are >= 0 */
+        qsort(order, (size_t)n, sizeof *order, cmp_i64);
+        for (int i = 0; i < n; i++)
+            if (n_uniq == 0 || uniq[n_uniq - 1] != (int)(order[i] >> 32)) uniq[n_uniq++] = (int)(order[i] >> 32);
     }
-    return RQ_OK;
+    float lse[LOGIT_ROWS];
+    int best[LOGIT_ROWS];
+    for (int u0 = 0, e = 0; st == RQ_OK && u0 < n_uniq; u0 += LOGIT_ROWS) {
+        const int cnt = n_uniq - u0 < LOGIT_ROWS ? n_uniq - u0 : LOGIT_ROWS;
+        st = rq_forward_logits(fs, uniq + u0, cnt, s->logits, err);
+        if (st != RQ_OK) break;
+#pragma omp parallel for schedule(static)
+        for (int u = 0; u < cnt; u++) row_lse(s->logits + (size_t)u * V, V, &lse[u], &best[u]);
+        for (int u = 0; u < cnt; u++) /* the entries of distinct row u0 + u */
+            for (; e < n && (int)(order[e] >> 32) == uniq[u0 + u]; e++) {
+                const int i = (int)(order[e] & 0xffffffff);
+                lps[i] = (double)(s->logits[(size_t)u * V + targets[i]] - lse[u]);
+                gs[i] = best[u] == targets[i];
+            }
+        s->stats.rows_scored += cnt;
+    }
+    for (int i = 0; st == RQ_OK && i < n; i++) {
+        if (!isfinite(lps[i])) {
+            st = RQ_FAIL(err, RQ_ERR_NUMERIC, "the model's logits are not finite (log-probability %g): it holds "
+                         "NaN/Inf weights or adapters; refusing to score it", lps[i]);
+            break;
+        }
+        ll[owner[i]] += lps[i];
+        greedy[owner[i]] &= gs[i];
+    }
+    free(order);
+    free(uniq);
+    free(lps);
+    free(gs);
+    return st;
 }
 
 typedef struct row_list {
