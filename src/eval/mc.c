@@ -513,6 +513,7 @@ static void doc_pack(rq_mc_scorer *s, const mc_doc_plan *p, int owner0, mc_phase
 static rq_status score_packed(rq_mc_scorer *s, const rq_mc_doc *docs, size_t n_avail, size_t *n_done, double *ll,
                               bool *greedy, rq_err *err) {
     *n_done = 0;
+    if (n_avail > (size_t)s->o.batch_tokens + 1) n_avail = (size_t)s->o.batch_tokens + 1; /* a document is >= 1 row */
     mc_doc_plan *plans = rq_calloc(n_avail, sizeof *plans, err);
     if (!plans) return RQ_ERR_NOMEM;
     rq_status st = RQ_OK;

@@ -183,6 +183,7 @@ rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_r
                               .gsm8k_format = gformat, .gsm8k_shots = (size_t)a->shots,
                               .gsm8k_max_gen_tokens = (int)a->max_gen_tokens, .data_root = datasets,
                               .backend = be->name, .threads = be->n_threads, .ppl_batch = (int)a->batch,
+                              .mc_batch_tokens = a->naive ? 0 : (int)a->mc_batch_tokens,
                               .skip_bad_lines = a->skip_bad_lines};
         st = rq_eval_report_init(&rep, &s, err);
         if (!a->quiet)
