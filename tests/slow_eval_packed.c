@@ -11,9 +11,10 @@
  * over its context's keys and its own in two GEMMs). Each token's
  * log-probability is a difference of fp32 numbers of the logits' size, moved by
  * a few ulps, so the error of a continuation's sum grows with the size of what
- * is summed, |ll|: seen up to 2.2e-6 |ll| (the 2-bit RTN model's broken logits
- * give piqa log-likelihoods near -450 and differences near 1e-3, exactly what
- * the one-document path shows against scoring every request alone). 1e-5 |ll|
+ * is summed, |ll|: seen up to 2.2e-6 |ll| on these documents and 4.7e-6 |ll|
+ * on the first 40 piqa documents (the 2-bit RTN model's broken logits give piqa
+ * log-likelihoods near -450 and differences near 1e-3 to 2e-3, the size the
+ * one-document path shows against scoring every request alone). 2e-5 |ll|
  * leaves a margin of ~4x, far below any decision (choices' log-likelihoods
  * differ by ~1e-1 and more); the decisions themselves must agree exactly. */
 #include <math.h>
@@ -22,7 +23,7 @@
 #include "quant/quantize_model.h"
 #include "test.h"
 
-#define LL_TOL_REL 1e-5
+#define LL_TOL_REL 2e-5
 #define LL_TOL_ABS 1e-5
 #define DOCS 24
 

@@ -126,9 +126,30 @@ static rq_status export_fp32(const rq_model *m, const char *dir, rq_err *err) {
     return st;
 }
 
-/* Every request of the documents, tokenized by rilq, as the scorer's JSON input. */
+/* Model FLOPs: 2 x parameters per position through the layers, 2 x vocab x dim
+ * per row through the head (attention's share left out). */
+static double model_gflop(const rq_config *c, double positions, double head_rows) {
+    double layer_params = 0;
+    for (int p = 0; p < RQ_N_PROJ; p++) {
+        int out, in;
+        rq_proj_shape(c, p, &out, &in);
+        layer_params += (double)out * in;
+    }
+    return 2e-9 * (positions * layer_params * c->n_layers + head_rows * (double)c->vocab_size * c->dim);
+}
+
+static int cmp_desc(const void *a, const void *b) { return *(const int *)b - *(const int *)a; }
+
+/* Every request of the documents, tokenized by rilq, as the scorer's JSON input;
+ * *torch_positions: the positions the PyTorch scorer runs (batches of 8 of the
+ * requests sorted longest first, each padded to its longest), every one of
+ * them through the head as well. */
 static rq_status write_requests(rq_mc_scorer *s, const rq_mc_task *task, size_t n_docs, const char *path,
-                                rq_err *err) {
+                                double *torch_positions, rq_err *err) {
+    size_t n_req = 0, k = 0;
+    for (size_t d = 0; d < n_docs; d++) n_req += task->docs[d].n_choices;
+    int *lens = rq_calloc(n_req ? n_req : 1, sizeof(int), err);
+    if (!lens) return RQ_ERR_NOMEM;
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "requests");
     rq_status st = root && arr ? RQ_OK : RQ_ERR_NOMEM;
     for (size_t d = 0; st == RQ_OK && d < n_docs; d++) {
@@ -141,11 +162,16 @@ static rq_status write_requests(rq_mc_scorer *s, const rq_mc_task *task, size_t 
             cJSON *r = cJSON_CreateObject();
             cJSON_AddItemToObject(r, "input", cJSON_CreateIntArray(in, n_in));
             cJSON_AddItemToObject(r, "cont", cJSON_CreateIntArray(cont, n_cont));
+            lens[k++] = n_in;
             cJSON_AddItemToArray(arr, r);
             free(in);
             free(cont);
         }
     }
+    qsort(lens, k, sizeof(int), cmp_desc);
+    *torch_positions = 0;
+    for (size_t i = 0; i < k; i += 8) *torch_positions += (double)lens[i] * (double)(k - i < 8 ? k - i : 8);
+    free(lens);
     char *text = st == RQ_OK ? cJSON_PrintUnformatted(root) : NULL;
     if (st == RQ_OK) st = text ? rq_write_file_atomic(path, text, strlen(text), err) : RQ_ERR_NOMEM;
     free(text);
@@ -211,15 +237,7 @@ static rq_status run_ours(const rq_model *m, rq_backend *be, const rq_mc_task *t
     f->cpu_seconds = cpu_now() - c0;
     const rq_mc_stats *ss = rq_mc_scorer_stats(s);
     f->batches = ss->batches;
-    const rq_config *c = &m->cfg;
-    double layer_params = 0;
-    for (int p = 0; p < RQ_N_PROJ; p++) {
-        int out, in;
-        rq_proj_shape(c, p, &out, &in);
-        layer_params += (double)out * in;
-    }
-    f->gflop = 2e-9 * ((double)ss->positions_run * layer_params * c->n_layers +
-                       (double)ss->rows_scored * c->vocab_size * c->dim);
+    f->gflop = model_gflop(&m->cfg, (double)ss->positions_run, (double)ss->rows_scored);
     rq_mc_scorer_free(s);
     f->acc = st == RQ_OK ? accuracy(task, n_docs, f->ll) : NAN;
     f->ok = st == RQ_OK;
@@ -352,10 +370,11 @@ int main(int argc, char **argv) {
                 const int n_threads = atoi(th);
                 rq_backend *be = NULL;
                 rq_mc_scorer *tok_only = NULL;
+                double torch_positions = 0;
                 rq_mc_opts to = {.bos = RQ_BOS_OFF};
                 if (rq_backend_create("cpu", n_threads, &be, &err) != RQ_OK ||
                     (torch_ref && (rq_mc_scorer_create(m, be, &to, &tok_only, &err) != RQ_OK ||
-                                   write_requests(tok_only, &task, n_docs, requests, &err) != RQ_OK)) ||
+                                   write_requests(tok_only, &task, n_docs, requests, &torch_positions, &err) != RQ_OK)) ||
                     run_ours(m, be, &task, n_docs, batch_tokens, &fp, &err) != RQ_OK) {
                     fprintf(stderr, "bench_eval: %s\n", err.msg);
                     rc = 1;
@@ -378,9 +397,11 @@ int main(int argc, char **argv) {
                        tname, mname, n_threads, n_docs, (long long)fp.batches, dp, d1, dt, dp / dt, dp / d1, cp, c1, ct,
                        cp / ct, cp / c1, max_diff(fp.ll, f1.ll, n_choices), ft.ok ? max_diff(fp.ll, ft.ll, n_choices) : NAN,
                        fp.acc, f1.acc, ft.ok ? ft.acc : NAN);
+                const double torch_gflop = model_gflop(&m->cfg, torch_positions, torch_positions);
                 printf("%-9s %-5s %3d        packed: %.1f model GFLOP, %.1f GFLOP/cpu-s = %.0f%% of sgemm's %.1f "
-                       "(1024x576x1536, same threads, this run)\n",
-                       "", "", n_threads, fp.gflop, fp.gflop / fp.cpu_seconds, 100 * fp.gflop / fp.cpu_seconds / sg, sg);
+                       "(1024x576x1536, same threads, this run); torch: %.1f GFLOP (%.2fx packed's), %.1f GFLOP/cpu-s\n",
+                       "", "", n_threads, fp.gflop, fp.gflop / fp.cpu_seconds, 100 * fp.gflop / fp.cpu_seconds / sg, sg,
+                       torch_gflop, torch_gflop / fp.gflop, ft.ok ? torch_gflop / ft.cpu_seconds : NAN);
                 fflush(stdout);
             }
             free(fp.ll);
