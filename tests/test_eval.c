@@ -8,7 +8,16 @@
  * compute the same positions, but a batched call and a single one sum the
  * GEMMs in a different order (OpenBLAS blocks by the row count), so fp32
  * rounding differs in the last bits of each logit; a continuation of ~30
- * tokens accumulates that to ~1e-5. */
+ * tokens accumulates that to ~1e-5.
+ *
+ * The same tolerance holds for packed scoring (many documents per forward)
+ * against one document at a time: every position computes the same quantities
+ * with the same inputs, but the projections are GEMMs over more rows (OpenBLAS
+ * picks its blocking and edge kernels by the row count) and a continuation's
+ * attention sums its context's keys and its own in two GEMMs instead of one:
+ * again only the fp32 summation order differs, so per-logit differences are
+ * ~1e-6 relative and a continuation's sum stays far below 1e-4. Decisions
+ * (is_greedy, hence the argmaxes) must agree exactly. */
 #include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -89,6 +98,106 @@ static void test_shared_equals_naive(rq_model *m, rq_backend *be, const char *ta
     rq_mc_scorer_free(shared);
     rq_mc_scorer_free(naive);
     rq_mc_scorer_free(single_scorer);
+    rq_mc_task_free(&task);
+}
+
+/* Packed scoring (batch_tokens > 0) against one document at a time, on the
+ * first 24 documents of a task: the same log-likelihoods (LL_TOL), the same
+ * is_greedy flags, bit-identical when run twice, identical through the
+ * attention fallback of backends without attention_packed, and fewer positions
+ * run (no padding). batch_tokens 48 makes many small batches and documents
+ * larger than the budget (run alone). */
+static void test_packed_equals_alone(rq_model *m, rq_backend *be, const char *task_name, int max_length,
+                                     int batch_tokens) {
+    rq_err err = {0};
+    rq_mc_task task;
+    CHECK_OK(rq_mc_task_load(task_name, datasets_dir, &task, &err), &err);
+    if (task.n_docs == 0) return;
+    size_t n = task.n_docs < 24 ? task.n_docs : 24, total = 0;
+    for (size_t d = 0; d < n; d++) total += task.docs[d].n_choices;
+    rq_mc_opts alone_opts = {.bos = RQ_BOS_OFF, .max_length = max_length};
+    rq_mc_opts packed_opts = {.bos = RQ_BOS_OFF, .max_length = max_length, .batch_tokens = batch_tokens};
+    rq_mc_scorer *alone = NULL, *packed = NULL;
+    CHECK_OK(rq_mc_scorer_create(m, be, &alone_opts, &alone, &err), &err);
+    CHECK_OK(rq_mc_scorer_create(m, be, &packed_opts, &packed, &err), &err);
+    double *ll_alone = calloc(total, sizeof(double)), *ll_packed = calloc(total, sizeof(double));
+    double *ll_again = calloc(total, sizeof(double)), *ll_fallback = calloc(total, sizeof(double));
+    bool *g_alone = calloc(total, sizeof(bool)), *g_packed = calloc(total, sizeof(bool));
+    if (!alone || !packed || !ll_alone || !ll_packed || !ll_again || !ll_fallback || !g_alone || !g_packed) {
+        CHECK(false);
+        goto done;
+    }
+    CHECK_OK(rq_mc_score_docs(alone, task.docs, n, ll_alone, g_alone, &err), &err);
+    CHECK_OK(rq_mc_score_docs(packed, task.docs, n, ll_packed, g_packed, &err), &err);
+    CHECK_OK(rq_mc_score_docs(packed, task.docs, n, ll_again, NULL, &err), &err);
+    /* a backend without the packed attention op: the forward joins each sequence's keys */
+    void (*op)(rq_backend *, float *, const float *, const float *, const float *, const float *, const float *,
+               const rq_attn_seq *, int, int, int, int) = be->attention_packed;
+    be->attention_packed = NULL;
+    CHECK_OK(rq_mc_score_docs(packed, task.docs, n, ll_fallback, NULL, &err), &err);
+    be->attention_packed = op;
+    double worst = 0.0, worst_fallback = 0.0;
+    int greedy_mismatch = 0;
+    for (size_t i = 0; i < total; i++) {
+        worst = fmax(worst, fabs(ll_packed[i] - ll_alone[i]));
+        worst_fallback = fmax(worst_fallback, fabs(ll_fallback[i] - ll_packed[i]));
+        greedy_mismatch += g_packed[i] != g_alone[i];
+    }
+    CHECKF(worst <= LL_TOL, "%s (max_length %d, batch %d): packed vs alone log-likelihoods differ by %.3g", task_name,
+           max_length, batch_tokens, worst);
+    CHECKF(worst_fallback <= LL_TOL, "%s: the attention fallback differs by %.3g", task_name, worst_fallback);
+    CHECKF(greedy_mismatch == 0, "%s: is_greedy differs in %d requests", task_name, greedy_mismatch);
+    CHECKF(memcmp(ll_packed, ll_again, total * sizeof(double)) == 0, "%s: packed scoring is not repeatable",
+           task_name);
+    const rq_mc_stats *as = rq_mc_scorer_stats(alone), *ps = rq_mc_scorer_stats(packed);
+    CHECK(ps->requests == 3 * as->requests && ps->positions_naive == 3 * as->positions_naive);
+    CHECK(ps->positions_run == ps->positions_useful && ps->unshared_docs == 3 * as->unshared_docs);
+    CHECKF(ps->positions_run <= 3 * as->positions_run, "%s: packed ran %lld positions, alone %lld", task_name,
+           (long long)ps->positions_run / 3, (long long)as->positions_run);
+    printf("%-10s max_length %3d batch %4d: max |packed - alone| = %.2e (fallback attention %.2e), positions %lld "
+           "packed vs %lld alone\n", task_name, max_length, batch_tokens, worst, worst_fallback,
+           (long long)ps->positions_run / 3, (long long)as->positions_run);
+done:
+    free(ll_alone);
+    free(ll_packed);
+    free(ll_again);
+    free(ll_fallback);
+    free(g_alone);
+    free(g_packed);
+    rq_mc_scorer_free(alone);
+    rq_mc_scorer_free(packed);
+    rq_mc_task_free(&task);
+}
+
+/* rq_mc_evaluate packs documents too: the same records as one at a time. */
+static void test_evaluate_packed(rq_model *m, rq_backend *be) {
+    rq_err err = {0};
+    rq_mc_task task;
+    CHECK_OK(rq_mc_task_load("arc_easy", datasets_dir, &task, &err), &err);
+    if (task.n_docs == 0) return;
+    rq_mc_opts a_opts = {.bos = RQ_BOS_OFF}, p_opts = {.bos = RQ_BOS_OFF, .batch_tokens = 200};
+    rq_mc_scorer *a = NULL, *p = NULL;
+    CHECK_OK(rq_mc_scorer_create(m, be, &a_opts, &a, &err), &err);
+    CHECK_OK(rq_mc_scorer_create(m, be, &p_opts, &p, &err), &err);
+    rq_mc_result ra, rp;
+    memset(&ra, 0, sizeof ra);
+    memset(&rp, 0, sizeof rp);
+    CHECK_OK(rq_mc_evaluate(a, &task, 30, true, true, &ra, &err), &err);
+    CHECK_OK(rq_mc_evaluate(p, &task, 30, true, true, &rp, &err), &err);
+    CHECK(ra.n_docs == 30 && rp.n_docs == 30 && ra.records && rp.records);
+    CHECK(ra.acc == rp.acc && ra.acc_norm == rp.acc_norm && ra.requests == rp.requests);
+    for (size_t d = 0; ra.records && rp.records && d < 30; d++) {
+        const rq_mc_doc_record *x = &ra.records[d], *y = &rp.records[d];
+        CHECK(x->doc_index == y->doc_index && x->pred == y->pred && x->pred_norm == y->pred_norm);
+        for (size_t c = 0; c < x->n_choices; c++) {
+            CHECK_NEAR(x->ll[c], y->ll[c], LL_TOL);
+            CHECK(x->is_greedy[c] == y->is_greedy[c]);
+        }
+    }
+    rq_mc_result_free(&ra);
+    rq_mc_result_free(&rp);
+    rq_mc_scorer_free(a);
+    rq_mc_scorer_free(p);
     rq_mc_task_free(&task);
 }
 
@@ -333,6 +442,10 @@ int main(void) {
         for (int t = 0; t < 4; t++) test_shared_equals_naive(m, be, tasks[t], 0);
         /* a short model context: contexts get left-truncated and sharing must step aside */
         test_shared_equals_naive(m, be, "arc_easy", 96);
+        for (int t = 0; t < 4; t++) test_packed_equals_alone(m, be, tasks[t], 0, 512);
+        test_packed_equals_alone(m, be, "hellaswag", 0, 48);
+        test_packed_equals_alone(m, be, "arc_easy", 96, 256); /* truncated contexts run unshared in phase 1 */
+        test_evaluate_packed(m, be);
         test_gsm8k_and_results(m, be);
     }
     rq_backend_destroy(be);

@@ -45,6 +45,15 @@ typedef struct rq_weight_span {
     size_t bytes;
 } rq_weight_span;
 
+/* One sequence of a packed attention call (attention_packed): many sequences of
+ * different lengths share one [N][...] batch, without padding. */
+typedef struct rq_attn_seq {
+    int row;     /* its first row in q, k, v and out */
+    int n;       /* its new tokens: queries and keys at positions pos0 .. pos0+n-1 */
+    int pos0;    /* position of its first new token; positions 0 .. pos0-1 are a prefix */
+    int pre_row; /* first row of its prefix keys and values in k_pre, v_pre (read only when pos0 > 0) */
+} rq_attn_seq;
+
 struct rq_backend {
     const char *name; /* for messages */
     rq_backend_caps caps;
@@ -97,6 +106,16 @@ struct rq_backend {
      * out[B][T][nh][hd]. att[B][nh][T][pos0+T] (probabilities) saved when not NULL. */
     void (*attention_fwd)(rq_backend *be, float *out, float *att, const float *q, const float *k, const float *v,
                           int B, int T, int pos0, int Tk_max, int nh, int nkv, int hd);
+    /* Causal grouped-query attention over packed sequences (rq_attn_seq, a host array):
+     * q, out [N][nh][hd] and k, v [N][nkv][hd] hold every sequence's new tokens in its
+     * rows; query i of sequence s (position pos0+i) sees the prefix keys of positions
+     * 0 .. pos0-1, rows pre_row .. of k_pre, v_pre [.][nkv][hd] (several sequences may
+     * share one prefix: the choices continuing one context), then its own keys of
+     * positions pos0 .. pos0+i. Inference only. May be NULL: the forward then joins each
+     * sequence's keys in a scratch and calls attention_fwd per sequence. */
+    void (*attention_packed)(rq_backend *be, float *out, const float *q, const float *k, const float *v,
+                             const float *k_pre, const float *v_pre, const rq_attn_seq *seqs, int n_seqs, int nh,
+                             int nkv, int hd);
     /* out[N][H] = silu(gate) * up */
     void (*swiglu_fwd)(rq_backend *be, float *out, const float *gate, const float *up, int N, int H);
     /* dst[B][T][C] rows -> cache[B][Tmax][C] at positions pos0 .. pos0+T-1 */

@@ -103,13 +103,84 @@ static void cpu_rope_fwd(rq_backend *be, float *x, const float *cos_t, const flo
         }
 }
 
-/* Causal GQA attention, one (sequence, query head) at a time, in blocks of
- * RQ_CPU_ATTENTION_BLOCK queries: S = Q_blk K^T over the keys the block can see
- * (the strided head slices: lda = nh*hd, ldb = nkv*hd), a masked row softmax,
- * then O_blk = P_blk V. Keys past a block's last query are never computed, so
- * causal training runs about half the full T x T work. The (b, h) pairs run in
- * parallel with single-threaded GEMMs inside (OpenBLAS threads would only fight
- * OpenMP's); the result does not depend on the thread count. */
+/* Causal attention of one (sequence, query head) in blocks of
+ * RQ_CPU_ATTENTION_BLOCK queries: query t of n sits at position pos0+t and sees
+ * keys 0 .. pos0+t, positions < pos0 in rows of kp/vp and the rest in rows of
+ * ko/vo (strided head slices: ldq = ldo = nh*hd, ldk = nkv*hd). Per block:
+ * S = Q_blk K^T over the keys its last query can see, a masked row softmax, then
+ * O_blk = P_blk V; keys past a block's last query are never computed, so causal
+ * training runs about half the full T x T work. When the two key runs are one
+ * (ko = kp + pos0 rows: a cache) each product is a single GEMM; else each is
+ * split at pos0, prefix first. p holds the scores [n][ldp]; keep_all: zeros up to
+ * ldp (a kept att matrix), else up to the block's key count. Single-threaded GEMMs. */
+static void attend_head(float *oh, float *p, int ldp, bool keep_all, const float *qh, const float *kp,
+                        const float *vp, const float *ko, const float *vo, int n, int pos0, int nh, int nkv,
+                        int hd, float scale) {
+    const int ldq = nh * hd, ldk = nkv * hd;
+    const bool one_run = pos0 == 0 || (ko == kp + (size_t)pos0 * ldk && vo == vp + (size_t)pos0 * ldk);
+    const float *k0 = one_run ? ko - (size_t)pos0 * ldk : kp, *v0 = one_run ? vo - (size_t)pos0 * ldk : vp;
+    for (int t0 = 0; t0 < n; t0 += RQ_CPU_ATTENTION_BLOCK) {
+        const int t1 = t0 + RQ_CPU_ATTENTION_BLOCK < n ? t0 + RQ_CPU_ATTENTION_BLOCK : n;
+        const int kend = pos0 + t1; /* keys the block's last query sees */
+        const float *qb = qh + (size_t)t0 * ldq;
+        float *pb = p + (size_t)t0 * ldp, *ob = oh + (size_t)t0 * ldq;
+        if (one_run) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, kend, hd, scale, qb, ldq, k0, ldk, 0.0f,
+                        pb, ldp);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, pos0, hd, scale, qb, ldq, kp, ldk, 0.0f,
+                        pb, ldp);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, t1, hd, scale, qb, ldq, ko, ldk, 0.0f,
+                        pb + pos0, ldp);
+        }
+        for (int t = t0; t < t1; t++) {
+            float *row = p + (size_t)t * ldp;
+            const int n_keys = pos0 + t + 1; /* keys at positions <= pos0 + t */
+            rq_softmax_row(row, n_keys);
+            /* zeros up to the block's key count (P V reads them); a kept
+               att holds the whole causal matrix, zeros above the diagonal */
+            const int zero_end = keep_all ? ldp : kend;
+            for (int j = n_keys; j < zero_end; j++) row[j] = 0.0f;
+        }
+        if (one_run) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, kend, 1.0f, pb, ldp, v0, ldk, 0.0f,
+                        ob, ldq);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, pos0, 1.0f, pb, ldp, vp, ldk, 0.0f,
+                        ob, ldq);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, t1, 1.0f, pb + pos0, ldp, vo, ldk,
+                        1.0f, ob, ldq);
+        }
+    }
+}
+
+/* The attention score scratch: `per_thread` floats for each of n_threads
+ * threads, grown (never per call). false when it cannot be had. */
+static bool att_scratch(cpu_ctx *c, size_t per_thread, int n_threads) {
+    if (c->att_floats >= per_thread * n_threads) return true;
+    free(c->att);
+    c->att = malloc(sizeof(float) * per_thread * n_threads);
+    c->att_floats = c->att ? per_thread * n_threads : 0;
+    return c->att != NULL;
+}
+
+/* OpenBLAS's OpenMP build runs single-threaded inside our parallel regions by
+ * itself; its pthread build needs telling, or its threads oversubscribe.
+ * Returns the thread count to restore (0: nothing to restore). */
+static int blas_single_threaded_begin(void) {
+    if (openblas_get_parallel() != 1) return 0;
+    const int threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    return threads;
+}
+
+static void blas_single_threaded_end(int restore) {
+    if (restore) openblas_set_num_threads(restore);
+}
+
+/* Causal GQA attention, one (sequence, query head) pair at a time (attend_head).
+ * The pairs run in parallel with single-threaded GEMMs inside (OpenBLAS threads
+ * would only fight OpenMP's); the result does not depend on the thread count. */
 static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const float *q, const float *k,
                               const float *v, int B, int T, int pos0, int Tk_max, int nh, int nkv, int hd) {
     const float scale = 1.0f / sqrtf((float)hd);
@@ -118,20 +189,11 @@ static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const floa
     cpu_ctx *c = be->ctx;
     const size_t per_thread = (size_t)T * Tk;
     const int n_threads = omp_get_max_threads();
-    if (!att && c->att_floats < per_thread * n_threads) {
-        free(c->att);
-        c->att = malloc(sizeof(float) * per_thread * n_threads);
-        c->att_floats = c->att ? per_thread * n_threads : 0;
-        if (!c->att) { /* no way to report from a void op: make the failure loud, not silent */
-            for (size_t i = 0; i < (size_t)B * T * nh * hd; i++) out[i] = NAN;
-            return;
-        }
+    if (!att && !att_scratch(c, per_thread, n_threads)) { /* no way to report from a void op: make it loud */
+        for (size_t i = 0; i < (size_t)B * T * nh * hd; i++) out[i] = NAN;
+        return;
     }
-    /* OpenBLAS's OpenMP build runs single-threaded inside our parallel region by
-     * itself; its pthread build needs telling, or its threads oversubscribe */
-    const bool pthread_blas = openblas_get_parallel() == 1;
-    const int blas_threads = openblas_get_num_threads();
-    if (pthread_blas) openblas_set_num_threads(1);
+    const int restore = blas_single_threaded_begin();
     /* below ~1M multiply-adds (a decode step over up to ~1000 keys of a small model) one thread
        beats a fork/join; the result does not depend on it */
     const bool parallel = (size_t)B * nh * T * Tk * hd >= ((size_t)1 << 20);
@@ -141,33 +203,53 @@ static void cpu_attention_fwd(rq_backend *be, float *out, float *att, const floa
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int b = 0; b < B; b++)
             for (int h = 0; h < nh; h++) {
-                const int g = h / group;
-                const float *qh = q + (size_t)b * T * nh * hd + (size_t)h * hd;
-                const float *kg = k + (size_t)b * Tk_max * nkv * hd + (size_t)g * hd;
-                const float *vg = v + (size_t)b * Tk_max * nkv * hd + (size_t)g * hd;
+                const size_t kv_off = (size_t)b * Tk_max * nkv * hd + (size_t)(h / group) * hd;
+                const float *kg = k + kv_off, *vg = v + kv_off;
+                const size_t q_off = (size_t)b * T * nh * hd + (size_t)h * hd;
                 float *p = att ? att + ((size_t)b * nh + h) * T * Tk : scratch;
-                float *oh = out + (size_t)b * T * nh * hd + (size_t)h * hd;
-                for (int t0 = 0; t0 < T; t0 += RQ_CPU_ATTENTION_BLOCK) {
-                    const int t1 = t0 + RQ_CPU_ATTENTION_BLOCK < T ? t0 + RQ_CPU_ATTENTION_BLOCK : T;
-                    const int kend = pos0 + t1; /* keys the block's last query sees */
-                    float *pb = p + (size_t)t0 * Tk;
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, kend, hd, scale,
-                                qh + (size_t)t0 * nh * hd, nh * hd, kg, nkv * hd, 0.0f, pb, Tk);
-                    for (int t = t0; t < t1; t++) {
-                        float *row = p + (size_t)t * Tk;
-                        const int n_keys = pos0 + t + 1; /* keys at positions <= pos0 + t */
-                        rq_softmax_row(row, n_keys);
-                        /* zeros up to the block's key count (P V reads them); a kept
-                           att holds the whole causal matrix, zeros above the diagonal */
-                        const int zero_end = att ? Tk : kend;
-                        for (int j = n_keys; j < zero_end; j++) row[j] = 0.0f;
-                    }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, kend, 1.0f, pb, Tk, vg,
-                                nkv * hd, 0.0f, oh + (size_t)t0 * nh * hd, nh * hd);
-                }
+                const size_t own = (size_t)pos0 * nkv * hd; /* the new keys follow the cached ones */
+                attend_head(out + q_off, p, Tk, att != NULL, q + q_off, kg, vg, kg + own, vg + own, T, pos0, nh,
+                            nkv, hd, scale);
             }
     }
-    if (pthread_blas) openblas_set_num_threads(blas_threads);
+    blas_single_threaded_end(restore);
+}
+
+/* attention_packed: every (sequence, query head) pair is one attend_head task,
+ * its prefix keys in k_pre and its own in k. */
+static void cpu_attention_packed(rq_backend *be, float *out, const float *q, const float *k, const float *v,
+                                 const float *k_pre, const float *v_pre, const rq_attn_seq *seqs, int n_seqs,
+                                 int nh, int nkv, int hd) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = nh / nkv;
+    cpu_ctx *c = be->ctx;
+    size_t per_thread = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        size_t need = (size_t)seqs[i].n * (size_t)(seqs[i].pos0 + seqs[i].n);
+        per_thread = need > per_thread ? need : per_thread;
+    }
+    const int n_threads = omp_get_max_threads();
+    if (!att_scratch(c, per_thread, n_threads)) {
+        for (int i = 0; i < n_seqs; i++)
+            for (size_t j = 0; j < (size_t)seqs[i].n * nh * hd; j++) out[(size_t)seqs[i].row * nh * hd + j] = NAN;
+        return;
+    }
+    const int restore = blas_single_threaded_begin();
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *scratch = c->att + per_thread * omp_get_thread_num();
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int i = 0; i < n_seqs; i++)
+            for (int h = 0; h < nh; h++) {
+                const rq_attn_seq *sq = &seqs[i];
+                const size_t g_off = (size_t)(h / group) * hd, q_off = (size_t)sq->row * nh * hd + (size_t)h * hd;
+                const size_t own = (size_t)sq->row * nkv * hd + g_off, pre = (size_t)sq->pre_row * nkv * hd + g_off;
+                const float *kp = sq->pos0 > 0 ? k_pre + pre : NULL, *vp = sq->pos0 > 0 ? v_pre + pre : NULL;
+                attend_head(out + q_off, scratch, sq->pos0 + sq->n, false, q + q_off, kp, vp, k + own, v + own, sq->n,
+                            sq->pos0, nh, nkv, hd, scale);
+            }
+    }
+    blas_single_threaded_end(restore);
 }
 
 static void cpu_swiglu_fwd(rq_backend *be, float *out, const float *gate, const float *up, int N, int H) {
@@ -281,6 +363,7 @@ rq_status rq_backend_cpu_create(int n_threads, rq_backend **out, rq_err *err) {
     be->rmsnorm_fwd = cpu_rmsnorm_fwd;
     be->rope_fwd = cpu_rope_fwd;
     be->attention_fwd = cpu_attention_fwd;
+    be->attention_packed = cpu_attention_packed;
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->cache_store = cpu_cache_store;
     be->add_inplace = cpu_add_inplace;

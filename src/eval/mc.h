@@ -16,7 +16,10 @@
  * earlier positions). The numbers are those of scoring every request alone,
  * up to fp32 summation order inside the GEMMs (tests allow 1e-4 absolute).
  * Documents whose contexts differ per choice (winogrande) run their requests
- * from scratch as one padded batch. */
+ * from scratch as one padded batch.
+ *
+ * Packing (batch_tokens > 0, what `rilq eval` does): many documents per
+ * forward, without padding (rq_mc_score_docs below). */
 #ifndef RQ_EVAL_MC_H
 #define RQ_EVAL_MC_H
 
@@ -32,6 +35,8 @@ typedef struct rq_mc_opts {
     rq_bos_mode bos; /* BOS on both tokenizations: off (lm-eval v0.4.x), on, tokenizer default */
     int max_length;  /* model context for truncation; 0: the model's max_position_embeddings */
     bool naive;      /* score every request alone from scratch (reference path for tests and benchmarks) */
+    int batch_tokens; /* many documents per forward: token positions per packed forward (0: one document at a
+                         time, the shared-context path above) */
 } rq_mc_opts;
 
 /* Work counters of a scorer, for the benchmark's "forward FLOPs saved" figure:
@@ -43,6 +48,8 @@ typedef struct rq_mc_stats {
     int64_t positions_useful;  /* the same without the padding */
     int64_t positions_naive;   /* what scoring every request alone would have run */
     int64_t unshared_docs;     /* shared-context documents run unshared: left truncation cut their contexts */
+    int64_t batches;           /* packed batches of documents (each one or two forwards) */
+    int64_t rows_scored;       /* positions whose logits went through the head */
 } rq_mc_stats;
 
 typedef struct rq_mc_scorer rq_mc_scorer;
@@ -57,9 +64,30 @@ const rq_mc_stats *rq_mc_scorer_stats(const rq_mc_scorer *s);
 rq_status rq_mc_loglikelihood(rq_mc_scorer *s, const char *context, const char *continuation, double *ll,
                               bool *is_greedy, rq_err *err);
 
+/* One request as lm-eval feeds it to the model (for reference scorers fed the
+ * same tokens): *input = (ctx_ids + cont_ids) left-truncated to max_length + 1
+ * tokens minus the last one, *n_input tokens; *cont = cont_ids, *n_cont tokens,
+ * predicted by the last *n_cont positions of the input. Both malloc'd. */
+rq_status rq_mc_request_input(rq_mc_scorer *s, const char *context, const char *continuation, int **input,
+                              int *n_input, int **cont, int *n_cont, rq_err *err);
+
 /* All choices of a document: ll[n_choices], is_greedy[n_choices] (may be NULL).
- * Uses context sharing unless the scorer is naive. */
+ * Uses context sharing unless the scorer is naive; packed (one document) when
+ * batch_tokens > 0. */
 rq_status rq_mc_score_doc(rq_mc_scorer *s, const rq_mc_doc *doc, double *ll, bool *is_greedy, rq_err *err);
+
+/* Many documents: ll and is_greedy (may be NULL) hold every document's choices,
+ * one document after another. With batch_tokens > 0 (and not naive) documents
+ * are packed, as many per forward as fit batch_tokens positions (a longer one
+ * runs alone): phase 1 runs every shared context, and every request of a
+ * document without one (or cut by truncation), from position 0 as one batch of
+ * sequences without padding; phase 2 runs every choice's remaining tokens as
+ * sequences that attend to their own context's cached keys. The logits are
+ * computed only at the scored positions. The numbers are those of one document
+ * at a time up to fp32 summation order in the larger GEMMs (tests/test_eval.c
+ * states the tolerance); fixed for a fixed batch_tokens and thread count. */
+rq_status rq_mc_score_docs(rq_mc_scorer *s, const rq_mc_doc *docs, size_t n_docs, double *ll, bool *is_greedy,
+                           rq_err *err);
 
 /* ---- metrics ---------------------------------------------------------------- */
 

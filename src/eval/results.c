@@ -98,6 +98,8 @@ rq_status rq_eval_report_init(rq_eval_report *rep, const rq_eval_settings *s, rq
     cJSON_AddBoolToObject(r, "skip_bad_lines", s->skip_bad_lines);
     cJSON_AddStringToObject(r, "backend", s->backend ? s->backend : "cpu");
     cJSON_AddNumberToObject(r, "threads", s->threads);
+    /* the fp32 summation order of the scores depends on it (and on threads), the decisions do not */
+    cJSON_AddNumberToObject(r, "mc_batch_tokens", s->mc_batch_tokens);
     rep->dataset_files = cJSON_AddObjectToObject(r, "dataset_files");
     rep->skipped_lines = cJSON_AddObjectToObject(r, "skipped_lines");
     rep->seconds = cJSON_AddObjectToObject(r, "seconds");

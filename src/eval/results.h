@@ -39,6 +39,7 @@ typedef struct rq_eval_settings {
     const char *backend;
     int threads;
     int ppl_batch;
+    int mc_batch_tokens;       /* token positions per packed multiple-choice forward (0: one document at a time) */
     bool skip_bad_lines;
 } rq_eval_settings;
 

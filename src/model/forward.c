@@ -51,11 +51,24 @@ struct rq_forward_state {
     float *rope_host;     /* host cos|sin [max_seq][hd/2] each */
     size_t act_bytes, kv_bytes, host_bytes;
     size_t rope_host_floats, logits_host_floats;
-    int head_chunk;       /* rows of s->logits (and logits2): NLL_CHUNK, TRAIN_HEAD_CHUNK in training */
+    int head_chunk;       /* rows of s->logits (and logits2): NLL_CHUNK (or opts.head_rows), TRAIN_HEAD_CHUNK in
+                             training */
     int last_B, last_T;
     float *logits_host;   /* [NLL_CHUNK][vocab] for the loss on the host */
     bool bound;           /* the model's weights are bound to be for the state's lifetime */
+    /* packed runs (rq_forward_run_packed) */
+    const struct packed_run *packed; /* the run in progress, else NULL */
+    int kv_rows_kept;     /* rows of K/V the last packed run with keep_kv left in each layer's cache */
+    float *join;          /* backends without attention_packed: one sequence's keys and values joined */
+    size_t join_floats;
 };
+
+/* A packed run in progress: many sequences of different lengths in one batch of rows. */
+typedef struct packed_run {
+    const rq_attn_seq *seqs;
+    int n_seqs;
+    bool keep_kv;
+} packed_run;
 
 /* inv_freq as HF computes it (fp32), with linear or llama3 scaling. */
 static void rope_inv_freq(const rq_config *c, float *inv_freq) {
@@ -177,8 +190,10 @@ static rq_status forward_layout(const rq_config *c, const rq_forward_opts *o, rq
     table_add(&t, &s->rstd_final, N);
     table_add(&t, &s->hidden, N * c->dim);
     s->head_chunk = o->train ? TRAIN_HEAD_CHUNK : NLL_CHUNK;
+    if (!o->train && o->head_rows > NLL_CHUNK)
+        s->head_chunk = o->head_rows < TRAIN_HEAD_CHUNK ? o->head_rows : TRAIN_HEAD_CHUNK;
     table_add(&t, &s->logits, (size_t)s->head_chunk * c->vocab_size);
-    table_add(&t, &s->gather, (size_t)NLL_CHUNK * c->dim);
+    table_add(&t, &s->gather, (size_t)s->head_chunk * c->dim);
     table_add(&t, &s->row_loss, (size_t)s->head_chunk);
     table_add(&t, &s->rope_dev, 2 * T * half);
     if (o->train) {
@@ -275,21 +290,26 @@ void rq_forward_free(rq_forward_state *s) {
     free(s->inv_freq);
     free(s->rope_host);
     free(s->logits_host);
+    if (s->join) s->be->free(s->be, s->join);
     free(s->la);
     free(s->res);
     free(s);
 }
 
-/* cos/sin of positions pos0 .. pos0+T-1 as HF computes them: angle = pos * inv_freq in fp32. */
-static rq_status upload_rope(rq_forward_state *s, int T, int pos0, rq_err *err) {
+/* cos/sin of T rows as HF computes them: angle = pos * inv_freq in fp32, row t
+ * at position pos0 + t, or, with a packed run's sequences, its position in its sequence. */
+static rq_status upload_rope(rq_forward_state *s, int T, int pos0, const packed_run *pk, rq_err *err) {
     const int half = s->m->cfg.head_dim / 2;
     float *cs = s->rope_host, *sn = s->rope_host + (size_t)T * half;
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < half; i++) {
-            float a = (float)(pos0 + t) * s->inv_freq[i];
-            cs[(size_t)t * half + i] = cosf(a);
-            sn[(size_t)t * half + i] = sinf(a);
-        }
+    for (int q = 0, t = 0; pk ? q < pk->n_seqs : q < 1; q++) {
+        const int n = pk ? pk->seqs[q].n : T, start = pk ? pk->seqs[q].pos0 : pos0;
+        for (int j = 0; j < n; j++, t++)
+            for (int i = 0; i < half; i++) {
+                float a = (float)(start + j) * s->inv_freq[i];
+                cs[(size_t)t * half + i] = cosf(a);
+                sn[(size_t)t * half + i] = sinf(a);
+            }
+    }
     return s->be->upload(s->be, s->rope_dev, s->rope_host, 2 * (size_t)T * half * sizeof(float), err);
 }
 
@@ -310,6 +330,38 @@ static void proj_forward(rq_forward_state *s, int l, int p, float *out, const fl
     if (!ad) return;
     const float *xt = rq_adapter_input(s->be, ad, in, N, a->xt[p]);
     rq_adapter_forward(s->be, ad, out, xt, a->u[p], N);
+}
+
+/* The attention of a packed run (its rows are B = 1 x T = N): prefixes come from
+ * this layer's cache rows, left by an earlier run with keep_kv; with keep_kv the
+ * run's own K/V then replace rows [0, N) of the cache (after the attention has
+ * read the prefixes: each layer reads only its own cache). */
+static void attend_packed(rq_forward_state *s, layer_acts *a, float *k_cache, float *v_cache) {
+    const rq_config *c = &s->m->cfg;
+    rq_backend *be = s->be;
+    const packed_run *pk = s->packed;
+    const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    const size_t kv_dim = (size_t)nkv * hd, q_dim = (size_t)nh * hd;
+    if (be->attention_packed) {
+        be->attention_packed(be, a->att_out, a->q, a->k, a->v, k_cache, v_cache, pk->seqs, pk->n_seqs, nh, nkv, hd);
+    } else { /* one sequence at a time: prefix and own keys joined (rq_forward_run_packed sized join) */
+        for (int i = 0; i < pk->n_seqs; i++) {
+            const rq_attn_seq *q = &pk->seqs[i];
+            const size_t len = (size_t)(q->pos0 + q->n);
+            float *jk = s->join, *jv = s->join + len * kv_dim;
+            be->copy(be, jk, k_cache + (size_t)q->pre_row * kv_dim, (size_t)q->pos0 * kv_dim * sizeof(float));
+            be->copy(be, jv, v_cache + (size_t)q->pre_row * kv_dim, (size_t)q->pos0 * kv_dim * sizeof(float));
+            be->copy(be, jk + (size_t)q->pos0 * kv_dim, a->k + (size_t)q->row * kv_dim, (size_t)q->n * kv_dim * sizeof(float));
+            be->copy(be, jv + (size_t)q->pos0 * kv_dim, a->v + (size_t)q->row * kv_dim, (size_t)q->n * kv_dim * sizeof(float));
+            be->attention_fwd(be, a->att_out + (size_t)q->row * q_dim, NULL, a->q + (size_t)q->row * q_dim, jk, jv, 1,
+                              q->n, q->pos0, (int)len, nh, nkv, hd);
+        }
+    }
+    if (pk->keep_kv) {
+        const int N = pk->seqs[pk->n_seqs - 1].row + pk->seqs[pk->n_seqs - 1].n;
+        be->copy(be, k_cache, a->k, (size_t)N * kv_dim * sizeof(float));
+        be->copy(be, v_cache, a->v, (size_t)N * kv_dim * sizeof(float));
+    }
 }
 
 /* One decoder layer on the residual stream res[l] -> res[l + 1] (the same buffer in
@@ -346,11 +398,15 @@ static void run_layer(rq_forward_state *s, int l, int B, int T, int pos0, const 
     proj_forward(s, l, RQ_PROJ_V, a->v, a->xn1, N, false, a);
     be->rope_fwd(be, a->q, cos_t, sin_t, B, T, nh, hd);
     be->rope_fwd(be, a->k, cos_t, sin_t, B, T, nkv, hd);
-    if (!s->o.train) {
-        be->cache_store(be, k_cache, a->k, B, T, pos0, Tmax, kv_dim);
-        be->cache_store(be, v_cache, a->v, B, T, pos0, Tmax, kv_dim);
+    if (s->packed) {
+        attend_packed(s, a, k_cache, v_cache);
+    } else {
+        if (!s->o.train) {
+            be->cache_store(be, k_cache, a->k, B, T, pos0, Tmax, kv_dim);
+            be->cache_store(be, v_cache, a->v, B, T, pos0, Tmax, kv_dim);
+        }
+        be->attention_fwd(be, a->att_out, a->att, a->q, k_cache, v_cache, B, T, pos0, kv_len, nh, nkv, hd);
     }
-    be->attention_fwd(be, a->att_out, a->att, a->q, k_cache, v_cache, B, T, pos0, kv_len, nh, nkv, hd);
     if (a->x_mid != x_in) be->copy(be, a->x_mid, x_in, (size_t)N * c->dim * sizeof(float));
     if (see) hk->proj_in(hk->user, l, RQ_PROJ_O, a->att_out, N, nh * hd);
     proj_forward(s, l, RQ_PROJ_O, a->x_mid, a->att_out, N, true, a);
@@ -386,7 +442,8 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
     if (s->o.train && pos0 != 0)
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs whole sequences from position 0");
     const int half = c->head_dim / 2;
-    RQ_TRY(upload_rope(s, T, pos0, err));
+    RQ_TRY(upload_rope(s, T, pos0, NULL, err));
+    s->kv_rows_kept = 0; /* the cache now holds [B][max_seq] sequences, not packed rows */
     const float *cos_t = s->rope_dev, *sin_t = s->rope_dev + (size_t)T * half;
 
     be->embedding(be, s->res[0], tokens, m->tok_embed, N, c->dim);
@@ -394,6 +451,55 @@ rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, i
     be->rmsnorm_fwd(be, s->hidden, s->rstd_final, s->res[c->n_layers], m->final_norm, N, c->dim, c->norm_eps);
     s->last_B = B;
     s->last_T = T;
+    return RQ_OK;
+}
+
+rq_status rq_forward_run_packed(rq_forward_state *s, const int *tokens, const rq_attn_seq *seqs, int n_seqs,
+                                bool keep_kv, rq_err *err) {
+    const rq_model *m = s->m;
+    const rq_config *c = &m->cfg;
+    rq_backend *be = s->be;
+    if (!s->o.kv_cache) return RQ_FAIL(err, RQ_ERR_ARG, "forward: a packed run needs a state with a KV cache");
+    if (n_seqs <= 0) return RQ_FAIL(err, RQ_ERR_ARG, "forward: a packed run of %d sequences", n_seqs);
+    int N = 0, longest = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const rq_attn_seq *q = &seqs[i];
+        if (q->row != N || q->n <= 0 || q->pos0 < 0 ||
+            (q->pos0 > 0 && (q->pre_row < 0 || q->pre_row > s->kv_rows_kept - q->pos0)))
+            return RQ_FAIL(err, RQ_ERR_ARG,
+                           "forward: packed sequence %d (row %d, %d tokens at position %d, prefix row %d) does not "
+                           "follow the previous one or its prefix is not among the %d cached rows",
+                           i, q->row, q->n, q->pos0, q->pre_row, s->kv_rows_kept);
+        if (q->n > s->o.max_seq - N)
+            return RQ_FAIL(err, RQ_ERR_ARG, "forward: packed sequences of more than %d rows do not fit the state",
+                           s->o.max_seq);
+        N += q->n;
+        if (q->pos0 + q->n > longest) longest = q->pos0 + q->n;
+    }
+    for (int i = 0; i < N; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return RQ_FAIL(err, RQ_ERR_ARG, "forward: token id %d at index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, c->vocab_size - 1);
+    const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    if (!be->attention_packed && s->join_floats < 2 * (size_t)longest * kv_dim) {
+        if (s->join) be->free(be, s->join);
+        s->join_floats = 0;
+        s->join = be->alloc(be, 2 * (size_t)longest * kv_dim * sizeof(float), err);
+        if (!s->join) return err && err->code ? err->code : RQ_ERR_NOMEM;
+        s->join_floats = 2 * (size_t)longest * kv_dim;
+    }
+    const packed_run pk = {.seqs = seqs, .n_seqs = n_seqs, .keep_kv = keep_kv};
+    const int half = c->head_dim / 2;
+    RQ_TRY(upload_rope(s, N, 0, &pk, err));
+    be->embedding(be, s->res[0], tokens, m->tok_embed, N, c->dim);
+    s->packed = &pk;
+    for (int l = 0; l < c->n_layers; l++)
+        run_layer(s, l, 1, N, 0, s->rope_dev, s->rope_dev + (size_t)N * half, NULL);
+    s->packed = NULL;
+    be->rmsnorm_fwd(be, s->hidden, s->rstd_final, s->res[c->n_layers], m->final_norm, N, c->dim, c->norm_eps);
+    if (keep_kv) s->kv_rows_kept = N;
+    s->last_B = 1;
+    s->last_T = N;
     return RQ_OK;
 }
 
@@ -431,7 +537,7 @@ rq_status rq_forward_layers(rq_forward_state *s, int l0, int l1, int B, int T, c
         return RQ_FAIL(err, RQ_ERR_ARG, "forward: a training state runs all its layers (0..%d), not %d..%d",
                        s->m->cfg.n_layers, l0, l1);
     const int half = s->m->cfg.head_dim / 2;
-    RQ_TRY(upload_rope(s, T, 0, err));
+    RQ_TRY(upload_rope(s, T, 0, NULL, err));
     for (int l = l0; l < l1; l++) run_layer(s, l, B, T, 0, s->rope_dev, s->rope_dev + (size_t)T * half, hk);
     s->last_B = B;
     s->last_T = T;
@@ -462,6 +568,7 @@ rq_status rq_forward_cache_fork(rq_forward_state *s, int len, int B, rq_err *err
                 s->be->copy(s->be, base + b * seq_floats, base, (size_t)len * kv_dim * sizeof(float));
         }
     s->last_B = B;
+    s->kv_rows_kept = 0;
     return RQ_OK;
 }
 
@@ -475,8 +582,8 @@ rq_status rq_forward_logits(rq_forward_state *s, const int *rows, int n, float *
         int r = rows ? rows[i] : i;
         if (r < 0 || r >= N) return RQ_FAIL(err, RQ_ERR_ARG, "logits: row %d outside the last run's %d rows", r, N);
     }
-    for (int r0 = 0; r0 < n; r0 += NLL_CHUNK) {
-        int cnt = n - r0 < NLL_CHUNK ? n - r0 : NLL_CHUNK;
+    for (int r0 = 0; r0 < n; r0 += s->head_chunk) {
+        int cnt = n - r0 < s->head_chunk ? n - r0 : s->head_chunk;
         const float *src;
         if (rows) {
             be->gather_rows(be, s->gather, s->hidden, rows + r0, cnt, c->dim);

@@ -23,6 +23,8 @@ typedef struct rq_forward_opts {
                        (the same weights, another summation order); everything else, and every
                        call of a state without it, takes the GEMM path */
     struct rq_adapter_set *adapters; /* LoRA / QA-LoRA adapters applied in the forward, or NULL */
+    int head_rows;  /* inference: rows per head GEMM in rq_forward_logits (0: 64; at most 256). Each head
+                       GEMM repacks the whole [vocab][dim] head: more rows amortize it */
 } rq_forward_opts;
 
 rq_status rq_forward_create(const rq_model *m, rq_backend *be, const rq_forward_opts *o, rq_forward_state **out,
@@ -33,6 +35,20 @@ void rq_forward_free(rq_forward_state *s);
  * pos0 > 0 continues the cached sequences; without one pos0 must be 0.
  * Leaves the final hidden states (after the final norm) in the state. */
 rq_status rq_forward_run(rq_forward_state *s, const int *tokens, int B, int T, int pos0, rq_err *err);
+
+/* A packed run: n_seqs sequences of different lengths in one batch without
+ * padding (many documents per forward). tokens[N] holds every sequence's new
+ * tokens, sequence i in rows seqs[i].row .. row+n-1 (rows consecutive from 0,
+ * N <= max_seq: create the state with max_batch 1, a KV cache and max_seq rows);
+ * its tokens sit at positions pos0 .. pos0+n-1 and, when pos0 > 0, continue the
+ * prefix whose keys a previous packed run with keep_kv left in cache rows
+ * pre_row .. pre_row+pos0-1 (several sequences may continue one prefix: the
+ * choices of one context). keep_kv: this run's keys and values replace the
+ * cache's rows [0, N) afterwards. The final hidden states are [N][dim] (B = 1,
+ * T = N for rq_forward_logits' rows). Each sequence's numbers are those of
+ * running it alone, up to fp32 summation order in the larger GEMMs. */
+rq_status rq_forward_run_packed(rq_forward_state *s, const int *tokens, const rq_attn_seq *seqs, int n_seqs,
+                                bool keep_kv, rq_err *err);
 
 /* ---- a layer at a time (GPTQ and block-wise calibration, a layer-streamed teacher) ----
  * An inference state without a KV cache runs whole sequences (positions 0..T-1)

@@ -27,6 +27,8 @@ static const rq_opt opts[] = {
     RQ_OPT_L("--ppl", "eval.ppl", O, ppl, "", "wikitext2|c4", NULL, "also perplexity (GPTQ-style protocol)"),
     RQ_OPT_I("--ppl-windows", "eval.ppl_windows", O, ppl_windows, "0", 0, 1 << 30, "N", "perplexity windows at most (0: all)"),
     RQ_OPT_I("--batch", NULL, O, batch, "1", 1, 4096, "N", "perplexity windows per forward call"),
+    RQ_OPT_I("--mc-batch-tokens", "eval.mc_batch_tokens", O, mc_batch_tokens, "1024", 0, 1 << 20, "N",
+             "multiple choice: token positions per forward, documents packed into each (0: one document at a time)"),
     RQ_OPT_S("--out", NULL, O, out, NULL, NULL, "PATH", "results JSON (lm-eval shape plus a \"rilq\" settings block)"),
     RQ_OPT_S("--log-samples", NULL, O, log_samples, NULL, NULL, "PATH", "per-document records as JSON lines"),
     RQ_OPT_B("--skip-bad-lines", NULL, O, skip_bad_lines, "false", "skip and count malformed JSONL lines (default: stop)"),
@@ -181,6 +183,7 @@ rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_r
                               .gsm8k_format = gformat, .gsm8k_shots = (size_t)a->shots,
                               .gsm8k_max_gen_tokens = (int)a->max_gen_tokens, .data_root = datasets,
                               .backend = be->name, .threads = be->n_threads, .ppl_batch = (int)a->batch,
+                              .mc_batch_tokens = a->naive ? 0 : (int)a->mc_batch_tokens,
                               .skip_bad_lines = a->skip_bad_lines};
         st = rq_eval_report_init(&rep, &s, err);
         if (!a->quiet)
@@ -188,7 +191,7 @@ rq_status rq_stage_eval(const rq_stage_eval_opts *a, rq_stage_eval_report *out_r
                     rq_bos_mode_name(bos), (long long)a->limit);
     }
     if (st == RQ_OK && n_tasks > 0) {
-        rq_mc_opts mo = {.bos = bos, .naive = a->naive};
+        rq_mc_opts mo = {.bos = bos, .naive = a->naive, .batch_tokens = (int)a->mc_batch_tokens};
         st = rq_mc_scorer_create(m, be, &mo, &scorer, err);
     }
     for (size_t t = 0; st == RQ_OK && t < n_tasks; t++) {

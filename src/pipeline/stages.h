@@ -203,7 +203,7 @@ typedef struct rq_stage_eval_opts {
     rq_list models; /* recipe only: the rows of the run's table */
     const char *model, *adapter, *out, *log_samples, *data_root, *bos, *gsm8k_format;
     rq_list tasks, ppl;
-    int64_t limit, shots, max_gen_tokens, ppl_windows, batch;
+    int64_t limit, shots, max_gen_tokens, ppl_windows, batch, mc_batch_tokens;
     bool skip_bad_lines, naive, quiet;
     rq_common_opts common;
 } rq_stage_eval_opts;
