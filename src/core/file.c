@@ -186,6 +186,59 @@ rq_status rq_atomic_open(rq_atomic_file *af, const char *path, rq_err *err) {
     return RQ_OK;
 }
 
+rq_status rq_scratch_open(rq_scratch_file *f, const char *beside, rq_err *err) {
+    f->fd = -1;
+    size_t n = strlen(beside) + 48;
+    f->path = malloc(n);
+    if (!f->path) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    for (int attempt = 0; f->fd < 0 && attempt < 64; attempt++) {
+        snprintf(f->path, n, "%s.tmp.%ld.%08x", beside, (long)getpid(), (unsigned)temp_nonce());
+        f->fd = open(f->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (f->fd < 0 && errno != EEXIST) break;
+    }
+    if (f->fd < 0) {
+        rq_status s = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create a scratch file: %s", f->path, strerror(errno));
+        free(f->path);
+        f->path = NULL;
+        return s;
+    }
+    unlink(f->path); /* the open descriptor keeps the data; the name is gone */
+    return RQ_OK;
+}
+
+rq_status rq_scratch_pwrite(rq_scratch_file *f, uint64_t off, const void *data, size_t n, rq_err *err) {
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = pwrite(f->fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0)
+            return RQ_FAIL(err, RQ_ERR_IO, "%s (scratch, already unlinked): write of %zu bytes at %llu failed: %s",
+                           f->path, n, (unsigned long long)off, w < 0 ? strerror(errno) : "no space written");
+        p += w, off += (uint64_t)w, n -= (size_t)w;
+    }
+    return RQ_OK;
+}
+
+rq_status rq_scratch_pread(rq_scratch_file *f, uint64_t off, void *data, size_t n, rq_err *err) {
+    char *p = data;
+    while (n > 0) {
+        ssize_t r = pread(f->fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            return RQ_FAIL(err, RQ_ERR_IO, "%s (scratch, already unlinked): read of %zu bytes at %llu failed: %s",
+                           f->path, n, (unsigned long long)off, r < 0 ? strerror(errno) : "past its end");
+        p += r, off += (uint64_t)r, n -= (size_t)r;
+    }
+    return RQ_OK;
+}
+
+void rq_scratch_close(rq_scratch_file *f) {
+    if (f->fd >= 0) close(f->fd);
+    free(f->path);
+    f->fd = -1;
+    f->path = NULL;
+}
+
 rq_status rq_atomic_write(rq_atomic_file *af, const void *data, size_t n, rq_err *err) {
     if (n && fwrite(data, 1, n, (FILE *)af->fp) != n)
         return RQ_FAIL(err, RQ_ERR_IO, "%s: write failed: %s", af->tmp_path, strerror(errno));
