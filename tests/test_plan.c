@@ -4,7 +4,6 @@
 #include "io/hf.h"
 #include "model/forward.h"
 #include "test.h"
-#include "train/calib.h"
 #include "train/plan.h"
 
 /* dim 40, hidden 172 (QA-LoRA gs 32: groups 5 x 32 + 12; q2 gs 64: 64, 64, 44),
@@ -98,14 +97,10 @@ static void test_against_allocation(rq_adapter_type type, int gs, unsigned targe
     CHECK(p.teacher_weights == m->weights_bytes);
     CHECK(p.adapters == rq_adapter_set_bytes(ad) && p.adapter_params == ad->n_params);
     CHECK(p.n_adapters == rq_adapter_set_count(ad));
-    /* a whole-model teacher pass: teacher + student weights, forward's host arrays and one inference state */
+    /* the teacher pass: teacher + student weights, forward's host arrays and one inference state */
     uint64_t host_fwd = (uint64_t)(c.head_dim / 2 + 2 * T * (c.head_dim / 2) + 64 * c.vocab_size) * 4;
-    CHECK(p.teacher_whole == 2 * rq_model_weight_bytes(m) + host_fwd + rq_forward_bytes(is));
-    /* the layer-streamed one (rilq calibrate's): its own buffers instead of the teacher's weights
-       (tests/test_teacher_stream.c checks them against what it allocates) */
-    rq_teacher_stream_size stream;
-    rq_teacher_stream_size_of(&c, o.n_windows, T, false, &stream);
-    CHECK(p.teacher_pass == rq_model_weight_bytes(m) + stream.total + host_fwd + rq_forward_bytes(is));
+    CHECK(p.teacher_pass == 2 * rq_model_weight_bytes(m) + host_fwd + rq_forward_bytes(is));
+    CHECK(p.teacher_whole == p.teacher_pass); /* layer scope keeps the whole teacher: its pass does not stream */
 out:
     rq_forward_free(fs);
     rq_forward_free(ts);

@@ -113,24 +113,27 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
         rq_teacher_stream_size ts;
         rq_teacher_stream_size_of(c, o->n_windows, o->seq_len, o->teacher_spill, &ts);
         RQ_TRY(forward_size(c, NULL, 1, o->seq_len, false, &infer, err));
-        p->teacher_streams = ts.streams;
-        p->teacher_pass = infer.act_bytes + infer.kv_bytes +
-                          (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false) + ts.layer + ts.norm
-                                : ts.total + infer.host_bytes + weights);
         p->teacher_whole = teacher_fp32 + infer.act_bytes + infer.kv_bytes +
                            (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false)
                                  : weights + infer.host_bytes);
+        if (o->teacher_resident || teacher_beside) p->teacher_pass = p->teacher_whole;
+        else {
+            p->teacher_streams = ts.streams;
+            p->teacher_pass = infer.act_bytes + infer.kv_bytes +
+                              (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false) + ts.layer + ts.norm
+                                    : ts.total + infer.host_bytes + weights);
+        }
     }
     p->total = p->training > p->teacher_pass ? p->training : p->teacher_pass;
     if (cuda) {
         /* the streamed teacher's host buffers (the residual streams, one layer) come before training */
         uint64_t teacher_host = 0;
-        if (calib && !o->teacher_cached) {
+        if (calib && !o->teacher_cached && !o->teacher_resident && !teacher_beside) {
             rq_teacher_stream_size ts;
             rq_teacher_stream_size_of(c, o->n_windows, o->seq_len, o->teacher_spill, &ts);
             teacher_host = ts.total + infer.host_bytes;
         }
-        const uint64_t beside = teacher_beside ? teacher_fp32 : 0;
+        const uint64_t beside = teacher_beside || (calib && !o->teacher_cached && o->teacher_resident) ? teacher_fp32 : 0;
         p->host_total = weights + (p->host + beside > teacher_host ? p->host + beside : teacher_host);
     }
     if (calib) {

@@ -59,6 +59,9 @@ typedef struct rq_plan_opts {
     bool student_q2;         /* the student's projections are q2 (false: fp32 model) */
     int quant_group_size;    /* q2 group size */
     bool teacher_cached;     /* calibrate, model scope: the cache exists, no teacher pass */
+    bool teacher_resident;   /* the teacher is loaded whole (SVD init, a q2 artifact teacher): its
+                                pass holds the fp32 teacher, not one layer (layer / linear scope
+                                keep it beside the student anyway) */
     bool teacher_spill;      /* the teacher pass keeps the windows' residual streams in a scratch
                                 file, not in memory (rilq calibrate spills when they do not fit) */
 } rq_plan_opts;
