@@ -3,7 +3,9 @@
  * for a llama2.c model (stories260K), a bf16 safetensors checkpoint and a GGUF
  * with Q8_0 / Q4_0 / Q4_1 tensors, with the residual streams in memory and
  * spilled to a scratch file; its allocations against the size table the memory
- * plan reads; a failing and a killed pass leave no cache and no scratch file. */
+ * plan reads; a failing and a killed pass leave no cache and no scratch file.
+ * And GPTQ / block-wise quantization read from a checkpoint a layer at a time
+ * (rq_layerwise_quantize_checkpoint) against the same on the loaded model. */
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <signal.h>
@@ -17,6 +19,7 @@
 #include "model/forward.h"
 #include "test.h"
 #include "train/calib.h"
+#include "train/layerwise.h"
 #include "train/plan.h"
 
 enum { T_WIN = 16, N_WIN = 5 };
@@ -282,7 +285,74 @@ static void test_plan(void) {
     }
 }
 
+static bool same_q2_models(const rq_model *a, const rq_model *b) {
+    for (int l = 0; l < a->cfg.n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            const rq_linear *x = rq_layer_proj(&a->layers[l], p), *y = rq_layer_proj(&b->layers[l], p);
+            if (!x->q2 != !y->q2) return false;
+            if (!x->q2) {
+                if (memcmp(x->w, y->w, sizeof(float) * (size_t)x->out * x->in)) return false;
+                continue;
+            }
+            const rq_q2_tensor *u = x->q2, *v = y->q2;
+            const size_t pg = (size_t)u->out * u->n_groups;
+            if (u->out != v->out || u->in != v->in || memcmp(u->codes, v->codes, (size_t)u->out * u->row_bytes) ||
+                memcmp(u->scales, v->scales, 2 * pg) || memcmp(u->offsets, v->offsets, 2 * pg))
+                return false;
+        }
+    const size_t emb = sizeof(float) * (size_t)a->cfg.vocab_size * a->cfg.dim;
+    return a->cfg.tie_embeddings == b->cfg.tie_embeddings && !memcmp(a->tok_embed, b->tok_embed, emb) &&
+           !memcmp(a->final_norm, b->final_norm, sizeof(float) * (size_t)a->cfg.dim) &&
+           !memcmp(a->lm_head.w, b->lm_head.w, emb);
+}
+
+/* GPTQ (with and without block-wise reconstruction, all or some projections) from the checkpoint a
+ * layer at a time: the same q2 tensors and fp32 rest as on the loaded model. */
+static void test_layerwise_checkpoint(void) {
+    rq_err err = {0};
+    rq_model *r = NULL;
+    rq_config c = small_config();
+    CHECK_OK(rq_model_random(&c, 13, &r, &err), &err);
+    if (!r) return;
+    const char *dir = rq_test_out("stream_hf_gptq");
+    write_hf_checkpoint(r, dir);
+    rq_model_free(r);
+    rq_backend *be = NULL;
+    CHECK_OK(rq_backend_cpu_create(1, &be, &err), &err);
+    int tokens[N_WIN * T_WIN];
+    rq_calib_windows w;
+    make_windows(c.vocab_size, tokens, &w);
+    for (int variant = 0; be && variant < 3; variant++) {
+        rq_layerwise_opts o;
+        rq_layerwise_opts_default(&o);
+        o.gptq.quant.group_size = 16;
+        o.gptq_init = variant != 2;
+        if (variant == 1) o.refine_epochs = 1, o.refine_weights = true;
+        if (variant == 2) o.proj_mask = (1u << RQ_PROJ_Q) | (1u << RQ_PROJ_DOWN);
+        rq_model *whole = NULL, *streamed = NULL;
+        rq_checkpoint ck;
+        CHECK_OK(rq_model_load(dir, NULL, &whole, &err), &err);
+        CHECK_OK(rq_model_open_checkpoint(dir, NULL, &ck, &err), &err);
+        if (!whole || err.code) break;
+        rq_model_quant_report ra, rb;
+        CHECK_OK(rq_layerwise_quantize(whole, be, tokens, N_WIN, T_WIN, &o, &ra, &err), &err);
+        CHECK_OK(rq_layerwise_quantize_checkpoint(&ck.cfg, ck.table, be, tokens, N_WIN, T_WIN, &o, &streamed, &rb,
+                                                  &err), &err);
+        if (streamed) {
+            CHECKF(same_q2_models(whole, streamed), "variant %d: the streamed quantization differs", variant);
+            CHECK(ra.tensors == rb.tensors && ra.q2_bytes == rb.q2_bytes && ra.max_rel_err == rb.max_rel_err);
+            CHECK(!strcmp(whole->quant.method, streamed->quant.method));
+            CHECK(!strcmp(whole->quant.source_dtypes, streamed->quant.source_dtypes));
+        }
+        rq_model_free(whole);
+        rq_model_free(streamed);
+        rq_checkpoint_close(&ck);
+    }
+    rq_backend_destroy(be);
+}
+
 int main(void) {
+    test_layerwise_checkpoint();
     test_plan();
     test_failure_leaves_nothing();
     test_formats();

@@ -113,6 +113,15 @@ rq_status rq_checkpoint_build(rq_checkpoint *ck, rq_model **out, rq_err *err) {
     return RQ_OK;
 }
 
+const char *rq_checkpoint_format(const rq_checkpoint *ck) {
+    switch (ck->kind) {
+    case RQ_CKPT_HF: return "hf";
+    case RQ_CKPT_GGUF: return "gguf";
+    case RQ_CKPT_LLAMA2C: return "llama2c";
+    }
+    return "?";
+}
+
 void rq_checkpoint_close(rq_checkpoint *ck) {
     if (ck->tok) rq_tokenizer_free(ck->tok);
     switch (ck->kind) {

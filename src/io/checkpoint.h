@@ -34,6 +34,8 @@ rq_status rq_checkpoint_open_gguf(const char *path, rq_checkpoint *ck, rq_err *e
 rq_status rq_checkpoint_open_llama2c(const char *path, const char *tokenizer_path, rq_checkpoint *ck, rq_err *err);
 /* The whole model (rq_model_build over the table); the tokenizer moves to it. */
 rq_status rq_checkpoint_build(rq_checkpoint *ck, rq_model **out, rq_err *err);
+/* "hf", "gguf" or "llama2c" (rq_model's format names) */
+const char *rq_checkpoint_format(const rq_checkpoint *ck);
 void rq_checkpoint_close(rq_checkpoint *ck);
 
 #endif

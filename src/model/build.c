@@ -139,11 +139,11 @@ static rq_status load_weight(builder *b, const char *name, int64_t rows, int64_t
                        want, got);
     }
     int64_t n = rows * (cols ? cols : 1);
+    if ((int)v->dtype >= 0 && v->dtype < RQ_DTYPE_COUNT) b->dtype_count[v->dtype]++;
     if (b->check_only) return RQ_OK;
     if (n > b->end - b->next) return RQ_FAIL(b->err, RQ_ERR_INTERNAL, "weight allocation too small at tensor '%s'", name);
     *dest = b->next;
     b->next += n;
-    if ((int)v->dtype >= 0 && v->dtype < RQ_DTYPE_COUNT) b->dtype_count[v->dtype]++;
     return rq_tensor_to_f32(v, *dest, b->err);
 }
 
@@ -234,6 +234,20 @@ rq_status rq_model_table_config(const rq_config *cfg, const rq_tensor_table *tab
      * says (some tied exports still store it); one without it reuses the embedding. */
     out->tie_embeddings = rq_tensor_table_find(tab, "lm_head.weight") == NULL;
     return RQ_OK;
+}
+
+rq_status rq_model_table_dtypes(const rq_config *cfg, const rq_tensor_table *tab, char *buf, size_t cap, rq_err *err) {
+    buf[0] = 0;
+    rq_model m;
+    memset(&m, 0, sizeof m);
+    RQ_TRY(rq_model_table_config(cfg, tab, &m.cfg, err));
+    m.layers = rq_calloc((size_t)m.cfg.n_layers, sizeof *m.layers, err);
+    if (!m.layers) return RQ_ERR_NOMEM;
+    builder check = {.tab = tab, .check_only = true, .err = err};
+    rq_status s = walk_weights(&check, &m);
+    if (s == RQ_OK) describe_dtypes(check.dtype_count, buf, cap);
+    free(m.layers);
+    return s;
 }
 
 size_t rq_layer_floats(const rq_config *c) {

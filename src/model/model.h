@@ -77,6 +77,10 @@ rq_status rq_model_build_q2(const rq_config *cfg, const struct rq_tensor_table *
 
 /* cfg as rq_model_build would use it with tab: validated, tie_embeddings as the tensors say. */
 rq_status rq_model_table_config(const rq_config *cfg, const struct rq_tensor_table *tab, rq_config *out, rq_err *err);
+/* The source dtypes of every tensor rq_model_build would read from tab, as m->dtypes
+ * describes them ("BF16 x272"), into buf (size cap). */
+rq_status rq_model_table_dtypes(const rq_config *cfg, const struct rq_tensor_table *tab, char *buf, size_t cap,
+                                rq_err *err);
 /* Floats of one decoder layer's norms and projections (fp32). */
 size_t rq_layer_floats(const rq_config *c);
 /* Layer l of the checkpoint tab into storage (rq_layer_floats(cfg) floats); out's arrays point
