@@ -206,30 +206,26 @@ rq_status rq_scratch_open(rq_scratch_file *f, const char *beside, rq_err *err) {
     return RQ_OK;
 }
 
-rq_status rq_scratch_pwrite(rq_scratch_file *f, uint64_t off, const void *data, size_t n, rq_err *err) {
-    const char *p = data;
+/* all n bytes at off, looping over short transfers and EINTR */
+static rq_status scratch_io(rq_scratch_file *f, uint64_t off, char *p, size_t n, bool write, rq_err *err) {
     while (n > 0) {
-        ssize_t w = pwrite(f->fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0)
-            return RQ_FAIL(err, RQ_ERR_IO, "%s (scratch, already unlinked): write of %zu bytes at %llu failed: %s",
-                           f->path, n, (unsigned long long)off, w < 0 ? strerror(errno) : "no space written");
-        p += w, off += (uint64_t)w, n -= (size_t)w;
+        ssize_t k = write ? pwrite(f->fd, p, n, (off_t)off) : pread(f->fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0)
+            return RQ_FAIL(err, RQ_ERR_IO, "%s (scratch, already unlinked): %s of %zu bytes at %llu failed: %s", f->path,
+                           write ? "write" : "read", n, (unsigned long long)off,
+                           k < 0 ? strerror(errno) : write ? "no space written" : "past its end");
+        p += k, off += (uint64_t)k, n -= (size_t)k;
     }
     return RQ_OK;
 }
 
+rq_status rq_scratch_pwrite(rq_scratch_file *f, uint64_t off, const void *data, size_t n, rq_err *err) {
+    return scratch_io(f, off, (char *)data, n, true, err);
+}
+
 rq_status rq_scratch_pread(rq_scratch_file *f, uint64_t off, void *data, size_t n, rq_err *err) {
-    char *p = data;
-    while (n > 0) {
-        ssize_t r = pread(f->fd, p, n, (off_t)off);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-            return RQ_FAIL(err, RQ_ERR_IO, "%s (scratch, already unlinked): read of %zu bytes at %llu failed: %s",
-                           f->path, n, (unsigned long long)off, r < 0 ? strerror(errno) : "past its end");
-        p += r, off += (uint64_t)r, n -= (size_t)r;
-    }
-    return RQ_OK;
+    return scratch_io(f, off, data, n, false, err);
 }
 
 void rq_scratch_close(rq_scratch_file *f) {
