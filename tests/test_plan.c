@@ -100,6 +100,7 @@ static void test_against_allocation(rq_adapter_type type, int gs, unsigned targe
     /* the teacher pass: teacher + student weights, forward's host arrays and one inference state */
     uint64_t host_fwd = (uint64_t)(c.head_dim / 2 + 2 * T * (c.head_dim / 2) + 64 * c.vocab_size) * 4;
     CHECK(p.teacher_pass == 2 * rq_model_weight_bytes(m) + host_fwd + rq_forward_bytes(is));
+    CHECK(p.teacher_whole == p.teacher_pass); /* layer scope keeps the whole teacher: its pass does not stream */
 out:
     rq_forward_free(fs);
     rq_forward_free(ts);

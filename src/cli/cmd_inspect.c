@@ -20,8 +20,8 @@ static const char *usage =
 
 typedef struct inspect_opts {
     int64_t ctx;
-    bool plan, teacher_cached;
-    const char *config, *stage, *scope, *adapter;
+    bool plan, teacher_cached, teacher_whole;
+    const char *config, *stage, *scope, *adapter, *teacher_streams;
     int64_t rank, group_size, seq_len, micro_batch, accum, windows, q2_group_size;
     rq_common_opts common;
 } inspect_opts;
@@ -45,6 +45,10 @@ static const rq_opt opts[] = {
     RQ_OPT_I("--q2-group-size", NULL, O, q2_group_size, RQ_STR(RQ_DEFAULT_GROUP_SIZE), 0, 1 << 20, "G",
              "plan: group size of the student's 2-bit weights, 0: an fp32 student"),
     RQ_OPT_B("--teacher-cached", NULL, O, teacher_cached, "false", "plan: the teacher cache exists: no teacher pass"),
+    RQ_OPT_S("--teacher-streams", NULL, O, teacher_streams, "memory", "memory|file", NULL,
+             "plan: where the layer-streamed teacher pass keeps the windows' residual streams"),
+    RQ_OPT_B("--teacher-whole", NULL, O, teacher_whole, "false",
+             "plan: the whole fp32 teacher is loaded (SVD init; a q2 artifact as teacher)"),
     RQ_COMMON_OPT_LINES(O),
 };
 static const rq_opt_table table = RQ_OPT_TABLE(opts, O);
@@ -93,6 +97,10 @@ static int inspect_plan(const char *path, const inspect_opts *a) {
     o.micro_batch = (int)a->micro_batch, o.n_windows = (int)a->windows;
     o.student_q2 = a->q2_group_size > 0, o.quant_group_size = (int)a->q2_group_size;
     o.teacher_cached = a->teacher_cached;
+    o.teacher_resident = a->teacher_whole;
+    if (!strcmp(a->teacher_streams, "file")) o.teacher_spill = true;
+    else if (strcmp(a->teacher_streams, "memory") != 0)
+        return cli_usage_error("inspect", "--teacher-streams expects memory or file, got '%s'", a->teacher_streams);
     if (!strcmp(a->stage, "calibrate")) o.stage = RQ_PLAN_CALIBRATE;
     else if (!strcmp(a->stage, "finetune") || !strcmp(a->stage, "train-lm")) {
         o.stage = RQ_PLAN_FINETUNE;
@@ -138,7 +146,16 @@ static int inspect_plan(const char *path, const inspect_opts *a) {
     }
     print_plan_line(cuda ? "host buffers (in host memory)" : "host buffers (trainer, checkpoint)", p.host);
     print_plan_line(cuda ? "training total on the device" : "training total", p.training);
-    if (p.teacher_pass) print_plan_line("teacher pass (once per calibration set)", p.teacher_pass);
+    if (p.teacher_pass) {
+        const bool whole = p.teacher_pass == p.teacher_whole;
+        print_plan_line(whole ? "teacher pass (whole fp32 teacher, once)" : "teacher pass (a layer at a time, once)",
+                        p.teacher_pass);
+        if (!whole) {
+            print_plan_line(o.teacher_spill ? "  of which window streams (in a file)" : "  of which window streams",
+                            p.teacher_streams);
+            print_plan_line("  (with the whole fp32 teacher)", p.teacher_whole);
+        }
+    }
     print_plan_line("peak: must be free on the device", p.total);
     if (cuda) print_plan_line("host memory besides (models as loaded)", p.host_total);
     if (o.stage == RQ_PLAN_CALIBRATE) {

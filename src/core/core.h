@@ -130,6 +130,21 @@ rq_status rq_atomic_commit(rq_atomic_file *af, rq_err *err);
 void rq_atomic_abort(rq_atomic_file *af);
 rq_status rq_write_file_atomic(const char *path, const void *data, size_t n, rq_err *err);
 
+/* A scratch file for data too large to keep in memory: created exclusively
+ * beside `beside` ("<beside>.tmp.<pid>.<nonce>", O_EXCL | O_NOFOLLOW: never an
+ * existing file or a symlink's target) and unlinked at once, so nothing of it
+ * remains when the process ends, however it ends (killed, out of disk). path
+ * names it in messages. */
+typedef struct rq_scratch_file {
+    int fd;
+    char *path;
+} rq_scratch_file;
+rq_status rq_scratch_open(rq_scratch_file *f, const char *beside, rq_err *err);
+/* n bytes at offset off, all of them (a short write is RQ_ERR_IO naming the file: a full disk) */
+rq_status rq_scratch_pwrite(rq_scratch_file *f, uint64_t off, const void *data, size_t n, rq_err *err);
+rq_status rq_scratch_pread(rq_scratch_file *f, uint64_t off, void *data, size_t n, rq_err *err);
+void rq_scratch_close(rq_scratch_file *f);
+
 /* Remove from dir the temporary files and directories of the atomic writers
  * above (and of older builds: NAME.tmp.PID, NAME.tmp-PID) whose writing
  * process no longer exists; a live writer's are kept, other names untouched,

@@ -186,6 +186,55 @@ rq_status rq_atomic_open(rq_atomic_file *af, const char *path, rq_err *err) {
     return RQ_OK;
 }
 
+rq_status rq_scratch_open(rq_scratch_file *f, const char *beside, rq_err *err) {
+    f->fd = -1;
+    size_t n = strlen(beside) + 48;
+    f->path = malloc(n);
+    if (!f->path) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory");
+    for (int attempt = 0; f->fd < 0 && attempt < 64; attempt++) {
+        snprintf(f->path, n, "%s.tmp.%ld.%08x", beside, (long)getpid(), (unsigned)temp_nonce());
+        f->fd = open(f->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (f->fd < 0 && errno != EEXIST) break;
+    }
+    if (f->fd < 0) {
+        rq_status s = RQ_FAIL(err, RQ_ERR_IO, "%s: cannot create a scratch file: %s", f->path, strerror(errno));
+        free(f->path);
+        f->path = NULL;
+        return s;
+    }
+    unlink(f->path); /* the open descriptor keeps the data; the name is gone */
+    return RQ_OK;
+}
+
+/* all n bytes at off, looping over short transfers and EINTR */
+static rq_status scratch_io(rq_scratch_file *f, uint64_t off, char *p, size_t n, bool write, rq_err *err) {
+    while (n > 0) {
+        ssize_t k = write ? pwrite(f->fd, p, n, (off_t)off) : pread(f->fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0)
+            return RQ_FAIL(err, RQ_ERR_IO, "%s (scratch, already unlinked): %s of %zu bytes at %llu failed: %s", f->path,
+                           write ? "write" : "read", n, (unsigned long long)off,
+                           k < 0 ? strerror(errno) : write ? "no space written" : "past its end");
+        p += k, off += (uint64_t)k, n -= (size_t)k;
+    }
+    return RQ_OK;
+}
+
+rq_status rq_scratch_pwrite(rq_scratch_file *f, uint64_t off, const void *data, size_t n, rq_err *err) {
+    return scratch_io(f, off, (char *)data, n, true, err);
+}
+
+rq_status rq_scratch_pread(rq_scratch_file *f, uint64_t off, void *data, size_t n, rq_err *err) {
+    return scratch_io(f, off, data, n, false, err);
+}
+
+void rq_scratch_close(rq_scratch_file *f) {
+    if (f->fd >= 0) close(f->fd);
+    free(f->path);
+    f->fd = -1;
+    f->path = NULL;
+}
+
 rq_status rq_atomic_write(rq_atomic_file *af, const void *data, size_t n, rq_err *err) {
     if (n && fwrite(data, 1, n, (FILE *)af->fp) != n)
         return RQ_FAIL(err, RQ_ERR_IO, "%s: write failed: %s", af->tmp_path, strerror(errno));

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "checkpoint.h"
 #include "gguf.h"
 
 #define GGUF_MAX_ARRAY_DEPTH 4   /* arrays of arrays of ...: deeper is refused */
@@ -938,22 +939,9 @@ done:
 
 rq_status rq_gguf_load(const char *path, rq_model **out, rq_err *err) {
     *out = NULL;
-    rq_gguf g;
-    RQ_TRY(rq_gguf_open(path, &g, err));
-    rq_config cfg;
-    rq_tensor_table tab = {0};
-    rq_model *m = NULL;
-    rq_status s = rq_gguf_llama_config(&g, &cfg, err);
-    if (s == RQ_OK) s = rq_config_validate(&cfg, path, err);
-    if (s == RQ_OK) s = rq_gguf_llama_tensors(&g, &cfg, &tab, err);
-    if (s == RQ_OK) s = rq_model_build(&cfg, &tab, &m, err);
-    if (s == RQ_OK) s = rq_gguf_tokenizer(&g, &m->tok, err);
-    rq_tensor_table_free(&tab);
-    rq_gguf_close(&g);
-    if (s != RQ_OK) {
-        rq_model_free(m);
-        return s;
-    }
-    *out = m;
-    return RQ_OK;
+    rq_checkpoint ck;
+    RQ_TRY(rq_checkpoint_open_gguf(path, &ck, err));
+    rq_status s = rq_checkpoint_build(&ck, out, err);
+    rq_checkpoint_close(&ck);
+    return s;
 }

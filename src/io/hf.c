@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "checkpoint.h"
 #include "hf.h"
 #include "safetensors.h"
 
@@ -201,40 +202,12 @@ rq_status rq_hf_read_generation_config(const char *path, rq_config *cfg, rq_err 
     return s;
 }
 
-static rq_status hf_load(const char *dir, const char *cfg_path, const char *gen_path, const char *tok_path,
-                         rq_model **out, rq_err *err) {
-    rq_config cfg;
-    RQ_TRY(rq_hf_read_config(cfg_path, &cfg, err));
-    if (rq_file_exists(gen_path)) RQ_TRY(rq_hf_read_generation_config(gen_path, &cfg, err));
-    RQ_TRY(rq_config_validate(&cfg, cfg_path, err));
-
-    rq_st_checkpoint ck;
-    RQ_TRY(rq_st_checkpoint_open_dir(dir, &ck, err));
-    rq_model *m = NULL;
-    rq_status s = rq_model_build(&cfg, &ck.table, &m, err);
-    rq_st_checkpoint_close(&ck);
-    if (s != RQ_OK) return s;
-
-    if (rq_file_exists(tok_path)) {
-        s = rq_tokenizer_load_hf_json(tok_path, &m->tok, err);
-        if (s != RQ_OK) {
-            rq_model_free(m);
-            return s;
-        }
-    }
-    *out = m;
-    return RQ_OK;
-}
-
 rq_status rq_hf_load(const char *dir, rq_model **out, rq_err *err) {
     *out = NULL;
-    char *cfg_path = rq_path_join_alloc(dir, "config.json", err);
-    char *gen_path = cfg_path ? rq_path_join_alloc(dir, "generation_config.json", err) : NULL;
-    char *tok_path = gen_path ? rq_path_join_alloc(dir, "tokenizer.json", err) : NULL;
-    rq_status s = tok_path ? hf_load(dir, cfg_path, gen_path, tok_path, out, err) : RQ_ERR_NOMEM;
-    free(cfg_path);
-    free(gen_path);
-    free(tok_path);
+    rq_checkpoint ck;
+    RQ_TRY(rq_checkpoint_open_hf(dir, &ck, err));
+    rq_status s = rq_checkpoint_build(&ck, out, err);
+    rq_checkpoint_close(&ck);
     return s;
 }
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "checkpoint.h"
 #include "llama2c.h"
 
 #define HEADER_BYTES 28
@@ -146,51 +147,11 @@ void rq_llama2c_close(rq_llama2c *f) {
     memset(f, 0, sizeof *f);
 }
 
-/* tokenizer.bin or tok<vocab>.bin in the model's directory (malloc'd), or
- * NULL in *found when there is neither. */
-static rq_status find_tokenizer_beside(const char *model_path, int vocab, char **found, rq_err *err) {
-    *found = NULL;
-    const char *slash = strrchr(model_path, '/');
-    size_t dlen = slash ? (size_t)(slash - model_path) : 0;
-    char *dir = malloc(dlen + 2);
-    if (!dir) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory looking for the tokenizer of %s", model_path);
-    memcpy(dir, model_path, dlen);
-    dir[dlen] = 0;
-    if (!slash) strcpy(dir, ".");
-    else if (dlen == 0) strcpy(dir, "/");
-    char name[64];
-    snprintf(name, sizeof name, "tok%d.bin", vocab);
-    const char *const candidates[2] = {"tokenizer.bin", name};
-    rq_status s = RQ_OK;
-    for (int i = 0; i < 2 && s == RQ_OK && !*found; i++) {
-        char *p = rq_path_join_alloc(dir, candidates[i], err);
-        if (!p) s = RQ_ERR_NOMEM;
-        else if (rq_file_exists(p)) *found = p;
-        else free(p);
-    }
-    free(dir);
-    return s;
-}
-
 rq_status rq_llama2c_load(const char *path, const char *tokenizer_path, rq_model **out, rq_err *err) {
     *out = NULL;
-    rq_llama2c f;
-    RQ_TRY(rq_llama2c_open(path, &f, err));
-    rq_model *m = NULL;
-    rq_status s = rq_config_validate(&f.cfg, path, err);
-    if (s == RQ_OK) s = rq_model_build(&f.cfg, &f.table, &m, err);
-    int vocab = f.cfg.vocab_size;
-    rq_llama2c_close(&f);
-    if (s != RQ_OK) return s;
-    char *found = NULL;
-    if (!tokenizer_path) s = find_tokenizer_beside(path, vocab, &found, err);
-    const char *tok = tokenizer_path ? tokenizer_path : found;
-    if (s == RQ_OK && tok) s = rq_tokenizer_load_llama2c(tok, vocab, &m->tok, err);
-    free(found);
-    if (s != RQ_OK) {
-        rq_model_free(m);
-        return s;
-    }
-    *out = m;
-    return RQ_OK;
+    rq_checkpoint ck;
+    RQ_TRY(rq_checkpoint_open_llama2c(path, tokenizer_path, &ck, err));
+    rq_status s = rq_checkpoint_build(&ck, out, err);
+    rq_checkpoint_close(&ck);
+    return s;
 }

@@ -94,10 +94,9 @@ rq_status rq_config_validate(rq_config *c, const char *what, rq_err *err) {
 }
 
 int64_t rq_config_n_params(const rq_config *c) {
-    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    int64_t per_layer = 2 * d + q * d + 2 * kv * d + d * q + 3 * d * (int64_t)c->hidden_dim;
-    int64_t embed = (int64_t)c->vocab_size * d;
-    return embed + (int64_t)c->n_layers * per_layer + d + (c->tie_embeddings ? 0 : embed);
+    int64_t per_layer = (int64_t)rq_layer_floats(c);
+    int64_t embed = (int64_t)c->vocab_size * c->dim;
+    return embed + (int64_t)c->n_layers * per_layer + c->dim + (c->tie_embeddings ? 0 : embed);
 }
 
 /* ---- building ---------------------------------------------------------------------- */
@@ -140,11 +139,11 @@ static rq_status load_weight(builder *b, const char *name, int64_t rows, int64_t
                        want, got);
     }
     int64_t n = rows * (cols ? cols : 1);
+    if ((int)v->dtype >= 0 && v->dtype < RQ_DTYPE_COUNT) b->dtype_count[v->dtype]++;
     if (b->check_only) return RQ_OK;
     if (n > b->end - b->next) return RQ_FAIL(b->err, RQ_ERR_INTERNAL, "weight allocation too small at tensor '%s'", name);
     *dest = b->next;
     b->next += n;
-    if ((int)v->dtype >= 0 && v->dtype < RQ_DTYPE_COUNT) b->dtype_count[v->dtype]++;
     return rq_tensor_to_f32(v, *dest, b->err);
 }
 
@@ -171,50 +170,107 @@ static rq_status check_q2_weight(builder *b, const char *name, const rq_q2_tenso
     return RQ_OK;
 }
 
+/* Layer l's norms and projections in allocation order, into L. */
+static rq_status walk_layer(builder *b, const rq_config *cp, int l, rq_layer *L) {
+    const rq_config c = *cp;
+    int64_t d = c.dim, q = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim, ff = c.hidden_dim;
+    struct {
+        const char *suffix;
+        int64_t rows, cols;
+        float **dest;
+        rq_linear *lin;
+        int proj; /* RQ_PROJ_*, or -1 for a norm */
+    } parts[] = {
+        {"input_layernorm.weight", d, 0, &L->attn_norm, NULL, -1},
+        {"self_attn.q_proj.weight", q, d, &L->wq.w, &L->wq, RQ_PROJ_Q},
+        {"self_attn.k_proj.weight", kv, d, &L->wk.w, &L->wk, RQ_PROJ_K},
+        {"self_attn.v_proj.weight", kv, d, &L->wv.w, &L->wv, RQ_PROJ_V},
+        {"self_attn.o_proj.weight", d, q, &L->wo.w, &L->wo, RQ_PROJ_O},
+        {"post_attention_layernorm.weight", d, 0, &L->ffn_norm, NULL, -1},
+        {"mlp.gate_proj.weight", ff, d, &L->w_gate.w, &L->w_gate, RQ_PROJ_GATE},
+        {"mlp.up_proj.weight", ff, d, &L->w_up.w, &L->w_up, RQ_PROJ_UP},
+        {"mlp.down_proj.weight", d, ff, &L->w_down.w, &L->w_down, RQ_PROJ_DOWN},
+    };
+    rq_status s = RQ_OK;
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0] && s == RQ_OK; k++) {
+        char name[RQ_TENSOR_NAME_MAX];
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, parts[k].suffix);
+        const rq_q2_tensor *given = b->q2 && parts[k].proj >= 0 ? b->q2[(size_t)l * RQ_N_PROJ + parts[k].proj] : NULL;
+        if (given) s = check_q2_weight(b, name, given, parts[k].rows, parts[k].cols);
+        else s = load_weight(b, name, parts[k].rows, parts[k].cols, parts[k].dest);
+        if (parts[k].lin) {
+            parts[k].lin->out = (int)parts[k].rows;
+            parts[k].lin->in = (int)parts[k].cols;
+        }
+    }
+    return s;
+}
+
 /* Every weight of the model in allocation order. */
 static rq_status walk_weights(builder *b, rq_model *m) {
     const rq_config c = m->cfg;
-    int64_t d = c.dim, q = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim, ff = c.hidden_dim;
-    rq_status s = load_weight(b, "model.embed_tokens.weight", c.vocab_size, d, &m->tok_embed);
-    for (int l = 0; l < c.n_layers && s == RQ_OK; l++) {
-        rq_layer *L = &m->layers[l];
-        struct {
-            const char *suffix;
-            int64_t rows, cols;
-            float **dest;
-            rq_linear *lin;
-            int proj; /* RQ_PROJ_*, or -1 for a norm */
-        } parts[] = {
-            {"input_layernorm.weight", d, 0, &L->attn_norm, NULL, -1},
-            {"self_attn.q_proj.weight", q, d, &L->wq.w, &L->wq, RQ_PROJ_Q},
-            {"self_attn.k_proj.weight", kv, d, &L->wk.w, &L->wk, RQ_PROJ_K},
-            {"self_attn.v_proj.weight", kv, d, &L->wv.w, &L->wv, RQ_PROJ_V},
-            {"self_attn.o_proj.weight", d, q, &L->wo.w, &L->wo, RQ_PROJ_O},
-            {"post_attention_layernorm.weight", d, 0, &L->ffn_norm, NULL, -1},
-            {"mlp.gate_proj.weight", ff, d, &L->w_gate.w, &L->w_gate, RQ_PROJ_GATE},
-            {"mlp.up_proj.weight", ff, d, &L->w_up.w, &L->w_up, RQ_PROJ_UP},
-            {"mlp.down_proj.weight", d, ff, &L->w_down.w, &L->w_down, RQ_PROJ_DOWN},
-        };
-        for (size_t k = 0; k < sizeof parts / sizeof parts[0] && s == RQ_OK; k++) {
-            char name[RQ_TENSOR_NAME_MAX];
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, parts[k].suffix);
-            const rq_q2_tensor *given = b->q2 && parts[k].proj >= 0 ? b->q2[(size_t)l * RQ_N_PROJ + parts[k].proj] : NULL;
-            if (given) s = check_q2_weight(b, name, given, parts[k].rows, parts[k].cols);
-            else s = load_weight(b, name, parts[k].rows, parts[k].cols, parts[k].dest);
-            if (parts[k].lin) {
-                parts[k].lin->out = (int)parts[k].rows;
-                parts[k].lin->in = (int)parts[k].cols;
-            }
-        }
-    }
-    if (s == RQ_OK) s = load_weight(b, "model.norm.weight", d, 0, &m->final_norm);
+    rq_status s = load_weight(b, "model.embed_tokens.weight", c.vocab_size, c.dim, &m->tok_embed);
+    for (int l = 0; l < c.n_layers && s == RQ_OK; l++) s = walk_layer(b, &m->cfg, l, &m->layers[l]);
+    if (s == RQ_OK) s = load_weight(b, "model.norm.weight", c.dim, 0, &m->final_norm);
     m->lm_head.out = c.vocab_size;
     m->lm_head.in = c.dim;
     if (s == RQ_OK) {
         if (c.tie_embeddings) m->lm_head.w = m->tok_embed;
-        else s = load_weight(b, "lm_head.weight", c.vocab_size, d, &m->lm_head.w);
+        else s = load_weight(b, "lm_head.weight", c.vocab_size, c.dim, &m->lm_head.w);
     }
     return s;
+}
+
+/* ---- a part at a time (a layer-streamed pass) ---------------------------------------- */
+
+static const char *table_what(const rq_tensor_table *tab) {
+    return tab->count > 0 && tab->items[0].file ? tab->items[0].file : "config";
+}
+
+rq_status rq_model_table_config(const rq_config *cfg, const rq_tensor_table *tab, rq_config *out, rq_err *err) {
+    *out = *cfg;
+    RQ_TRY(rq_config_validate(out, table_what(tab), err));
+    /* A checkpoint that carries lm_head.weight is untied whatever the config
+     * says (some tied exports still store it); one without it reuses the embedding. */
+    out->tie_embeddings = rq_tensor_table_find(tab, "lm_head.weight") == NULL;
+    return RQ_OK;
+}
+
+rq_status rq_model_table_dtypes(const rq_config *cfg, const rq_tensor_table *tab, char *buf, size_t cap, rq_err *err) {
+    buf[0] = 0;
+    rq_model m;
+    memset(&m, 0, sizeof m);
+    RQ_TRY(rq_model_table_config(cfg, tab, &m.cfg, err));
+    m.layers = rq_calloc((size_t)m.cfg.n_layers, sizeof *m.layers, err);
+    if (!m.layers) return RQ_ERR_NOMEM;
+    builder check = {.tab = tab, .check_only = true, .err = err};
+    rq_status s = walk_weights(&check, &m);
+    if (s == RQ_OK) describe_dtypes(check.dtype_count, buf, cap);
+    free(m.layers);
+    return s;
+}
+
+size_t rq_layer_floats(const rq_config *c) {
+    const size_t d = (size_t)c->dim, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
+    return 2 * d + q * d + 2 * kv * d + d * q + 3 * d * (size_t)c->hidden_dim;
+}
+
+rq_status rq_model_build_layer(const rq_config *cfg, const rq_tensor_table *tab, int l, float *storage, rq_layer *out,
+                               rq_err *err) {
+    if (l < 0 || l >= cfg->n_layers)
+        return RQ_FAIL(err, RQ_ERR_ARG, "%s: layer %d outside 0..%d", table_what(tab), l, cfg->n_layers - 1);
+    memset(out, 0, sizeof *out);
+    builder check = {.tab = tab, .check_only = true, .err = err};
+    RQ_TRY(walk_layer(&check, cfg, l, out)); /* every tensor present with its shape before any conversion */
+    builder b = {.tab = tab, .next = storage, .end = storage + rq_layer_floats(cfg), .err = err};
+    return walk_layer(&b, cfg, l, out);
+}
+
+rq_status rq_model_build_tensor(const rq_tensor_table *tab, const char *name, int64_t rows, int64_t cols, float *out,
+                                rq_err *err) {
+    builder b = {.tab = tab, .next = out, .end = out + rows * (cols ? cols : 1), .err = err};
+    float *dest = NULL;
+    return load_weight(&b, name, rows, cols, &dest);
 }
 
 rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab, rq_model **out, rq_err *err) {
@@ -224,12 +280,9 @@ rq_status rq_model_build(const rq_config *cfg, const struct rq_tensor_table *tab
 rq_status rq_model_build_q2(const rq_config *cfg, const struct rq_tensor_table *tab, rq_q2_tensor **q2, rq_model **out,
                             rq_err *err) {
     *out = NULL;
-    rq_config c = *cfg;
-    const char *what = tab->count > 0 && tab->items[0].file ? tab->items[0].file : "config";
-    RQ_TRY(rq_config_validate(&c, what, err));
-    /* A checkpoint that carries lm_head.weight is untied whatever the config
-     * says (some tied exports still store it); one without it reuses the embedding. */
-    c.tie_embeddings = rq_tensor_table_find(tab, "lm_head.weight") == NULL;
+    rq_config c;
+    const char *what = table_what(tab);
+    RQ_TRY(rq_model_table_config(cfg, tab, &c, err));
     int64_t n_params = rq_config_n_params(&c);
     /* Projections given as q2 take no room in the fp32 allocation. */
     int64_t n_fp32 = n_params;

@@ -71,6 +71,26 @@ struct rq_q2_tensor;
 rq_status rq_model_build_q2(const rq_config *cfg, const struct rq_tensor_table *tab, struct rq_q2_tensor **q2,
                             rq_model **out, rq_err *err);
 
+/* ---- a part at a time: a layer-streamed pass (the teacher of src/train/calib.c) holds one
+ * decoder layer's fp32 weights instead of the model's. The same name and shape checks and
+ * the same conversion (rq_tensor_to_f32) as rq_model_build: one path reads every tensor. */
+
+/* cfg as rq_model_build would use it with tab: validated, tie_embeddings as the tensors say. */
+rq_status rq_model_table_config(const rq_config *cfg, const struct rq_tensor_table *tab, rq_config *out, rq_err *err);
+/* The source dtypes of every tensor rq_model_build would read from tab, as m->dtypes
+ * describes them ("BF16 x272"), into buf (size cap). */
+rq_status rq_model_table_dtypes(const rq_config *cfg, const struct rq_tensor_table *tab, char *buf, size_t cap,
+                                rq_err *err);
+/* Floats of one decoder layer's norms and projections (fp32). */
+size_t rq_layer_floats(const rq_config *c);
+/* Layer l of the checkpoint tab into storage (rq_layer_floats(cfg) floats); out's arrays point
+ * into it. Every tensor of the layer is checked before any is converted. */
+rq_status rq_model_build_layer(const rq_config *cfg, const struct rq_tensor_table *tab, int l, float *storage,
+                               rq_layer *out, rq_err *err);
+/* One named tensor, checked to have shape [rows, cols] ([rows] when cols is 0), into out. */
+rq_status rq_model_build_tensor(const struct rq_tensor_table *tab, const char *name, int64_t rows, int64_t cols,
+                                float *out, rq_err *err);
+
 /* Bytes of weights the model holds: the fp32 allocation plus every q2 tensor. */
 size_t rq_model_weight_bytes(const rq_model *m);
 

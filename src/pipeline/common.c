@@ -26,13 +26,24 @@ rq_adapter_config rq_adapter_opts_config(const rq_adapter_opts *a, uint64_t seed
     return c;
 }
 
-rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident, bool disabled,
-                                rq_err *err) {
+/* the plan of m's run on be */
+static rq_status stage_plan(rq_backend *be, const rq_model *m, rq_plan_opts *o, rq_plan *plan, rq_err *err) {
     o->device = be->caps.device_memory ? RQ_PLAN_CUDA : RQ_PLAN_CPU;
     o->quant_group_size = rq_model_q2_group_size(m);
     o->student_q2 = o->quant_group_size > 0;
+    return rq_plan_compute(&m->cfg, o, plan, err);
+}
+
+bool rq_stage_memory_fits(rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident) {
     rq_plan plan;
-    RQ_TRY(rq_plan_compute(&m->cfg, o, &plan, err));
+    rq_err quiet = {0};
+    return stage_plan(be, m, o, &plan, &quiet) == RQ_OK && rq_plan_check(&plan, o, be, resident, &quiet) == RQ_OK;
+}
+
+rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts *o, uint64_t resident, bool disabled,
+                                rq_err *err) {
+    rq_plan plan;
+    RQ_TRY(stage_plan(be, m, o, &plan, err));
     const double mib = 1048576.0;
     char line[1024];
     int n = snprintf(line, sizeof line,
@@ -45,7 +56,10 @@ rq_status rq_stage_memory_check(rq_backend *be, const rq_model *m, rq_plan_opts 
         n += snprintf(line + n, sizeof line - (size_t)n, ", teacher beside the student %.1f MiB",
                       (plan.teacher_weights + plan.teacher_activations) / mib);
     if (plan.teacher_pass && n > 0 && (size_t)n < sizeof line)
-        n += snprintf(line + n, sizeof line - (size_t)n, ", teacher pass %.1f MiB", plan.teacher_pass / mib);
+        n += snprintf(line + n, sizeof line - (size_t)n, ", teacher pass %.1f MiB (%s)", plan.teacher_pass / mib,
+                      o->teacher_resident ? "the whole fp32 teacher"
+                      : o->teacher_spill  ? "a layer at a time, the windows' streams in a scratch file"
+                                          : "a layer at a time, the windows' streams in memory");
     if (n > 0 && (size_t)n < sizeof line) snprintf(line + n, sizeof line - (size_t)n, "; peak %.1f MiB", plan.total / mib);
     rq_info("%s", line);
     if (disabled) {

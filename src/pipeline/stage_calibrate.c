@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../load/load.h"
 #include "../train/calib.h"
 #include "../train/plan.h"
 #include "../train/trainer.h"
@@ -54,6 +55,10 @@ static const rq_opt opts[] = {
     RQ_OPT_S("--cache", "stage1.teacher_cache", O, teacher_cache, "", NULL, "DIR",
              "teacher cache directory (\"\": $RILQ_CACHE or .cache/teacher)"),
     RQ_OPT_S("--data-root", NULL, O, data_root, NULL, NULL, "DIR", "datasets root (default $RILQ_DATA)"),
+    RQ_OPT_S("--teacher-streams", NULL, O, teacher_streams, "auto", "auto|memory|file", NULL,
+             "where the layer-streamed teacher pass keeps the windows' residual streams\n"
+             "(windows x seq-len x dim fp32): auto keeps them in memory when the memory\n"
+             "plan fits, else in a scratch file beside the cache (unlinked at once)"),
     RQ_OPT_B("--no-memory-check", NULL, O, no_memory_check, "false",
              "run even when the memory plan exceeds the free memory"),
     RQ_COMMON_OPT_LINES(O),
@@ -218,6 +223,12 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
 
     rq_status st = RQ_OK;
     rq_model *teacher = NULL, *student = NULL;
+    /* The teacher pass reads the checkpoint a layer at a time; the whole fp32 teacher is loaded
+       only where it is needed beyond that pass: the SVD init and the layer / linear scope (and
+       a q2 artifact as teacher, which has no full-precision layers to read) */
+    rq_checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    bool streamed = false, teacher_spill = false;
     rq_backend *be = NULL;
     rq_adapter_set *ad = NULL;
     rq_teacher_cache *tc = NULL;
@@ -230,8 +241,19 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         if ((st = (x)) != RQ_OK) goto done; \
     } while (0)
     CHECK(rq_backend_create(o->common.device, (int)o->common.threads, &be, err));
-    CHECK(rq_model_load(o->model, o->common.tokenizer, &teacher, err));
-    if (!teacher->tok) CHECK(RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer; pass --tokenizer PATH", o->model));
+    if (!svd_init && loss_scope == RQ_SCOPE_MODEL) {
+        rq_err e2 = {0};
+        rq_status cs = rq_model_open_checkpoint(o->model, o->common.tokenizer, &ck, &e2);
+        if (cs != RQ_OK && cs != RQ_ERR_UNSUPPORTED) {
+            *err = e2;
+            CHECK(cs);
+        }
+        streamed = cs == RQ_OK;
+    }
+    if (!streamed) CHECK(rq_model_load(o->model, o->common.tokenizer, &teacher, err));
+    const rq_config *tcfg = streamed ? &ck.cfg : &teacher->cfg;
+    const rq_tokenizer *ttok = streamed ? ck.tok : teacher->tok;
+    if (!ttok) CHECK(RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer; pass --tokenizer PATH", o->model));
     if (o->student) CHECK(rq_model_load(o->student, o->common.tokenizer, &student, err));
     else {
         rq_model_quant_opts qo;
@@ -241,16 +263,17 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         CHECK(rq_model_load(o->model, o->common.tokenizer, &student, err));
         CHECK(rq_model_quantize(student, &qo, NULL, err));
     }
-    if (student->cfg.dim != teacher->cfg.dim || student->cfg.vocab_size != teacher->cfg.vocab_size ||
-        student->cfg.n_layers != teacher->cfg.n_layers)
+    if (student->cfg.dim != tcfg->dim || student->cfg.vocab_size != tcfg->vocab_size ||
+        student->cfg.n_layers != tcfg->n_layers)
         CHECK(RQ_FAIL(err, RQ_ERR_ARG, "student %s (dim %d, %d layers, vocab %d) does not match teacher %s (dim %d, %d, %d)",
-                      student->path, student->cfg.dim, student->cfg.n_layers, student->cfg.vocab_size, teacher->path,
-                      teacher->cfg.dim, teacher->cfg.n_layers, teacher->cfg.vocab_size));
+                      student->path, student->cfg.dim, student->cfg.n_layers, student->cfg.vocab_size, o->model,
+                      tcfg->dim, tcfg->n_layers, tcfg->vocab_size));
     /* the pooling group follows the student's quantization group unless given */
     if (ac.group_size <= 0)
         ac.group_size = rq_model_q2_group_size(student) > 0 ? rq_model_q2_group_size(student) : RQ_DEFAULT_GROUP_SIZE;
-    rq_info("calibrate: teacher %s (%s), student %s", teacher->path, teacher->format, student->path);
-    CHECK(rq_calib_windows_build(teacher->tok, &co, &w, err));
+    rq_info("calibrate: teacher %s (%s), student %s", o->model,
+            streamed ? "read a layer at a time" : teacher->format, student->path);
+    CHECK(rq_calib_windows_build(ttok, &co, &w, err));
     rep->windows = w.n, rep->seq_len = w.T, rep->val_windows = w.n_val;
     rq_info("data: %s%s, %d windows of %d tokens (%d held out), seed %llu", co.path,
             co.source == RQ_CALIB_C4 ? "" : " (first 1000 lines)", w.n, w.T, w.n_val, (unsigned long long)co.seed);
@@ -276,14 +299,20 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         po.adapter = ac.type, po.r = ac.r, po.adapter_group_size = ac.group_size, po.targets = ac.targets;
         po.micro_batch = (int)o->micro_batch, po.seq_len = w.T, po.n_windows = w.n;
         po.teacher_cached = rq_file_exists(cache_path);
+        po.teacher_resident = !streamed;
         const bool on_host = be->caps.weights_on_host;
-        uint64_t resident = on_host ? rq_model_weight_bytes(student) + rq_model_weight_bytes(teacher) : 0;
+        uint64_t resident = on_host ? rq_model_weight_bytes(student) + (teacher ? rq_model_weight_bytes(teacher) : 0) : 0;
+        /* auto: the windows' streams stay in memory when the plan with them fits, else they spill */
+        po.teacher_spill = streamed && (!strcmp(o->teacher_streams, "file") ||
+                                        (!strcmp(o->teacher_streams, "auto") && !po.teacher_cached &&
+                                         !rq_stage_memory_fits(be, student, &po, resident)));
+        teacher_spill = po.teacher_spill;
         CHECK(rq_stage_memory_check(be, student, &po, resident, o->no_memory_check, err));
     }
     if (rq_file_exists(cache_path)) {
         bool stale = false;
         rq_err e2 = {0};
-        rq_status cs = rq_teacher_cache_open(cache_path, key, teacher->cfg.dim, w.T, w.n, &tc, &stale, &e2);
+        rq_status cs = rq_teacher_cache_open(cache_path, key, tcfg->dim, w.T, w.n, &tc, &stale, &e2);
         if (cs == RQ_OK) cs = rq_teacher_cache_verify(tc, &e2); /* every frame's checksum, before training relies on it */
         if (cs == RQ_OK) rep->teacher_cache_reused = true;
         else if (stale) rq_info("teacher cache %s is stale (%s); recomputing", cache_path, e2.msg);
@@ -298,14 +327,20 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
         }
     }
     {
-        const double mib = 1048576.0, raw = (double)w.n * w.T * teacher->cfg.dim * 4;
+        const double mib = 1048576.0, raw = (double)w.n * w.T * tcfg->dim * 4;
         if (!rep->teacher_cache_reused) {
-            rq_info("teacher: %d windows -> %s (%.1f MiB of fp32 before compression)", w.n, cache_path, raw / mib);
+            rq_info("teacher: %d windows -> %s (%.1f MiB of fp32 before compression)%s", w.n, cache_path, raw / mib,
+                    !streamed      ? ""
+                    : teacher_spill ? ", a layer at a time, the windows' streams in a scratch file beside it"
+                                    : ", a layer at a time, the windows' streams in memory");
             double tt = rq_now_seconds();
-            CHECK(rq_teacher_cache_write(teacher, be, &w, key, key_text, cache_path, false, err));
+            if (streamed)
+                CHECK(rq_teacher_cache_write_streamed(&ck.cfg, ck.table, be, &w, key, key_text, cache_path,
+                                                      teacher_spill, false, NULL, err));
+            else CHECK(rq_teacher_cache_write(teacher, be, &w, key, key_text, cache_path, false, err));
             rep->teacher_seconds = rq_now_seconds() - tt;
             bool stale = false;
-            CHECK(rq_teacher_cache_open(cache_path, key, teacher->cfg.dim, w.T, w.n, &tc, &stale, err));
+            CHECK(rq_teacher_cache_open(cache_path, key, tcfg->dim, w.T, w.n, &tc, &stale, err));
         }
         rq_info("teacher cache: %s, %.1f MiB compressed (%.1f MiB raw)%s", cache_path, rq_teacher_cache_bytes(tc) / mib,
                 raw / mib, rep->teacher_cache_reused ? ", reused" : "");
@@ -318,6 +353,7 @@ rq_status rq_stage_calibrate(const rq_stage_calibrate_opts *o, rq_stage_calibrat
     if (loss_scope == RQ_SCOPE_MODEL) {
         rq_model_free(teacher);
         teacher = NULL;
+        rq_checkpoint_close(&ck); /* the windows keep their tokens: the tokenizer is not needed either */
     }
 
     rq_train_opts to;
@@ -394,6 +430,7 @@ done:
     rq_adapter_set_free(ad);
     rq_model_free(student);
     rq_model_free(teacher);
+    rq_checkpoint_close(&ck);
     rq_backend_destroy(be);
     free(cache_path);
     free(data_path);

@@ -5,6 +5,7 @@
 
 #include "../backend/backend.h"
 #include "../io/artifact.h"
+#include "../load/load.h"
 #include "../train/layerwise.h"
 #include "../train/calib.h"
 #include "stages.h"
@@ -61,9 +62,10 @@ rq_status rq_stage_quantize_defaults(rq_stage_quantize_opts *o, rq_err *err) {
 
 /* GPTQ and / or block-wise reconstruction on calibration windows drawn as stage 1
  * draws them (C4 documents c4_docs). */
-static rq_status run_layerwise(rq_model *m, const rq_stage_quantize_opts *o, const rq_model_quant_opts *qo,
-                               rq_model_quant_report *rep, rq_err *err) {
-    if (!m->tok) return RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer (GPTQ tokenizes its calibration text); pass --tokenizer PATH", o->model);
+static rq_status run_layerwise(rq_model **mp, rq_checkpoint *ck, const rq_stage_quantize_opts *o,
+                               const rq_model_quant_opts *qo, rq_model_quant_report *rep, rq_err *err) {
+    const rq_tokenizer *tok = ck ? ck->tok : (*mp)->tok;
+    if (!tok) return RQ_FAIL(err, RQ_ERR_ARG, "%s has no tokenizer (GPTQ tokenizes its calibration text); pass --tokenizer PATH", o->model);
     const char *root = o->data_root && *o->data_root ? o->data_root : getenv("RILQ_DATA");
     if (!root || !*root) return RQ_FAIL(err, RQ_ERR_ARG, "gptq: no --data-root and no RILQ_DATA to find C4 in");
     long a = 0, b = 0;
@@ -82,7 +84,7 @@ static rq_status run_layerwise(rq_model *m, const rq_stage_quantize_opts *o, con
     co.doc_begin = (int)a;
     co.doc_end = (int)b;
     rq_calib_windows w = {0};
-    rq_status bs = rq_calib_windows_build(m->tok, &co, &w, err);
+    rq_status bs = rq_calib_windows_build(tok, &co, &w, err);
     free(path);
     if (bs != RQ_OK) return bs;
     const bool gptq = !strcmp(o->method, "gptq"), refine = strcmp(o->refine, "none") != 0;
@@ -105,7 +107,19 @@ static rq_status run_layerwise(rq_model *m, const rq_stage_quantize_opts *o, con
     lo.refine_weight_lr = o->refine_weight_lr;
     lo.proj_mask = qo->proj_mask;
     lo.batch = 1;
-    if (st == RQ_OK) st = rq_layerwise_quantize(m, be, w.tokens, w.n, w.T, &lo, rep, err);
+    if (st == RQ_OK && !ck) st = rq_layerwise_quantize(*mp, be, w.tokens, w.n, w.T, &lo, rep, err);
+    if (st == RQ_OK && ck) {
+        /* a layer at a time from the checkpoint: never the whole fp32 model */
+        st = rq_layerwise_quantize_checkpoint(&ck->cfg, ck->table, be, w.tokens, w.n, w.T, &lo, mp, rep, err);
+        if (st == RQ_OK) {
+            rq_model *m = *mp;
+            m->tok = ck->tok;
+            ck->tok = NULL;
+            memcpy(m->tokenizer_path, ck->tokenizer_path, sizeof m->tokenizer_path);
+            snprintf(m->format, sizeof m->format, "%s", rq_checkpoint_format(ck));
+            snprintf(m->path, sizeof m->path, "%s", o->model);
+        }
+    }
     rq_backend_destroy(be);
     rq_calib_windows_free(&w);
     return st;
@@ -161,9 +175,25 @@ rq_status rq_stage_quantize(const rq_stage_quantize_opts *o, bool keep_existing,
     rq_model *m = NULL;
     const bool layerwise = gptq || (o->refine && strcmp(o->refine, "none") != 0);
     if (layerwise && qo.fake_quant) return RQ_FAIL(err, RQ_ERR_ARG, "--refine does not apply to fake-quant import");
-    RQ_TRY(rq_model_load(o->model, o->common.tokenizer, &m, err));
-    rep->fp32_bytes = rq_model_weight_bytes(m);
-    rq_status s = layerwise ? run_layerwise(m, o, &qo, &rep->quant, err) : rq_model_quantize(m, &qo, &rep->quant, err);
+    /* GPTQ / block-wise read the checkpoint a layer at a time (a q2 artifact is loaded whole: it is refused
+       as already 2-bit) */
+    rq_checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    bool streamed = false;
+    if (layerwise) {
+        rq_err e2 = {0};
+        rq_status cs = rq_model_open_checkpoint(o->model, o->common.tokenizer, &ck, &e2);
+        if (cs != RQ_OK && cs != RQ_ERR_UNSUPPORTED) {
+            *err = e2;
+            return cs;
+        }
+        streamed = cs == RQ_OK;
+    }
+    if (!streamed) RQ_TRY(rq_model_load(o->model, o->common.tokenizer, &m, err));
+    rep->fp32_bytes = streamed ? (size_t)rq_config_n_params(&ck.cfg) * sizeof(float) : rq_model_weight_bytes(m);
+    rq_status s = layerwise ? run_layerwise(&m, streamed ? &ck : NULL, o, &qo, &rep->quant, err)
+                            : rq_model_quantize(m, &qo, &rep->quant, err);
+    rq_checkpoint_close(&ck);
     if (s == RQ_OK) s = rq_artifact_write(m, o->out, &ao, err);
     if (s == RQ_OK) {
         const rq_model_quant_report *q = &rep->quant;

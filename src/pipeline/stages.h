@@ -102,6 +102,7 @@ typedef struct rq_stage_calibrate_opts {
     bool enabled; /* recipe only: run the stage */
     const char *model, *student, *quantize, *out;
     const char *data, *c4_docs, *text, *teacher_cache, *data_root;
+    const char *teacher_streams; /* auto|memory|file: where the teacher pass keeps the windows' streams */
     int64_t windows, seq_len, val_windows, seed;
     rq_adapter_opts adapter;
     double model_weight, gt_weight, lr;
@@ -229,6 +230,8 @@ struct rq_backend;
 struct rq_plan_opts;
 rq_status rq_stage_memory_check(struct rq_backend *be, const rq_model *m, struct rq_plan_opts *o, uint64_t resident,
                                 bool disabled, rq_err *err);
+/* Whether that plan fits, decided as rq_stage_memory_check decides it, without a log line. */
+bool rq_stage_memory_fits(struct rq_backend *be, const rq_model *m, struct rq_plan_opts *o, uint64_t resident);
 
 /* The whole options struct as JSON (flag or key -> value), for stage.json. */
 cJSON *rq_opts_to_json(rq_opt_table t, const void *o);

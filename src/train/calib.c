@@ -8,6 +8,8 @@
 #include "../data/jsonl.h"
 #include "../data/pyrandom.h"
 #include "../quant/q2.h"
+#include "../core/tensors.h"
+#include "../model/bind.h"
 #include "../quant/svd.h"
 #include "calib.h"
 
@@ -292,107 +294,285 @@ static void put_u64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* ---- writing the cache ---------------------------------------------------------------- */
+
+/* The file being written: header, then one frame per window in window order, then the index. */
+typedef struct cache_writer {
+    const char *path;
+    int n, T, dim;
+    size_t raw_bytes, zcap;
+    ZSTD_CCtx *cctx;
+    uint8_t *zbuf, *raw;
+    uint64_t *offsets, pos;
+    rq_atomic_file af;
+    bool open;
+} cache_writer;
+
+static rq_status writer_open(cache_writer *cw, const char *path, int n, int T, int dim, uint64_t key,
+                             const char *key_text, rq_err *err) {
+    memset(cw, 0, sizeof *cw);
+    cw->path = path, cw->n = n, cw->T = T, cw->dim = dim;
+    cw->raw_bytes = (size_t)T * dim * sizeof(float);
+    cw->zcap = ZSTD_compressBound(cw->raw_bytes);
+    cw->cctx = ZSTD_createCCtx();
+    cw->zbuf = malloc(cw->zcap), cw->raw = malloc(cw->raw_bytes);
+    cw->offsets = calloc((size_t)n + 1, sizeof(uint64_t));
+    if (!cw->cctx || !cw->zbuf || !cw->raw || !cw->offsets)
+        return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    RQ_TRY(rq_atomic_open(&cw->af, path, err));
+    cw->open = true;
+    const size_t key_len = strlen(key_text);
+    uint8_t hdr[32];
+    memcpy(hdr, CACHE_MAGIC, 8);
+    put_u32(hdr + 8, CACHE_VERSION);
+    put_u32(hdr + 12, (uint32_t)dim);
+    put_u32(hdr + 16, (uint32_t)T);
+    put_u32(hdr + 20, (uint32_t)n);
+    put_u64(hdr + 24, key);
+    uint8_t kl[4];
+    put_u32(kl, (uint32_t)key_len);
+    RQ_TRY(rq_atomic_write(&cw->af, hdr, sizeof hdr, err));
+    RQ_TRY(rq_atomic_write(&cw->af, kl, 4, err));
+    RQ_TRY(rq_atomic_write(&cw->af, key_text, key_len, err));
+    cw->pos = sizeof hdr + 4 + key_len;
+    ZSTD_CCtx_setParameter(cw->cctx, ZSTD_c_compressionLevel, 3);
+    ZSTD_CCtx_setParameter(cw->cctx, ZSTD_c_checksumFlag, 1); /* verified on every read */
+    return RQ_OK;
+}
+
+/* Window k's final hidden states h [T][dim] (host), the next frame. */
+static rq_status writer_frame(cache_writer *cw, int k, const float *h, rq_err *err) {
+    const size_t count = (size_t)cw->T * cw->dim;
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(h[i]))
+            return RQ_FAIL(err, RQ_ERR_NUMERIC, "teacher: the final hidden states of window %d are not finite (%g): "
+                           "the teacher model holds NaN/Inf weights; nothing cached", k, h[i]);
+    /* little-endian fp32 on every host: the file is portable */
+    for (size_t i = 0; i < count; i++) put_u32(cw->raw + 4 * i, rq_bits_from_f32(h[i]));
+    /* one frame per window through the streaming API, flushed at the end */
+    ZSTD_CCtx_reset(cw->cctx, ZSTD_reset_session_only);
+    ZSTD_inBuffer in = {cw->raw, cw->raw_bytes, 0};
+    ZSTD_outBuffer outb = {cw->zbuf, cw->zcap, 0};
+    size_t left;
+    do {
+        left = ZSTD_compressStream2(cw->cctx, &outb, &in, ZSTD_e_end);
+        if (ZSTD_isError(left)) return RQ_FAIL(err, RQ_ERR_INTERNAL, "%s: zstd: %s", cw->path, ZSTD_getErrorName(left));
+    } while (left != 0);
+    cw->offsets[k] = cw->pos;
+    RQ_TRY(rq_atomic_write(&cw->af, cw->zbuf, outb.pos, err));
+    cw->pos += outb.pos;
+    return RQ_OK;
+}
+
+/* st == RQ_OK: the index and trailer, then the rename; otherwise the temporary file goes. */
+static rq_status writer_finish(cache_writer *cw, rq_status st, rq_err *err) {
+    if (st == RQ_OK) {
+        cw->offsets[cw->n] = cw->pos;
+        const size_t idx_bytes = 8 * ((size_t)cw->n + 1) + 16;
+        uint8_t *idx = malloc(idx_bytes);
+        if (!idx) st = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", cw->path);
+        else {
+            for (int k = 0; k <= cw->n; k++) put_u64(idx + 8 * (size_t)k, cw->offsets[k]);
+            put_u64(idx + 8 * ((size_t)cw->n + 1), cw->pos); /* the index starts where the frames end */
+            memcpy(idx + 8 * ((size_t)cw->n + 1) + 8, CACHE_END_MAGIC, 8);
+            st = rq_atomic_write(&cw->af, idx, idx_bytes, err);
+            free(idx);
+        }
+    }
+    if (cw->open) {
+        if (st == RQ_OK) st = rq_atomic_commit(&cw->af, err);
+        else rq_atomic_abort(&cw->af);
+    }
+    ZSTD_freeCCtx(cw->cctx);
+    free(cw->zbuf);
+    free(cw->raw);
+    free(cw->offsets);
+    return st;
+}
+
+/* tokens: window-tokens through the whole teacher so far */
+static void progress_update(rq_progress *prog, const cache_writer *cw, int done, double tokens, double t0,
+                            const char *unit) {
+    char extra[96];
+    double el = rq_now_seconds() - t0;
+    snprintf(extra, sizeof extra, "%.0f tok/s | %.1f MiB written", el > 0 ? tokens / el : 0.0, cw->pos / 1048576.0);
+    rq_progress_update(prog, done, unit, extra);
+}
+
 rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_calib_windows *w, uint64_t key,
                                  const char *key_text, const char *path, bool quiet, rq_err *err) {
     const int T = w->T, dim = m->cfg.dim;
-    const size_t raw_bytes = (size_t)T * dim * sizeof(float);
-    const size_t key_len = strlen(key_text);
     rq_forward_opts fo = {.max_batch = 1, .max_seq = T};
     rq_forward_state *fs = NULL;
     RQ_TRY(rq_forward_create(m, be, &fo, &fs, err));
-    ZSTD_CCtx *cctx = ZSTD_createCCtx();
-    size_t zcap = ZSTD_compressBound(raw_bytes);
-    uint8_t *zbuf = malloc(zcap), *raw = malloc(raw_bytes);
-    float *h = malloc(raw_bytes); /* the window's hidden states, downloaded from the backend */
-    uint64_t *offsets = rq_calloc((size_t)w->n + 1, sizeof(uint64_t), err);
-    rq_status st = (cctx && zbuf && raw && h && offsets) ? RQ_OK : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-    rq_atomic_file af;
-    bool open = false;
-    if (st == RQ_OK) {
-        st = rq_atomic_open(&af, path, err);
-        open = st == RQ_OK;
-    }
-    uint64_t pos = 0;
-    if (st == RQ_OK) {
-        uint8_t hdr[32];
-        memcpy(hdr, CACHE_MAGIC, 8);
-        put_u32(hdr + 8, CACHE_VERSION);
-        put_u32(hdr + 12, (uint32_t)dim);
-        put_u32(hdr + 16, (uint32_t)T);
-        put_u32(hdr + 20, (uint32_t)w->n);
-        put_u64(hdr + 24, key);
-        uint8_t kl[4];
-        put_u32(kl, (uint32_t)key_len);
-        st = rq_atomic_write(&af, hdr, sizeof hdr, err);
-        if (st == RQ_OK) st = rq_atomic_write(&af, kl, 4, err);
-        if (st == RQ_OK) st = rq_atomic_write(&af, key_text, key_len, err);
-        pos = sizeof hdr + 4 + key_len;
-    }
-    if (st == RQ_OK) {
-        ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, 3);
-        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1); /* verified on every read */
-    }
+    float *h = malloc(sizeof(float) * (size_t)T * dim); /* the window's hidden states, downloaded from the backend */
+    cache_writer cw;
+    rq_status st = h ? writer_open(&cw, path, w->n, T, dim, key, key_text, err)
+                     : RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
     rq_progress prog;
     rq_progress_init(&prog, "teacher", w->n);
     double t0 = rq_now_seconds();
     for (int k = 0; k < w->n && st == RQ_OK; k++) {
         st = rq_forward_run(fs, w->tokens + (size_t)k * T, 1, T, 0, err);
-        if (st == RQ_OK) st = be->download(be, h, rq_forward_hidden(fs), raw_bytes, err);
-        for (size_t i = 0; st == RQ_OK && i < (size_t)T * dim; i++)
-            if (!isfinite(h[i]))
-                st = RQ_FAIL(err, RQ_ERR_NUMERIC, "teacher: the final hidden states of window %d are not finite (%g): "
-                             "the teacher model holds NaN/Inf weights; nothing cached", k, h[i]);
-        if (st != RQ_OK) break;
-        /* little-endian fp32 on every host: the file is portable */
-        for (size_t i = 0; i < (size_t)T * dim; i++) put_u32(raw + 4 * i, rq_bits_from_f32(h[i]));
-        /* one frame per window through the streaming API, flushed at the end */
-        ZSTD_CCtx_reset(cctx, ZSTD_reset_session_only);
-        ZSTD_inBuffer in = {raw, raw_bytes, 0};
-        ZSTD_outBuffer outb = {zbuf, zcap, 0};
-        size_t left;
-        do {
-            left = ZSTD_compressStream2(cctx, &outb, &in, ZSTD_e_end);
-            if (ZSTD_isError(left)) {
-                st = RQ_FAIL(err, RQ_ERR_INTERNAL, "%s: zstd: %s", path, ZSTD_getErrorName(left));
-                break;
-            }
-        } while (left != 0);
-        if (st != RQ_OK) break;
-        offsets[k] = pos;
-        st = rq_atomic_write(&af, zbuf, outb.pos, err);
-        pos += outb.pos;
-        if (!quiet) {
-            char extra[96];
-            double el = rq_now_seconds() - t0;
-            snprintf(extra, sizeof extra, "%.0f tok/s | %.1f MiB written", el > 0 ? (k + 1.0) * T / el : 0.0,
-                     pos / 1048576.0);
-            rq_progress_update(&prog, k + 1, "windows", extra);
-        }
+        if (st == RQ_OK) st = be->download(be, h, rq_forward_hidden(fs), sizeof(float) * (size_t)T * dim, err);
+        if (st == RQ_OK) st = writer_frame(&cw, k, h, err);
+        if (st == RQ_OK && !quiet) progress_update(&prog, &cw, k + 1, (k + 1.0) * T, t0, "windows");
+    }
+    if (h) st = writer_finish(&cw, st, err);
+    if (st == RQ_OK && !quiet) rq_progress_finish(&prog, w->n, "windows");
+    free(h);
+    rq_forward_free(fs);
+    return st;
+}
+
+/* ---- the layer-streamed teacher pass ------------------------------------------------------ */
+
+void rq_teacher_stream_size_of(const rq_config *c, int n, int T, bool spill, rq_teacher_stream_size *out) {
+    const uint64_t window = (uint64_t)T * c->dim * sizeof(float);
+    *out = (rq_teacher_stream_size){0};
+    out->streams = spill ? 0 : (uint64_t)n * window;
+    out->window = spill ? window : 0; /* the host copy a window passes through on its way to the file */
+    out->embed = (uint64_t)c->vocab_size * c->dim * sizeof(float);
+    out->layer = (uint64_t)rq_layer_floats(c) * sizeof(float);
+    out->norm = (uint64_t)c->dim * sizeof(float);
+    /* the frames: the window's hidden states, their little-endian copy, zstd's output, the index */
+    out->frame = 2 * window + ZSTD_compressBound((size_t)window) + 8 * ((uint64_t)n + 1);
+    /* the embedding table is freed before the first layer is read */
+    const uint64_t step = out->embed > out->layer + out->frame ? out->embed : out->layer + out->frame;
+    out->total = out->streams + out->window + out->norm + step;
+}
+
+/* Window k's residual stream: in memory, or in the scratch file (through a host window). */
+typedef struct stream_store {
+    float *mem;            /* [n][T][dim], or NULL when spilled */
+    rq_scratch_file file;  /* spill */
+    float *window;         /* spill: one window on the host */
+    size_t window_floats;
+} stream_store;
+
+static rq_status store_to_device(stream_store *ss, rq_backend *be, int k, float *dev, rq_err *err) {
+    const size_t bytes = sizeof(float) * ss->window_floats;
+    if (ss->mem) return be->upload(be, dev, ss->mem + (size_t)k * ss->window_floats, bytes, err);
+    RQ_TRY(rq_scratch_pread(&ss->file, (uint64_t)k * bytes, ss->window, bytes, err));
+    return be->upload(be, dev, ss->window, bytes, err);
+}
+
+static rq_status store_from_device(stream_store *ss, rq_backend *be, int k, const float *dev, rq_err *err) {
+    const size_t bytes = sizeof(float) * ss->window_floats;
+    if (ss->mem) return be->download(be, ss->mem + (size_t)k * ss->window_floats, dev, bytes, err);
+    RQ_TRY(be->download(be, ss->window, dev, bytes, err));
+    return rq_scratch_pwrite(&ss->file, (uint64_t)k * bytes, ss->window, bytes, err);
+}
+
+/* A host buffer of the pass, counted for the report. */
+static void *pass_alloc(uint64_t bytes, uint64_t *cur, uint64_t *peak) {
+    void *p = rq_alloc_aligned((size_t)bytes, NULL);
+    if (p) {
+        *cur += bytes;
+        if (*cur > *peak) *peak = *cur;
+    }
+    return p;
+}
+
+static void pass_free(void *p, uint64_t bytes, uint64_t *cur) {
+    if (!p) return;
+    free(p);
+    *cur -= bytes;
+}
+
+rq_status rq_teacher_cache_write_streamed(const rq_config *cfg, const struct rq_tensor_table *tab, rq_backend *be,
+                                          const rq_calib_windows *w, uint64_t key, const char *key_text,
+                                          const char *path, bool spill, bool quiet, uint64_t *allocated,
+                                          rq_err *err) {
+    const int T = w->T, dim = cfg->dim, n = w->n, L = cfg->n_layers;
+    const size_t window_floats = (size_t)T * dim;
+    const uint64_t embed_bytes = (uint64_t)cfg->vocab_size * dim * sizeof(float);
+    const uint64_t layer_bytes = (uint64_t)rq_layer_floats(cfg) * sizeof(float);
+    uint64_t cur = 0, peak = 0;
+    /* a one-layer model whose layer is the one loaded now: run_layer computes the same thing
+       for layer 0 of it as for layer l of the whole model (no KV cache, no adapters) */
+    rq_layer layer;
+    memset(&layer, 0, sizeof layer);
+    rq_model shell;
+    memset(&shell, 0, sizeof shell);
+    shell.cfg = *cfg;
+    shell.cfg.n_layers = 1;
+    shell.layers = &layer;
+    shell.lm_head = (rq_linear){.out = cfg->vocab_size, .in = dim}; /* never run: the cache holds hidden states */
+    stream_store ss = {.file = {.fd = -1}, .window_floats = window_floats};
+    float *embed = NULL, *storage = NULL, *norm = NULL, *h = NULL;
+    rq_forward_state *fs = NULL;
+    cache_writer cw;
+    bool writing = false;
+    rq_status st = RQ_OK;
+    if (spill) {
+        st = rq_scratch_open(&ss.file, path, err);
+        if (st == RQ_OK && !(ss.window = pass_alloc(sizeof(float) * window_floats, &cur, &peak)))
+            st = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory for a teacher window");
+    } else if (!(ss.mem = pass_alloc(sizeof(float) * (uint64_t)n * window_floats, &cur, &peak))) {
+        st = RQ_FAIL(err, RQ_ERR_NOMEM, "teacher: out of memory for the residual streams of %d windows of %d x %d "
+                     "(%.1f MiB)", n, T, dim, sizeof(float) * (double)n * window_floats / 1048576.0);
     }
     if (st == RQ_OK) {
-        offsets[w->n] = pos;
-        uint64_t index_at = pos;
-        uint8_t *idx = malloc(8 * ((size_t)w->n + 1) + 16);
-        if (!idx) st = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
-        else {
-            for (int k = 0; k <= w->n; k++) put_u64(idx + 8 * (size_t)k, offsets[k]);
-            put_u64(idx + 8 * ((size_t)w->n + 1), index_at);
-            memcpy(idx + 8 * ((size_t)w->n + 1) + 8, CACHE_END_MAGIC, 8);
-            st = rq_atomic_write(&af, idx, 8 * ((size_t)w->n + 1) + 16, err);
-            free(idx);
+        norm = pass_alloc(sizeof(float) * (uint64_t)dim, &cur, &peak);
+        embed = pass_alloc(embed_bytes, &cur, &peak);
+        if (!norm || !embed) st = RQ_FAIL(err, RQ_ERR_NOMEM, "teacher: out of memory for the embedding table");
+    }
+    if (st == RQ_OK) st = rq_model_build_tensor(tab, "model.norm.weight", dim, 0, norm, err);
+    if (st == RQ_OK) st = rq_model_build_tensor(tab, "model.embed_tokens.weight", cfg->vocab_size, dim, embed, err);
+    shell.tok_embed = embed, shell.final_norm = norm;
+    rq_forward_opts fo = {.max_batch = 1, .max_seq = T};
+    if (st == RQ_OK) st = rq_forward_create(&shell, be, &fo, &fs, err);
+    rq_progress prog;
+    rq_progress_init(&prog, "teacher", L);
+    const double t0 = rq_now_seconds();
+    /* step 0: every window's embeddings */
+    for (int k = 0; k < n && st == RQ_OK; k++) {
+        st = rq_forward_embed(fs, w->tokens + (size_t)k * T, 1, T, err);
+        if (st == RQ_OK) st = store_from_device(&ss, be, k, rq_forward_stream(fs), err);
+    }
+    pass_free(embed, embed_bytes, &cur);
+    shell.tok_embed = embed = NULL;
+    if (st == RQ_OK && !(storage = pass_alloc(layer_bytes, &cur, &peak)))
+        st = RQ_FAIL(err, RQ_ERR_NOMEM, "teacher: out of memory for one layer (%.1f MiB)", layer_bytes / 1048576.0);
+    if (st == RQ_OK) {
+        st = writer_open(&cw, path, n, T, dim, key, key_text, err);
+        writing = true;
+        /* the writer's buffers: the window's hidden states, its little-endian copy, zstd's output */
+        cur += 2 * sizeof(float) * (uint64_t)window_floats + cw.zcap + 8 * ((uint64_t)n + 1);
+        if (cur > peak) peak = cur;
+        if (st == RQ_OK && !(h = malloc(sizeof(float) * window_floats)))
+            st = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory writing %s", path);
+    }
+    /* then every window through each layer in turn; after the last, the final norm and the frame */
+    for (int l = 0; l < L && st == RQ_OK; l++) {
+        st = rq_model_build_layer(cfg, tab, l, storage, &layer, err);
+        if (st == RQ_OK) st = rq_model_rebind(&shell, be, err); /* a device holds the new layer's values */
+        for (int k = 0; k < n && st == RQ_OK; k++) {
+            st = store_to_device(&ss, be, k, rq_forward_stream(fs), err);
+            if (st == RQ_OK) st = rq_forward_layers(fs, 0, 1, 1, T, NULL, err);
+            if (st != RQ_OK) break;
+            if (l + 1 < L) {
+                st = store_from_device(&ss, be, k, rq_forward_stream(fs), err);
+                continue;
+            }
+            st = rq_forward_final_norm(fs, 1, T, err);
+            if (st == RQ_OK) st = be->download(be, h, rq_forward_hidden(fs), sizeof(float) * window_floats, err);
+            if (st == RQ_OK) st = writer_frame(&cw, k, h, err);
         }
+        if (st == RQ_OK && !quiet) progress_update(&prog, &cw, l + 1, (double)n * T * (l + 1) / L, t0, "layers");
     }
-    if (open) {
-        if (st == RQ_OK) st = rq_atomic_commit(&af, err);
-        else rq_atomic_abort(&af);
-    }
-    if (st == RQ_OK && !quiet) rq_progress_finish(&prog, w->n, "windows");
-    ZSTD_freeCCtx(cctx);
-    free(zbuf);
-    free(raw);
-    free(h);
-    free(offsets);
+    if (writing) st = writer_finish(&cw, st, err);
+    if (st == RQ_OK && !quiet) rq_progress_finish(&prog, L, "layers");
+    if (allocated) *allocated = peak + (fs ? rq_forward_bytes(fs) : 0);
     rq_forward_free(fs);
+    free(h);
+    pass_free(storage, layer_bytes, &cur);
+    pass_free(embed, embed_bytes, &cur);
+    free(norm);
+    free(ss.mem);
+    free(ss.window);
+    if (spill) rq_scratch_close(&ss.file);
     return st;
 }
 

@@ -97,6 +97,37 @@ rq_status rq_teacher_key(const char *model_path, const rq_calib_opts *o, uint64_
 rq_status rq_teacher_cache_write(const rq_model *m, rq_backend *be, const rq_calib_windows *w, uint64_t key,
                                  const char *key_text, const char *path, bool quiet, rq_err *err);
 
+/* The same cache computed a layer at a time (rilq calibrate's teacher pass):
+ * every window through layer 0, then every window through layer 1, ..., so
+ * only one decoder layer's fp32 weights are resident (the embedding table
+ * during the first step) beside the windows' residual streams [n][T][dim].
+ * Those stay in memory, or with spill in a scratch file beside path (created
+ * exclusively and unlinked at once: nothing remains however the run ends). The
+ * weights come from a checkpoint's tensor table tab with config cfg (as
+ * rq_model_table_config returns it), converted a layer at a time by
+ * rq_model_build_layer. Each window runs through the same ops as
+ * rq_forward_run at batch 1, so the file is byte-identical to
+ * rq_teacher_cache_write's. *allocated (may be NULL) receives the bytes the pass
+ * held at its peak: its host buffers and the forward state. */
+struct rq_tensor_table;
+rq_status rq_teacher_cache_write_streamed(const rq_config *cfg, const struct rq_tensor_table *tab, rq_backend *be,
+                                          const rq_calib_windows *w, uint64_t key, const char *key_text,
+                                          const char *path, bool spill, bool quiet, uint64_t *allocated,
+                                          rq_err *err);
+
+/* What the streamed pass allocates besides its forward state (one inference
+ * state, batch 1 x T), for the memory plan. */
+typedef struct rq_teacher_stream_size {
+    uint64_t streams; /* [n][T][dim] fp32 in memory (0 when spilled) */
+    uint64_t window;  /* spilled: the one window on its way to and from the scratch file */
+    uint64_t embed;   /* the embedding table, the first step only */
+    uint64_t layer;   /* one decoder layer in fp32, every later step */
+    uint64_t norm;    /* the final norm */
+    uint64_t frame;   /* the cache writer's buffers and index */
+    uint64_t total;   /* streams + window + norm + max(embed, layer + frame) */
+} rq_teacher_stream_size;
+void rq_teacher_stream_size_of(const rq_config *c, int n, int T, bool spill, rq_teacher_stream_size *out);
+
 typedef struct rq_teacher_cache rq_teacher_cache;
 
 /* Open path and check it against the expected shape and key. A different key

@@ -174,8 +174,9 @@ static void weight_grad(void *user, int layer, int proj, const float *x, const f
  * stream), targets y [n][T][dim] (the full-precision layer's outputs). The
  * layer's projections in mask hold their initial q2 tensors; w0[p] their weights
  * to start from. On return the q2 tensors hold the trained parameters. */
-static rq_status refine_layer(rq_model *m, rq_backend *be, int l, const float *xq, const float *y, int n, int T,
-                              float *const w0[RQ_N_PROJ], unsigned mask, const rq_layerwise_opts *o, rq_err *err) {
+static rq_status refine_layer(rq_model *m, rq_backend *be, int l, int label, const float *xq, const float *y, int n,
+                              int T, float *const w0[RQ_N_PROJ], unsigned mask, const rq_layerwise_opts *o,
+                              rq_err *err) {
     const rq_config *c = &m->cfg;
     const int B = o->batch > 0 ? o->batch : 1;
     rq_status st = RQ_OK;
@@ -210,7 +211,7 @@ static rq_status refine_layer(rq_model *m, rq_backend *be, int l, const float *x
         if (!r->w || !r->gw || !r->what || !r->gwhat_h || !r->s || !r->m || !r->gs_ || !r->gm || !r->ms || !r->vs ||
             !r->mm || !r->vm || (o->refine_weights && (!r->mw || !r->vw)) || !r->gwhat || !r->s0 || !r->m0 || !r->w0 ||
             !r->a || !r->b || !r->c) {
-            st = RQ_FAIL(err, RQ_ERR_NOMEM, "block-wise reconstruction: out of memory for layer %d", l);
+            st = RQ_FAIL(err, RQ_ERR_NOMEM, "block-wise reconstruction: out of memory for layer %d", label);
             break;
         }
         memcpy(r->w0, w0[p], sizeof(float) * nw);
@@ -275,9 +276,9 @@ static rq_status refine_layer(rq_model *m, rq_backend *be, int l, const float *x
         const double mse = count ? sum / count : NAN;
         if (ep == 0) first = mse;
         last = mse;
-        rq_log(RQ_LOG_PROGRESS, "refine layer %d: epoch %d/%d, output MSE %.6g", l, ep + 1, o->refine_epochs, mse);
+        rq_log(RQ_LOG_PROGRESS, "refine layer %d: epoch %d/%d, output MSE %.6g", label, ep + 1, o->refine_epochs, mse);
     }
-    if (st == RQ_OK) rq_info("refine layer %d: output MSE %.6g (first epoch) -> %.6g (last)", l, first, last);
+    if (st == RQ_OK) rq_info("refine layer %d: output MSE %.6g (first epoch) -> %.6g (last)", label, first, last);
     /* freeze: s and m to fp16, the codes against them */
     for (int p = 0; p < RQ_N_PROJ && st == RQ_OK; p++) {
         refine_proj *r = ctx.rp[p];
@@ -312,12 +313,48 @@ static rq_status refine_layer(rq_model *m, rq_backend *be, int l, const float *x
 
 /* ---- the model ---------------------------------------------------------------------------------- */
 
-rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, int n_windows, int T,
-                                const rq_layerwise_opts *o, rq_model_quant_report *report, rq_err *err) {
+/* Where the layers come from: the model quantized in place (m: layer l is
+ * m->layers[l] and the forward state runs layer l of m), or a checkpoint read a
+ * layer at a time (a one-layer model whose layer 0 is the one loaded into
+ * storage; the q2 tensors made go to q2[l * RQ_N_PROJ + p]). */
+typedef struct layer_src {
+    rq_model *m;
+    const rq_config *cfg;
+    const rq_tensor_table *tab;
+    rq_model shell;
+    rq_layer layer;
+    float *storage, *embed;
+    rq_q2_tensor **q2;
+} layer_src;
+
+static rq_model *src_model(layer_src *s) { return s->m ? s->m : &s->shell; }
+static int src_index(const layer_src *s, int l) { return s->m ? l : 0; }
+static rq_layer *src_layer(layer_src *s, int l) { return &src_model(s)->layers[src_index(s, l)]; }
+
+/* checkpoint: layer l's fp32 weights into the shell (and onto a device holding its binding) */
+static rq_status src_load(layer_src *s, rq_backend *be, int l, rq_err *err) {
+    if (s->m) return RQ_OK;
+    RQ_TRY(rq_model_build_layer(s->cfg, s->tab, l, s->storage, &s->layer, err));
+    return rq_model_rebind(&s->shell, be, err);
+}
+
+/* checkpoint: the layer's q2 tensors move to the results before the next layer is loaded */
+static void src_done(layer_src *s, int l) {
+    if (s->m) return;
+    for (int p = 0; p < RQ_N_PROJ; p++) {
+        rq_linear *lin = rq_layer_proj(&s->layer, p);
+        if (lin->q2) s->q2[(size_t)l * RQ_N_PROJ + p] = lin->q2;
+        lin->q2 = NULL;
+    }
+}
+
+static rq_status quantize_layers(layer_src *src, rq_backend *be, const int *tokens, int n_windows, int T,
+                                 const rq_layerwise_opts *o, rq_model_quant_report *report, rq_err *err) {
     rq_model_quant_report rep;
     memset(&rep, 0, sizeof rep);
     const double t0 = rq_now_seconds();
-    const rq_config *c = &m->cfg;
+    rq_model *m = src_model(src);
+    const rq_config *c = src->m ? &src->m->cfg : src->cfg;
     const unsigned mask = o->proj_mask ? o->proj_mask : (1u << RQ_N_PROJ) - 1;
     const int B = o->batch > 0 ? o->batch : 1;
     const bool refine = o->refine_epochs > 0;
@@ -325,7 +362,7 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
     if (refine && rq_quant_method_codebook(o->gptq.quant.method) != RQ_Q2_INT2)
         return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "block-wise reconstruction trains the int2 grid (scale and offset); "
                        "the nf2 codebook is not supported");
-    for (int l = 0; l < c->n_layers; l++)
+    for (int l = 0; src->m && l < c->n_layers; l++)
         for (int p = 0; p < RQ_N_PROJ; p++)
             if ((mask & (1u << p)) && !rq_layer_proj(&m->layers[l], p)->w)
                 return RQ_FAIL(err, RQ_ERR_ARG, "model.layers.%d.%s.%s is already 2-bit: quantize a full-precision model",
@@ -333,9 +370,10 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
     int max_in = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     if (c->n_heads * c->head_dim > max_in) max_in = c->n_heads * c->head_dim;
     size_t max_numel = 0;
+    int shape_out[RQ_N_PROJ], shape_in[RQ_N_PROJ];
     for (int p = 0; p < RQ_N_PROJ; p++) {
-        const rq_linear *lin = rq_layer_proj(&m->layers[0], p);
-        if ((size_t)lin->out * lin->in > max_numel) max_numel = (size_t)lin->out * lin->in;
+        rq_proj_shape(c, p, &shape_out[p], &shape_in[p]);
+        if ((size_t)shape_out[p] * shape_in[p] > max_numel) max_numel = (size_t)shape_out[p] * shape_in[p];
     }
     const size_t xs_n = (size_t)n_windows * T * c->dim, chunk = (size_t)B * T * max_in;
     rq_forward_state *fs = NULL;
@@ -344,10 +382,7 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
     double *xd = malloc(sizeof(double) * chunk), *H = malloc(sizeof(double) * (size_t)max_in * max_in),
            *Hc = malloc(sizeof(double) * (size_t)max_in * max_in);
     float *w0[RQ_N_PROJ] = {0}; /* each projection's full-precision weights (the layer's linears lose them) */
-    for (int p = 0; p < RQ_N_PROJ; p++) {
-        const rq_linear *lin = rq_layer_proj(&m->layers[0], p);
-        w0[p] = malloc(sizeof(float) * (size_t)lin->out * lin->in);
-    }
+    for (int p = 0; p < RQ_N_PROJ; p++) w0[p] = malloc(sizeof(float) * (size_t)shape_out[p] * shape_in[p]);
     rq_status st = RQ_OK;
     bool oom = !x || (refine && !xfp) || !xh || !scratch || !xd || !H || !Hc;
     for (int p = 0; p < RQ_N_PROJ; p++) oom |= !w0[p];
@@ -365,16 +400,24 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
                               sizeof(float) * (size_t)b * T * c->dim, err);
     }
     if (st == RQ_OK && refine) memcpy(xfp, x, sizeof(float) * xs_n);
+    if (!src->m) { /* the embedding table is needed no more */
+        free(src->embed);
+        src->embed = src->shell.tok_embed = NULL;
+    }
     double err_sum = 0;
     for (int l = 0; st == RQ_OK && l < c->n_layers; l++) {
+        const int li = src_index(src, l); /* the layer's index in the model the forward state runs */
+        rq_layer *layer = src_layer(src, l);
+        st = src_load(src, be, l, err);
+        if (st != RQ_OK) break;
         const float *orig[RQ_N_PROJ]; /* the full-precision weights stay in the model's allocation */
         for (int p = 0; p < RQ_N_PROJ; p++) {
-            const rq_linear *lin = rq_layer_proj(&m->layers[l], p);
+            const rq_linear *lin = rq_layer_proj(layer, p);
             orig[p] = lin->w ? lin->w : NULL;
             if (lin->w) memcpy(w0[p], lin->w, sizeof(float) * (size_t)lin->out * lin->in);
         }
         /* the full-precision layer's outputs on the full-precision stream: the targets */
-        if (refine) st = run_layer_all(fs, be, xfp, n_windows, T, c->dim, l, B, NULL, true, err);
+        if (refine) st = run_layer_all(fs, be, xfp, n_windows, T, c->dim, li, B, NULL, true, err);
         for (int g = 0; st == RQ_OK && g < 4; g++) {
             bool any = false;
             for (int k = 0; k < 3; k++) any |= group_members[g][k] >= 0 && (mask & (1u << group_members[g][k]));
@@ -383,9 +426,9 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
             rq_proj_shape(c, group_first[g], &out_unused, &in);
             if (o->gptq_init) {
                 memset(H, 0, sizeof(double) * (size_t)in * in);
-                capture cap = {be, l, group_first[g], H, xh, xd, 0, RQ_OK, err};
+                capture cap = {be, li, group_first[g], H, xh, xd, 0, RQ_OK, err};
                 rq_forward_hooks hk = {&cap, capture_input};
-                st = run_layer_all(fs, be, x, n_windows, T, c->dim, l, B, &hk, false, err);
+                st = run_layer_all(fs, be, x, n_windows, T, c->dim, li, B, &hk, false, err);
                 if (st == RQ_OK) st = cap.st;
                 if (st != RQ_OK) break;
                 /* H = 2 X^T X / N, both triangles */
@@ -396,7 +439,7 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
             for (int k = 0; k < 3 && st == RQ_OK; k++) {
                 const int p = group_members[g][k];
                 if (p < 0 || !(mask & (1u << p))) continue;
-                rq_linear *lin = rq_layer_proj(&m->layers[l], p);
+                rq_linear *lin = rq_layer_proj(layer, p);
                 char name[RQ_TENSOR_NAME_MAX];
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, proj_block(p), rq_proj_names[p]);
                 rq_q2_tensor *t = NULL;
@@ -419,14 +462,14 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
         if (st == RQ_OK && refine) {
             rq_forward_free(fs); /* the training state of one layer replaces it meanwhile */
             fs = NULL;
-            st = refine_layer(m, be, l, x, xfp, n_windows, T, w0, mask, o, err);
+            st = refine_layer(m, be, li, l, x, xfp, n_windows, T, w0, mask, o, err);
             if (st == RQ_OK) st = rq_model_rebind(m, be, err);
             if (st == RQ_OK) st = rq_forward_create(m, be, &fo, &fs, err);
         }
         /* report against the original weights */
         for (int p = 0; p < RQ_N_PROJ && st == RQ_OK; p++) {
             if (!(mask & (1u << p))) continue;
-            const rq_linear *lin = rq_layer_proj(&m->layers[l], p);
+            const rq_linear *lin = rq_layer_proj(layer, p);
             rq_q2_dequant(lin->q2, scratch, 0);
             double num = 0, den = 0;
             const float *wf = orig[p];
@@ -448,7 +491,8 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
             rep.q2_bytes += rq_q2_nbytes(lin->q2);
         }
         /* the quantized layer's outputs are the next layer's inputs */
-        if (st == RQ_OK) st = run_layer_all(fs, be, x, n_windows, T, c->dim, l, B, NULL, true, err);
+        if (st == RQ_OK) st = run_layer_all(fs, be, x, n_windows, T, c->dim, li, B, NULL, true, err);
+        if (st == RQ_OK) src_done(src, l);
         if (st == RQ_OK)
             rq_log(l + 1 == c->n_layers ? RQ_LOG_DONE : RQ_LOG_PROGRESS, "%s: layer %d/%d",
                    o->gptq_init ? "gptq" : "layer-wise", l + 1, c->n_layers);
@@ -463,14 +507,74 @@ rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, 
     free(Hc);
     for (int p = 0; p < RQ_N_PROJ; p++) free(w0[p]);
     if (st != RQ_OK) return st;
-    if (rep.tensors > 0) {
-        snprintf(m->quant.method, sizeof m->quant.method, "%s%s", o->gptq_init ? "gptq" : rq_quant_method_name(o->gptq.quant.method),
-                 !refine ? "" : o->refine_weights ? "+blockap" : "+clip");
-        m->quant.clip_search = o->gptq.quant.clip_search;
-        snprintf(m->quant.source_dtypes, sizeof m->quant.source_dtypes, "%s", m->dtypes);
-    }
     rep.mean_rel_err = rep.tensors ? err_sum / rep.tensors : 0;
     rep.seconds = rq_now_seconds() - t0;
     if (report) *report = rep;
     return RQ_OK;
+}
+
+/* What the quantized model records of how it was made. */
+static void note_method(rq_model *m, const rq_layerwise_opts *o, const char *source_dtypes) {
+    const bool refine = o->refine_epochs > 0;
+    snprintf(m->quant.method, sizeof m->quant.method, "%s%s",
+             o->gptq_init ? "gptq" : rq_quant_method_name(o->gptq.quant.method),
+             !refine ? "" : o->refine_weights ? "+blockap" : "+clip");
+    m->quant.clip_search = o->gptq.quant.clip_search;
+    snprintf(m->quant.source_dtypes, sizeof m->quant.source_dtypes, "%s", source_dtypes);
+}
+
+rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, int n_windows, int T,
+                                const rq_layerwise_opts *o, rq_model_quant_report *report, rq_err *err) {
+    layer_src src = {.m = m};
+    rq_model_quant_report rep;
+    RQ_TRY(quantize_layers(&src, be, tokens, n_windows, T, o, &rep, err));
+    if (rep.tensors > 0) note_method(m, o, m->dtypes);
+    if (report) *report = rep;
+    return RQ_OK;
+}
+
+rq_status rq_layerwise_quantize_checkpoint(const rq_config *cfg, const rq_tensor_table *tab, rq_backend *be,
+                                           const int *tokens, int n_windows, int T, const rq_layerwise_opts *o,
+                                           rq_model **out, rq_model_quant_report *report, rq_err *err) {
+    *out = NULL;
+    const unsigned mask = o->proj_mask ? o->proj_mask : (1u << RQ_N_PROJ) - 1;
+    layer_src src = {.cfg = cfg, .tab = tab};
+    src.shell.cfg = *cfg;
+    src.shell.cfg.n_layers = 1;
+    src.shell.layers = &src.layer;
+    src.shell.lm_head = (rq_linear){.out = cfg->vocab_size, .in = cfg->dim}; /* never run */
+    const size_t n_q2 = (size_t)cfg->n_layers * RQ_N_PROJ;
+    src.q2 = rq_calloc(n_q2, sizeof *src.q2, err);
+    src.storage = rq_alloc_aligned(sizeof(float) * rq_layer_floats(cfg), err);
+    src.embed = rq_alloc_aligned(sizeof(float) * (size_t)cfg->vocab_size * cfg->dim, err);
+    rq_status st = src.q2 && src.storage && src.embed ? RQ_OK : RQ_ERR_NOMEM;
+    if (st == RQ_OK)
+        st = rq_model_build_tensor(tab, "model.embed_tokens.weight", cfg->vocab_size, cfg->dim, src.embed, err);
+    src.shell.tok_embed = src.embed;
+    rq_model_quant_report rep;
+    if (st == RQ_OK) st = quantize_layers(&src, be, tokens, n_windows, T, o, &rep, err);
+    for (int p = 0; p < RQ_N_PROJ; p++) rq_q2_free(rq_layer_proj(&src.layer, p)->q2); /* a failed layer's */
+    free(src.embed);
+    free(src.storage);
+    /* the projections not quantized (mask) are read in fp32 with the rest: embedding, norms, head */
+    for (int l = 0; st == RQ_OK && l < cfg->n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++)
+            if (!(mask & (1u << p))) src.q2[(size_t)l * RQ_N_PROJ + p] = NULL;
+    if (st == RQ_OK) st = rq_model_build_q2(cfg, tab, src.q2, out, err);
+    if (st == RQ_OK && rep.tensors > 0) {
+        char dtypes[128];
+        st = rq_model_table_dtypes(cfg, tab, dtypes, sizeof dtypes, err);
+        if (st == RQ_OK) {
+            note_method(*out, o, dtypes);
+            snprintf((*out)->dtypes, sizeof (*out)->dtypes, "%s", dtypes); /* as the loaded model would say */
+        }
+        else {
+            rq_model_free(*out);
+            *out = NULL;
+        }
+    }
+    if (st == RQ_OK && report) *report = rep;
+    for (size_t k = 0; src.q2 && k < n_q2; k++) rq_q2_free(src.q2[k]); /* what the model did not take */
+    free(src.q2);
+    return st;
 }

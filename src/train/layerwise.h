@@ -54,4 +54,15 @@ void rq_layerwise_opts_default(rq_layerwise_opts *o);
 rq_status rq_layerwise_quantize(rq_model *m, rq_backend *be, const int *tokens, int n_windows, int T,
                                 const rq_layerwise_opts *o, rq_model_quant_report *rep, rq_err *err);
 
+/* The same from a checkpoint read a layer at a time (cfg and tab as
+ * rq_model_table_config and a checkpoint's tensor table give them): only one
+ * layer's fp32 weights are resident (the embedding table while the windows are
+ * embedded), never the fp32 model. *out is the quantized model: q2 projections,
+ * the rest in fp32 (no tokenizer, path or format: the caller sets them). The
+ * same windows and options give the same q2 tensors as rq_layerwise_quantize
+ * on the loaded model. */
+rq_status rq_layerwise_quantize_checkpoint(const rq_config *cfg, const struct rq_tensor_table *tab, rq_backend *be,
+                                           const int *tokens, int n_windows, int T, const rq_layerwise_opts *o,
+                                           rq_model **out, rq_model_quant_report *rep, rq_err *err);
+
 #endif

@@ -3,6 +3,7 @@
 
 #include "../backend/scratch.h"
 #include "../quant/q2.h"
+#include "calib.h"
 
 void rq_plan_default_opts(rq_plan_opts *o) {
     *o = (rq_plan_opts){.device = RQ_PLAN_CPU,
@@ -105,15 +106,36 @@ rq_status rq_plan_compute(const rq_config *c, const rq_plan_opts *o, rq_plan *p,
     p->training = weights + p->adapters + p->grads + p->moments + p->activations + p->scratch + p->teacher_weights +
                   p->teacher_activations + (cuda ? 0 : p->host);
     if (calib && !o->teacher_cached) {
-        /* the teacher (fp32) runs over every window, batch 1, in an inference state; on the CPU
-           the student is already loaded beside it, on CUDA it is not uploaded yet */
+        /* the teacher runs over every window a layer at a time (rq_teacher_cache_write_streamed:
+           its own size table), batch 1, in an inference state; on the CPU the student is already
+           loaded beside it, on CUDA it is not uploaded yet and the device holds the inference state,
+           the backend's scratch and the bound copy of one layer and the final norm */
+        rq_teacher_stream_size ts;
+        rq_teacher_stream_size_of(c, o->n_windows, o->seq_len, o->teacher_spill, &ts);
         RQ_TRY(forward_size(c, NULL, 1, o->seq_len, false, &infer, err));
-        p->teacher_pass = teacher_fp32 + infer.act_bytes + infer.kv_bytes +
-                          (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false)
-                                : weights + infer.host_bytes);
+        p->teacher_whole = teacher_fp32 + infer.act_bytes + infer.kv_bytes +
+                           (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false)
+                                 : weights + infer.host_bytes);
+        if (o->teacher_resident || teacher_beside) p->teacher_pass = p->teacher_whole;
+        else {
+            p->teacher_streams = ts.streams;
+            p->teacher_pass = infer.act_bytes + infer.kv_bytes +
+                              (cuda ? rq_cuda_scratch_bytes(true, c, 1, o->seq_len, false, false) + ts.layer + ts.norm
+                                    : ts.total + infer.host_bytes + weights);
+        }
     }
     p->total = p->training > p->teacher_pass ? p->training : p->teacher_pass;
-    if (cuda) p->host_total = weights + p->host + (teacher_beside || (calib && !o->teacher_cached) ? teacher_fp32 : 0);
+    if (cuda) {
+        /* the streamed teacher's host buffers (the residual streams, one layer) come before training */
+        uint64_t teacher_host = 0;
+        if (calib && !o->teacher_cached && !o->teacher_resident && !teacher_beside) {
+            rq_teacher_stream_size ts;
+            rq_teacher_stream_size_of(c, o->n_windows, o->seq_len, o->teacher_spill, &ts);
+            teacher_host = ts.total + infer.host_bytes;
+        }
+        const uint64_t beside = teacher_beside || (calib && !o->teacher_cached && o->teacher_resident) ? teacher_fp32 : 0;
+        p->host_total = weights + (p->host + beside > teacher_host ? p->host + beside : teacher_host);
+    }
     if (calib) {
         const uint64_t N = (uint64_t)o->micro_batch * T;
         p->cache_disk = (uint64_t)o->n_windows * T * dim * sizeof(float);

@@ -23,12 +23,14 @@
  * tile held from creation, in training attention_bwd's T x T; in inference T x T
  * floats per thread of attention scores) is not in the CPU plan: the tile is
  * already allocated when mem_info is read, and tests/test_plan.c pins the CPU
- * scratch to the trainer's buffers and the teacher pass to weights + one
- * inference state. tests/test_plan.c holds plan and allocations together.
+ * scratch to the trainer's buffers; tests/test_teacher_stream.c pins the teacher
+ * pass to what the streamed pass allocates (rq_teacher_stream_size_of) + one
+ * inference state + the student. tests/test_plan.c holds plan and allocations together.
  *
  * A calibrate run has two phases: the teacher pass (once per calibration set,
- * skipped when the cache exists: teacher fp32 weights + the student loaded
- * beside it + one inference state) and training; the peak is the larger. */
+ * skipped when the cache exists; layer-streamed: one fp32 layer at a time +
+ * the windows' residual streams + the student loaded beside it + one inference
+ * state, src/train/calib.h) and training; the peak is the larger. */
 #ifndef RQ_TRAIN_PLAN_H
 #define RQ_TRAIN_PLAN_H
 
@@ -57,6 +59,11 @@ typedef struct rq_plan_opts {
     bool student_q2;         /* the student's projections are q2 (false: fp32 model) */
     int quant_group_size;    /* q2 group size */
     bool teacher_cached;     /* calibrate, model scope: the cache exists, no teacher pass */
+    bool teacher_resident;   /* the teacher is loaded whole (SVD init, a q2 artifact teacher): its
+                                pass holds the fp32 teacher, not one layer (layer / linear scope
+                                keep it beside the student anyway) */
+    bool teacher_spill;      /* the teacher pass keeps the windows' residual streams in a scratch
+                                file, not in memory (rilq calibrate spills when they do not fit) */
 } rq_plan_opts;
 
 /* The paper's settings (algorithms.md): calibrate, QA-LoRA r=64 gs=64 on all
@@ -78,9 +85,13 @@ typedef struct rq_plan {
                                  checkpoint-transfer and best-adapter copies, the checkpoint
                                  buffer, forward's host arrays */
     uint64_t training;        /* the training phase on the device (cpu: host included) */
-    uint64_t teacher_pass;    /* calibrate with a teacher pass: fp32 teacher + one inference state
-                                 (+ cpu: the student loaded beside it; cuda: the backend's scratch
-                                 for that pass); 0: none */
+    uint64_t teacher_pass;    /* calibrate with a teacher pass, layer-streamed: one fp32 layer (the
+                                 embedding table in the first step), the windows' residual streams
+                                 (unless spilled), the cache writer's buffers, one inference state
+                                 (+ cpu: the student loaded beside it; cuda, on the device: the
+                                 inference state, the backend's scratch, the bound layer); 0: none */
+    uint64_t teacher_streams; /* of which the residual streams [windows][T][dim] fp32 (0: spilled) */
+    uint64_t teacher_whole;   /* for comparison: the same pass with the whole fp32 teacher resident */
     uint64_t total;           /* max(training, teacher_pass): what must fit in be->mem_info's free */
     uint64_t host_total;      /* cuda: host memory the run needs besides (model as loaded + host buffers) */
     /* teacher-target cache (calibrate, model scope with mse_weight > 0) */
