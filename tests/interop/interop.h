@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include "../test.h"
+#include "../adapter_fixtures.h"
 
 #include "adapter/adapter.h"
 #include "adapter/merge.h"
@@ -52,26 +53,10 @@ static void ip_quantize(rq_model *m) {
  * produced and no longer s times an integer. */
 static void ip_merge_random_adapter(rq_model *m) {
     rq_err err = {0};
-    const int r = 8, gs = 64;
-    rq_adapter_config ac = {.type = RQ_ADAPTER_QALORA, .r = r, .alpha = 16.0f, .group_size = gs,
-                            .targets = RQ_ADAPTER_ALL_PROJ, .init = RQ_INIT_ZERO, .seed = 1};
-    rq_adapter_set *s = NULL;
-    CHECK_OK(rq_adapter_set_create(&m->cfg, &ac, ip_be, &s, &err), &err);
-    if (!s) return;
-    float *host = malloc(sizeof(float) * s->n_params);
     rq_rng rng;
     rq_rng_seed(&rng, 4242);
-    float b = 0.05f * 4.0f * (float)gs * sqrtf((float)r) / 16.0f;
-    for (size_t i = 0; i < s->n_params; i++) host[i] = 0.0f;
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int p = 0; p < RQ_N_PROJ; p++) {
-            rq_adapter *a = rq_adapter_set_get(s, l, p);
-            float *A = host + (a->A - s->params), *B = host + (a->B - s->params);
-            for (size_t i = 0; i < (size_t)a->r * a->a_cols; i++) A[i] = 2.0f * rq_rng_uniform(&rng) - 1.0f;
-            for (size_t i = 0; i < (size_t)a->out * a->r; i++) B[i] = b * (2.0f * rq_rng_uniform(&rng) - 1.0f);
-        }
-    CHECK_OK(ip_be->upload(ip_be, s->params, host, sizeof(float) * s->n_params, &err), &err);
-    free(host);
+    rq_adapter_set *s = rq_test_random_adapters(m, ip_be, &rng, RQ_ADAPTER_QALORA, 8, 64, rq_test_b_range(0.05f, 8, 64));
+    if (!s) return;
     rq_merge_opts o;
     rq_merge_opts_default(&o);
     o.n_threads = 1;
