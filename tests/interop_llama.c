@@ -133,22 +133,28 @@ static double our_ppl_llama_protocol(const rq_model *m, const int *tokens, int n
     return count ? exp(nll_sum / (double)count) : NAN;
 }
 
-/* llama-perplexity's "Final estimate: PPL = X" on file with the text; NAN when absent. */
+/* llama-perplexity's "Final estimate: PPL = X" on file with the text; NAN when absent.
+ * Its log lines are written by a background thread (common_log): on a loaded
+ * machine a run that exited 0 once left the file without its last lines, so a
+ * run whose estimate is missing is repeated once. */
 static double llama_ppl(const char *gguf, const char *text_path, int n_ctx, int n_chunks, const char *log) {
     static char cmd[1 << 16];
     snprintf(cmd, sizeof cmd,
              "'%s/bin/llama-perplexity' -m '%s' -f '%s' -c %d -b %d --chunks %d -t 1 -ctk f32 -ctv f32 -fa off "
              ">'%s' 2>&1",
              llama_dir, gguf, text_path, n_ctx, n_ctx, n_chunks, log);
-    int rc = ip_system(cmd);
-    CHECKF(rc == 0, "llama-perplexity on %s: exit %d (log %s)", gguf, rc, log);
-    char *out = NULL;
-    size_t n = 0;
     double ppl = NAN;
-    if (rq_file_read_all(log, &out, &n, NULL) == RQ_OK) {
-        const char *p = strstr(out, "Final estimate: PPL = ");
-        if (p) ppl = strtod(p + strlen("Final estimate: PPL = "), NULL);
-        free(out);
+    for (int attempt = 0; attempt < 2 && isnan(ppl); attempt++) {
+        int rc = ip_system(cmd);
+        CHECKF(rc == 0, "llama-perplexity on %s: exit %d (log %s)", gguf, rc, log);
+        char *out = NULL;
+        size_t n = 0;
+        if (rq_file_read_all(log, &out, &n, NULL) == RQ_OK) {
+            const char *p = strstr(out, "Final estimate: PPL = ");
+            if (p) ppl = strtod(p + strlen("Final estimate: PPL = "), NULL);
+            free(out);
+        }
+        if (isnan(ppl) && attempt == 0) printf("llama-perplexity on %s: no final estimate in its log; once more\n", gguf);
     }
     CHECKF(!isnan(ppl), "llama-perplexity printed no final estimate (log %s)", log);
     return ppl;
