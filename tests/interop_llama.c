@@ -133,28 +133,40 @@ static double our_ppl_llama_protocol(const rq_model *m, const int *tokens, int n
     return count ? exp(nll_sum / (double)count) : NAN;
 }
 
+/* The number after "Final estimate: PPL = " in file path, or NAN. */
+static double final_estimate(const char *path) {
+    char *out = NULL;
+    size_t n = 0;
+    double ppl = NAN;
+    if (rq_file_read_all(path, &out, &n, NULL) == RQ_OK) {
+        const char *p = strstr(out, "Final estimate: PPL = ");
+        if (p) ppl = strtod(p + strlen("Final estimate: PPL = "), NULL);
+        free(out);
+    }
+    return ppl;
+}
+
 /* llama-perplexity's "Final estimate: PPL = X" on file with the text; NAN when absent.
- * Its log lines are written by a background thread (common_log): on a loaded
- * machine a run that exited 0 once left the file without its last lines, so a
- * run whose estimate is missing is repeated once. */
+ * Its log lines are written by a background thread (common_log): on our loaded
+ * machine runs that exited 0 sometimes left the redirected output without its
+ * last lines. So stdout is line-buffered (stdbuf), the tool also writes
+ * --log-file, both are read, and a run whose estimate is missing from both is
+ * repeated (three runs at most). */
 static double llama_ppl(const char *gguf, const char *text_path, int n_ctx, int n_chunks, const char *log) {
     static char cmd[1 << 16];
+    char log2[4400];
+    snprintf(log2, sizeof log2, "%.4300s.file", log);
     snprintf(cmd, sizeof cmd,
-             "'%s/bin/llama-perplexity' -m '%s' -f '%s' -c %d -b %d --chunks %d -t 1 -ctk f32 -ctv f32 -fa off "
-             ">'%s' 2>&1",
-             llama_dir, gguf, text_path, n_ctx, n_ctx, n_chunks, log);
+             "stdbuf -oL -eL '%s/bin/llama-perplexity' -m '%s' -f '%s' -c %d -b %d --chunks %d -t 1 -ctk f32 -ctv f32 "
+             "-fa off --log-file '%s' >'%s' 2>&1",
+             llama_dir, gguf, text_path, n_ctx, n_ctx, n_chunks, log2, log);
     double ppl = NAN;
-    for (int attempt = 0; attempt < 2 && isnan(ppl); attempt++) {
+    for (int attempt = 0; attempt < 3 && isnan(ppl); attempt++) {
         int rc = ip_system(cmd);
         CHECKF(rc == 0, "llama-perplexity on %s: exit %d (log %s)", gguf, rc, log);
-        char *out = NULL;
-        size_t n = 0;
-        if (rq_file_read_all(log, &out, &n, NULL) == RQ_OK) {
-            const char *p = strstr(out, "Final estimate: PPL = ");
-            if (p) ppl = strtod(p + strlen("Final estimate: PPL = "), NULL);
-            free(out);
-        }
-        if (isnan(ppl) && attempt == 0) printf("llama-perplexity on %s: no final estimate in its log; once more\n", gguf);
+        ppl = final_estimate(log);
+        if (isnan(ppl)) ppl = final_estimate(log2);
+        if (isnan(ppl)) printf("llama-perplexity on %s: no final estimate in its logs; run %d\n", gguf, attempt + 2);
     }
     CHECKF(!isnan(ppl), "llama-perplexity printed no final estimate (log %s)", log);
     return ppl;
