@@ -93,6 +93,36 @@ static float *logits_of(const rq_model *m, const int *tokens, int T) {
     return out;
 }
 
+/* The hyperparameters an export must carry over. */
+static void check_same_config(const rq_config *a, const rq_config *b, const char *name) {
+    CHECKF(a->dim == b->dim && a->hidden_dim == b->hidden_dim && a->n_layers == b->n_layers && a->n_heads == b->n_heads &&
+               a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim && a->vocab_size == b->vocab_size &&
+               a->max_seq_len == b->max_seq_len && a->norm_eps == b->norm_eps && a->rope_theta == b->rope_theta &&
+               a->tie_embeddings == b->tie_embeddings && a->rope_scaling == b->rope_scaling,
+           "%s: the configuration changed in the export", name);
+    if (a->rope_scaling == RQ_ROPE_SCALING_LLAMA3)
+        CHECK(b->rope_factor == a->rope_factor && b->rope_orig_max_pos == a->rope_orig_max_pos &&
+              b->rope_low_freq_factor == a->rope_low_freq_factor && b->rope_high_freq_factor == a->rope_high_freq_factor);
+}
+
+/* Logits of the same weights read back from an export: a different GEMM
+ * blocking (q2 row tiles vs one fp32 call) reorders fp32 sums; 1e-4 of the
+ * largest logit covers that (as in test_artifact, where ~1e-6 is observed). */
+static void check_same_logits(const rq_model *a, const rq_model *b, const char *name, double *max_diff, double *max_abs) {
+    enum { T = 24 };
+    int tokens[T];
+    for (int t = 0; t < T; t++) tokens[t] = (t * 37 + 11) % a->cfg.vocab_size;
+    float *la = logits_of(a, tokens, T), *lb = logits_of(b, tokens, T);
+    *max_abs = 0, *max_diff = 0;
+    for (size_t i = 0; i < (size_t)T * (size_t)a->cfg.vocab_size; i++) {
+        if (fabs(la[i]) > *max_abs) *max_abs = fabs(la[i]);
+        if (fabs(la[i] - lb[i]) > *max_diff) *max_diff = fabs(la[i] - lb[i]);
+    }
+    CHECKF(*max_diff <= 1e-4 * *max_abs + 1e-6, "%s: logits differ by %.3g (max |logit| %.3g)", name, *max_diff, *max_abs);
+    free(la);
+    free(lb);
+}
+
 static rq_model *quantize_to_artifact(rq_model *m, rq_quant_method method, int gs, unsigned mask, const char *dir) {
     rq_err err = {0};
     rq_model_quant_opts o;
@@ -174,14 +204,8 @@ static void gguf_round_trip(const rq_model *art, const char *art_dir, const char
     rq_model *g = NULL;
     CHECK_OK(rq_model_load(path, NULL, &g, &err), &err);
     if (!g) return;
-    const rq_config *a = &art->cfg, *b = &g->cfg;
-    CHECK(a->dim == b->dim && a->hidden_dim == b->hidden_dim && a->n_layers == b->n_layers && a->n_heads == b->n_heads &&
-          a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim && a->vocab_size == b->vocab_size &&
-          a->max_seq_len == b->max_seq_len && a->norm_eps == b->norm_eps && a->rope_theta == b->rope_theta &&
-          a->tie_embeddings == b->tie_embeddings && a->rope_scaling == b->rope_scaling);
-    if (a->rope_scaling == RQ_ROPE_SCALING_LLAMA3)
-        CHECK(b->rope_factor == a->rope_factor && b->rope_orig_max_pos == a->rope_orig_max_pos &&
-              b->rope_low_freq_factor == a->rope_low_freq_factor && b->rope_high_freq_factor == a->rope_high_freq_factor);
+    const rq_config *a = &art->cfg;
+    check_same_config(a, &g->cfg, name);
 
     /* weights: Q4_1 dequant (d*q + m) == q2 (s*code + m), bit for bit */
     size_t ne = (size_t)a->vocab_size * (size_t)a->dim;
@@ -210,27 +234,14 @@ static void gguf_round_trip(const rq_model *art, const char *art_dir, const char
     CHECK(rep.f32_fallback_bytes == 4 * (uint64_t)rep.f32_fallback_weights);
     CHECK((rep.f32_fallback == 0) == (rep.f32_fallback_first[0] == 0));
 
-    /* logits: same weights, different GEMM blocking (q2 row tiles vs one fp32
-     * call) reorders fp32 sums: 1e-4 of the largest logit covers that (as in
-     * test_artifact, where ~1e-6 is observed) */
-    enum { T = 24 };
-    int tokens[T];
-    for (int t = 0; t < T; t++) tokens[t] = (t * 37 + 11) % a->vocab_size;
-    float *la = logits_of(art, tokens, T), *lb = logits_of(g, tokens, T);
-    double max_abs = 0, max_diff = 0;
-    for (size_t i = 0; i < (size_t)T * (size_t)a->vocab_size; i++) {
-        if (fabs(la[i]) > max_abs) max_abs = fabs(la[i]);
-        if (fabs(la[i] - lb[i]) > max_diff) max_diff = fabs(la[i] - lb[i]);
-    }
-    CHECKF(max_diff <= 1e-4 * max_abs + 1e-6, "%s: logits differ by %.3g (max |logit| %.3g)", name, max_diff, max_abs);
+    double max_diff = 0, max_abs = 0;
+    check_same_logits(art, g, name, &max_diff, &max_abs);
     printf("%s: GGUF %.1f KiB, %d Q4_1 tensors at %.3f bits/weight, %d q2 projections as exact F32 (%.1f KiB%s%s); "
            "reread weights bit-identical; logits max |diff| %.3g (max |logit| %.3g); tokenizer: %s\n",
            name, rep.file_bytes / 1024.0, rep.q_tensors,
            rep.q_weights ? 8.0 * (double)rep.q_bytes / (double)rep.q_weights : 0.0, rep.f32_fallback,
            rep.f32_fallback_bytes / 1024.0, rep.f32_fallback ? ", first " : "", rep.f32_fallback_first, max_diff, max_abs,
            rep.tokenizer[0] ? rep.tokenizer : "none");
-    free(la);
-    free(lb);
     if (tok_jsonl) check_same_tokenizer(art->tok, g->tok, tok_jsonl, name);
     rq_model_free(g);
     run_python_check("gguf_check.py", art_dir, path);
@@ -317,6 +328,52 @@ static void hqq_export(const rq_model *art, const char *art_dir, const char *nam
     run_python_check("hqq_check.py", art_dir, dir);
 }
 
+/* ---- Hugging Face checkpoint ------------------------------------------------------------- */
+
+/* Export art as an HF directory in dtype, read it back with rilq's own HF
+ * loader: every weight must be the artifact's (dequantized) weight rounded once
+ * to dtype, bit for bit; F32 logits within summation order; the tokenizer
+ * (tokenizer.json copied, or written from a GGUF / llama2.c tokenizer) must
+ * encode the reference texts identically. */
+static void hf_round_trip(const rq_model *art, const char *name, const char *dtype, const char *tok_jsonl) {
+    rq_err err = {0};
+    out_path o = fresh(name);
+    rq_export_report rep;
+    CHECK_OK(rq_export_hf(art, o.p, &(rq_export_opts){.dtype = dtype}, &rep, &err), &err);
+    if (err.code) return;
+    rq_model *g = NULL;
+    CHECK_OK(rq_model_load(o.p, NULL, &g, &err), &err);
+    if (!g) return;
+    const rq_config *a = &art->cfg;
+    check_same_config(a, &g->cfg, name);
+    bool f32 = !strcmp(dtype, "f32"), f16 = !strcmp(dtype, "f16");
+    int bad = 0, compared = 0;
+    for (int l = 0; l < a->n_layers; l++)
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            const rq_linear *x = rq_layer_proj(&art->layers[l], p), *y = rq_layer_proj(&g->layers[l], p);
+            size_t n = (size_t)x->out * (size_t)x->in;
+            float *w = malloc(n * sizeof(float));
+            if (x->q2) rq_q2_dequant(x->q2, w, 1);
+            else memcpy(w, x->w, n * sizeof(float));
+            for (size_t i = 0; i < n && y->w; i++) {
+                float want = f32 ? w[i] : f16 ? rq_f16_to_f32(rq_f32_to_f16(w[i])) : rq_bf16_to_f32(rq_f32_to_bf16(w[i]));
+                bad += memcmp(&want, &y->w[i], sizeof(float)) != 0;
+            }
+            compared += y->w != NULL;
+            free(w);
+        }
+    CHECKF(bad == 0 && compared == a->n_layers * RQ_N_PROJ, "%s: %d weights are not the artifact's rounded to %s", name,
+           bad, dtype);
+    if (f32) {
+        double max_diff = 0, max_abs = 0;
+        check_same_logits(art, g, name, &max_diff, &max_abs);
+    }
+    printf("%s: HF export (%s) %.1f KiB, %d projections dequantized, reread weights exact; tokenizer: %s\n", name, dtype,
+           rep.file_bytes / 1024.0, rep.q_tensors, rep.tokenizer[0] ? rep.tokenizer : "none");
+    if (tok_jsonl) check_same_tokenizer(art->tok, g->tok, tok_jsonl, name);
+    rq_model_free(g);
+}
+
 /* ---- refusals ---------------------------------------------------------------------------- */
 
 static void check_refused(const rq_model *art, const char *name, const char *want1, const char *want2) {
@@ -373,6 +430,8 @@ static void test_random_g64(void) {
     if (art) {
         gguf_round_trip(art, dir, "exp_random_g64", "hf_gpt2_small.jsonl", 0);
         hqq_export(art, dir, "exp_random_g64_hqq");
+        hf_round_trip(art, "exp_random_g64_hf", "f32", "hf_gpt2_small.jsonl");
+        hf_round_trip(art, "exp_random_g64_hf16", "f16", NULL);
     }
     rq_model_free(art);
     rq_model_free(m);
@@ -399,6 +458,7 @@ static void test_random_tied_llama3(void) {
     if (art) {
         gguf_round_trip(art, dir, "exp_random_tied", "hf_llama3_small.jsonl", 0);
         hqq_export(art, dir, "exp_random_tied_hqq");
+        hf_round_trip(art, "exp_random_tied_hf", "bf16", "hf_llama3_small.jsonl");
     }
     rq_model_free(art);
     rq_model_free(m);
@@ -489,6 +549,7 @@ static void test_stories(void) {
     rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 64, 0, oa.p);
     if (art) {
         gguf_round_trip(art, oa.p, "exp_stories_all", "spm_tok512.jsonl", art->cfg.n_layers);
+        hf_round_trip(art, "exp_stories_all_hf", "f32", "spm_tok512.jsonl");
         check_hqq_refused(art, "exp_stories_ragged_hqq", "model.layers.0.mlp.down_proj", "ragged");
     }
     rq_model_free(art);
@@ -549,8 +610,32 @@ static void test_gguf_source(void) {
     if (!m) return;
     out_path od = fresh("exp_tiny");
     rq_model *art = quantize_to_artifact(m, RQ_QUANT_RTN, 32, 0, od.p);
-    if (art) gguf_round_trip(art, od.p, "exp_tiny", NULL, 0);
+    if (art) {
+        gguf_round_trip(art, od.p, "exp_tiny", NULL, 0);
+        hf_round_trip(art, "exp_tiny_hf", "f32", NULL);
+    }
     rq_model_free(art);
+    rq_model_free(m);
+}
+
+/* Bad input to the HF export: an unknown dtype, a weight F16 cannot hold. */
+static void test_hf_refusals(void) {
+    rq_err err = {0};
+    rq_config c = base_config(64, 128, 2, 2, 64, false);
+    rq_model *m = NULL;
+    CHECK_OK(rq_model_random(&c, 19, &m, &err), &err);
+    if (!m) return;
+    out_path o = fresh("exp_hf_bad_dtype");
+    CHECK(rq_export_hf(m, o.p, &(rq_export_opts){.dtype = "f8"}, NULL, &err) == RQ_ERR_ARG);
+    CHECKF(strstr(err.msg, "f8") && strstr(err.msg, "f16, bf16 or f32"), "dtype message: %s", err.msg);
+    m->layers[1].w_up.w[7] = 1e6f;
+    o = fresh("exp_hf_overflow");
+    CHECK(rq_export_hf(m, o.p, &(rq_export_opts){.dtype = "f16"}, NULL, &err) == RQ_ERR_UNSUPPORTED);
+    CHECKF(strstr(err.msg, "model.layers.1.mlp.up_proj.weight") && strstr(err.msg, "bf16"), "overflow message: %s", err.msg);
+    CHECKF(!path_exists(o.p), "%s: a refused export left a directory", o.p);
+    printf("exp_hf: refused: %s\n", err.msg);
+    o = fresh("exp_hf_overflow_bf16");
+    CHECK_OK(rq_export_hf(m, o.p, &(rq_export_opts){.dtype = "bf16"}, NULL, &err), &err);
     rq_model_free(m);
 }
 
@@ -564,6 +649,7 @@ int main(void) {
     test_gguf_source();
     test_zero_scale();
     test_refusals_random();
+    test_hf_refusals();
     test_random_ragged();
     test_stories();
     rq_backend_destroy(be);

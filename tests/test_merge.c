@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "adapter_fixtures.h"
 
 #include "adapter/merge.h"
 #include "io/artifact.h"
@@ -84,32 +85,11 @@ static rq_model *load(const char *dir) {
     return m;
 }
 
-/* Adapters on all seven projections with random non-zero A and B: A ~ U(-1, 1),
- * B ~ U(-b, b). b sets the size of the update relative to the weights. */
 static rq_adapter_set *random_adapters(const rq_model *m, rq_adapter_type type, int r, int gs, float b) {
-    rq_err err = {0};
-    rq_adapter_config ac = {.type = type, .r = r, .alpha = 16.0f, .group_size = gs, .targets = RQ_ADAPTER_ALL_PROJ,
-                            .init = RQ_INIT_ZERO, .seed = 1};
-    rq_adapter_set *s = NULL;
-    CHECK_OK(rq_adapter_set_create(&m->cfg, &ac, be, &s, &err), &err);
-    if (!s) return NULL;
-    float *host = malloc(sizeof(float) * s->n_params);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int p = 0; p < RQ_N_PROJ; p++) {
-            rq_adapter *a = rq_adapter_set_get(s, l, p);
-            float *A = host + (a->A - s->params), *B = host + (a->B - s->params);
-            for (size_t i = 0; i < (size_t)a->r * a->a_cols; i++) A[i] = 2.0f * rq_rng_uniform(&rng) - 1.0f;
-            for (size_t i = 0; i < (size_t)a->out * a->r; i++) B[i] = b * (2.0f * rq_rng_uniform(&rng) - 1.0f);
-        }
-    CHECK_OK(be->upload(be, s->params, host, sizeof(float) * s->n_params, &err), &err);
-    free(host);
-    return s;
+    return rq_test_random_adapters(m, be, &rng, type, r, gs, b);
 }
 
-/* B's range giving updates of a fine-tuning size: |s (BA)[o][g] / len(g)| ~ k
- * in weight units (k = 0.01 ~ 0.1 of a quantization step of these models):
- * s = 16 / r, |BA| ~ sqrt(r) |A| |B| with E|U(-1,1)| = 1/2 each. */
-static float b_range(int r, int gs) { return 0.01f * 4.0f * (float)gs * sqrtf((float)r) / 16.0f; }
+static float b_range(int r, int gs) { return rq_test_b_range(0.01f, r, gs); }
 
 /* Every weight of the merged tensor against deq(W) + dW, dW in double from A
  * and B: off by at most the fp16 rounding of its group's new offset plus one

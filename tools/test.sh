@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: install dependencies, build, run every test that needs
-# no GPU, then rebuild the fast tests with AddressSanitizer + UBSan and run
-# them again. Data: $RILQ_DATA (a folder holding datasets/ and models/, see
-# README). Under CI=true a test whose data is missing fails instead of skipping.
+# The whole test suite: install dependencies, build llama.cpp for the interop
+# tests (once per machine, cached), build, run every test that needs no GPU,
+# then rebuild the fast tests with AddressSanitizer + UBSan and run them again.
+# Data: $RILQ_DATA (a folder holding datasets/ and models/, see README). Under
+# CI=true a test whose data is missing fails instead of skipping.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
@@ -13,6 +14,13 @@ export RILQ_SMOLLM2="$(./tools/fetch_models.sh | tail -n 1)"
 if [ -z "${RILQ_DATA:-}" ]; then
   echo "test: RILQ_DATA is not set; tests that need datasets or stories260K will be skipped" >&2
 fi
+
+# llama.cpp b11434 for the interop tests (tests/interop_llama.c): built once into
+# ${RILQ_CACHE:-$HOME/.cache/rilq}/llama.cpp-b11434 (the first time ~10 CPU-minutes; its
+# compiler output goes to build.log there), reused afterwards. A failed build does not
+# stop the suite: the interop test then fails under CI=true and skips elsewhere, saying why.
+echo "== llama.cpp b11434 (tools/interop.sh)"
+./tools/interop.sh build || echo "test: the llama.cpp build failed; interop_llama will report it" >&2
 
 echo "== build (Release, warnings as errors)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRILQ_WERROR=ON -DRILQ_CUDA=OFF >/dev/null

@@ -340,6 +340,7 @@ static void prepare_merge(const run_ctx *c, const char *dir) { prepare_fresh(c, 
 static void prepare_export(const run_ctx *c, const char *dir) {
     prepare_fresh(c, dir, "model.gguf");
     prepare_fresh(c, dir, "hqq");
+    prepare_fresh(c, dir, "hf");
 }
 
 static const char *row_label(const rq_recipe *r, const char *id, char *buf, size_t n) {
@@ -433,7 +434,7 @@ static void plan_and_run(run_ctx *c) {
         char name[64], sub[64];
         snprintf(name, sizeof name, "export-%s", f);
         snprintf(sub, sizeof sub, "export/%s", f);
-        char *p = join(c->dir, sub), *out = p ? join(p, !strcmp(f, "gguf") ? "model.gguf" : "hqq") : NULL;
+        char *p = join(c->dir, sub), *out = p ? join(p, !strcmp(f, "gguf") ? "model.gguf" : f) : NULL;
         free(p);
         if (!out) {
             fprintf(stderr, "rilq run: %s: out of memory\n", name);

@@ -1,6 +1,6 @@
 /* Deployment exports (export.h): GGUF Q4_1 (exact F32 for rows that are not
- * whole Q4_1 blocks) for llama.cpp and HQQ-layout safetensors for
- * transformers + hqq. */
+ * whole Q4_1 blocks) for llama.cpp, HQQ-layout safetensors for
+ * transformers + hqq, and a dequantized Hugging Face checkpoint. */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../quant/q2.h"
+#include "../tokenizer/tokenizer.h"
 #include "export.h"
 #include "hf.h"
 #include "gguf.h"
@@ -585,6 +586,22 @@ static cJSON *hqq_config(const rq_model *m, int gs, char (*skip)[RQ_TENSOR_NAME_
     return root;
 }
 
+static rq_status write_json_file(const char *dir, const char *name, cJSON *root, rq_err *err) {
+    char *text = root ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building %s", name);
+    char *path = rq_path_join_alloc(dir, name, err);
+    rq_status s = path ? RQ_OK : RQ_ERR_NOMEM;
+    if (s == RQ_OK) {
+        size_t len = strlen(text);
+        text[len] = '\n';
+        s = rq_write_file_atomic(path, text, len + 1, err);
+    }
+    free(path);
+    free(text);
+    return s;
+}
+
 /* ---- the directory (written as DIR.tmp-PID, renamed when complete) ---- */
 
 static const char *const hqq_files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer.bin",
@@ -698,8 +715,7 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
         }
     }
     char *st_path = s == RQ_OK ? rq_path_join_alloc(tmp, "model.safetensors", err) : NULL;
-    char *cfg_path = st_path ? rq_path_join_alloc(tmp, "config.json", err) : NULL;
-    if (s == RQ_OK && !cfg_path) s = RQ_ERR_NOMEM;
+    if (s == RQ_OK && !st_path) s = RQ_ERR_NOMEM;
     if (s == RQ_OK && l.overflow) s = RQ_FAIL(err, RQ_ERR_INTERNAL, "HQQ export: tensor list overflow (%d slots)", l.cap);
     if (s == RQ_OK) s = rq_safetensors_write(st_path, l.items, l.n, NULL, 0, err);
     for (int k = 0; parts && k < n_lin; k++) hqq_parts_free(&parts[k]);
@@ -707,20 +723,8 @@ static rq_status hqq_write_files(const rq_model *m, const char *tmp, rq_export_r
     free(l.items);
     free(l.names);
     if (s == RQ_OK) s = copy_tokenizer(m, tmp, rep, err);
-    if (s == RQ_OK) {
-        cJSON *root = hqq_config(m, gs, skip, n_skip);
-        char *text = root ? cJSON_Print(root) : NULL;
-        cJSON_Delete(root);
-        if (!text) s = RQ_FAIL(err, RQ_ERR_NOMEM, "out of memory building config.json");
-        else {
-            size_t len = strlen(text);
-            text[len] = '\n';
-            s = rq_write_file_atomic(cfg_path, text, len + 1, err);
-            free(text);
-        }
-    }
+    if (s == RQ_OK) s = write_json_file(tmp, "config.json", hqq_config(m, gs, skip, n_skip), err);
     free(st_path);
-    free(cfg_path);
     free(skip);
     return s;
 }
@@ -745,6 +749,216 @@ rq_status rq_export_hqq(const rq_model *m, const char *dir_in, const rq_export_o
     struct stat st;
     for (int i = 0; i < N_HQQ_FILES; i++) {
         char *p = rq_path_join_alloc(dir_in, hqq_files[i], NULL);
+        if (p && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
+        free(p);
+    }
+    if (rep_out) *rep_out = rep;
+    return RQ_OK;
+}
+
+/* ======================================================================================
+ * Hugging Face checkpoint (dequantized)
+ *
+ * A plain LlamaForCausalLM directory: every q2 projection dequantized with
+ * rq_q2_dequant (the values every rilq backend computes with) and stored, like
+ * every other tensor, in the chosen dtype: F32 holds the model exactly; F16 and
+ * BF16 round each weight once (relative 2^-11 and 2^-8). HF's rotate-half
+ * layout is rilq's own, so q/k rows are written as they are.
+ * ====================================================================================== */
+
+static const char *const hf_files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                                       "tokenizer_config.json"};
+#define N_HF_FILES ((int)(sizeof hf_files / sizeof hf_files[0]))
+
+typedef struct hf_dtype {
+    const char *name, *torch;
+    rq_dtype dt;
+    int bytes;
+} hf_dtype;
+
+static const hf_dtype hf_dtypes[] = {
+    {"f16", "float16", RQ_F16, 2}, {"bf16", "bfloat16", RQ_BF16, 2}, {"f32", "float32", RQ_F32, 4}};
+
+static rq_status hf_dtype_find(const char *name, const hf_dtype **out, rq_err *err) {
+    if (!name) name = "f16";
+    for (size_t i = 0; i < sizeof hf_dtypes / sizeof hf_dtypes[0]; i++)
+        if (!strcmp(hf_dtypes[i].name, name)) {
+            *out = &hf_dtypes[i];
+            return RQ_OK;
+        }
+    return RQ_FAIL(err, RQ_ERR_ARG, "HF export: dtype \"%s\": expected f16, bf16 or f32", name);
+}
+
+typedef struct hf_job {
+    const rq_model *m;
+    const hf_dtype *dt;
+    rq_export_report *rep;
+    rq_st_tensor *items;
+    char (*names)[RQ_TENSOR_NAME_MAX];
+    void **bufs;
+    int n, cap;
+} hf_job;
+
+/* n floats of src converted into a new buffer of the job's dtype, added as a
+ * tensor [d0] or [d0][d1]. A value F16 cannot hold is refused, naming it. */
+static rq_status hf_add(hf_job *j, const char *name, const float *src, int64_t d0, int64_t d1, rq_err *err) {
+    if (j->n >= j->cap) return RQ_FAIL(err, RQ_ERR_INTERNAL, "HF export: tensor list overflow (%d slots)", j->cap);
+    size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
+    void *buf = malloc(n * (size_t)j->dt->bytes + 1);
+    if (!buf) return RQ_FAIL(err, RQ_ERR_NOMEM, "HF export: out of memory for %s (%zu values)", name, n);
+    j->bufs[j->n] = buf;
+    for (size_t i = 0; i < n; i++) {
+        if (j->dt->dt == RQ_F32) {
+            ((float *)buf)[i] = src[i];
+            continue;
+        }
+        uint16_t h = j->dt->dt == RQ_F16 ? rq_f32_to_f16(src[i]) : rq_f32_to_bf16(src[i]);
+        float back = j->dt->dt == RQ_F16 ? rq_f16_to_f32(h) : rq_bf16_to_f32(h);
+        if (isfinite(src[i]) && !isfinite(back))
+            return RQ_FAIL(err, RQ_ERR_UNSUPPORTED,
+                           "HF export: %s[%zu] = %g does not fit in %s (largest 65504): export with --dtype bf16 or f32",
+                           name, i, (double)src[i], j->dt->name);
+        ((uint16_t *)buf)[i] = h;
+    }
+    size_t len = strlen(name);
+    if (len >= RQ_TENSOR_NAME_MAX) return RQ_FAIL(err, RQ_ERR_INTERNAL, "HF export: tensor name too long: %s", name);
+    memcpy(j->names[j->n], name, len + 1);
+    j->items[j->n] = (rq_st_tensor){.name = j->names[j->n], .dtype = j->dt->dt, .ndim = d1 ? 2 : 1, .shape = {d0, d1},
+                                    .data = buf};
+    j->n++;
+    j->rep->total_weights += (int64_t)n;
+    return RQ_OK;
+}
+
+static rq_status hf_add_linear(hf_job *j, const char *name, const rq_linear *lin, rq_err *err) {
+    if (!lin->q2) return hf_add(j, name, lin->w, lin->out, lin->in, err);
+    size_t n = (size_t)lin->out * (size_t)lin->in;
+    float *w = rq_calloc(n, sizeof(float), err);
+    if (!w) return RQ_ERR_NOMEM;
+    rq_q2_dequant(lin->q2, w, 1);
+    rq_status s = hf_add(j, name, w, lin->out, lin->in, err);
+    free(w);
+    if (s == RQ_OK) {
+        j->rep->q_tensors++;
+        j->rep->q_weights += (int64_t)n;
+        j->rep->q_bytes += (uint64_t)n * (uint64_t)j->dt->bytes;
+    }
+    return s;
+}
+
+static rq_status hf_tensors(hf_job *j, rq_err *err) {
+    const rq_model *m = j->m;
+    const rq_config *c = &m->cfg;
+    RQ_TRY(hf_add(j, "model.embed_tokens.weight", m->tok_embed, c->vocab_size, c->dim, err));
+    RQ_TRY(hf_add(j, "model.norm.weight", m->final_norm, c->dim, 0, err));
+    if (!c->tie_embeddings) RQ_TRY(hf_add(j, "lm_head.weight", m->lm_head.w, c->vocab_size, c->dim, err));
+    for (int l = 0; l < c->n_layers; l++) {
+        const rq_layer *L = &m->layers[l];
+        char nm[RQ_TENSOR_NAME_MAX];
+        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
+        RQ_TRY(hf_add(j, nm, L->attn_norm, c->dim, 0, err));
+        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
+        RQ_TRY(hf_add(j, nm, L->ffn_norm, c->dim, 0, err));
+        for (int p = 0; p < RQ_N_PROJ; p++) {
+            char mod[128];
+            module_name(mod, sizeof mod, l, p);
+            snprintf(nm, sizeof nm, "%s.weight", mod);
+            RQ_TRY(hf_add_linear(j, nm, rq_layer_proj((rq_layer *)L, p), err));
+        }
+    }
+    return RQ_OK;
+}
+
+static void add_token_name(cJSON *o, const char *key, const rq_tokenizer *t, int id) {
+    const char *s = id >= 0 ? rq_tokenizer_token(t, id) : NULL;
+    if (s) cJSON_AddStringToObject(o, key, s);
+    else cJSON_AddNullToObject(o, key);
+}
+
+/* tokenizer.json (copied from an HF source, else written from the tokenizer)
+ * and a tokenizer_config.json that makes AutoTokenizer use it as it is. */
+static rq_status hf_write_tokenizer(const rq_model *m, const char *dir, rq_export_report *rep, rq_err *err) {
+    const rq_tokenizer *t = m->tok;
+    if (!t) return RQ_OK;
+    const char *src = m->tokenizer_path;
+    bool gguf_src = has_gguf_magic(src);
+    if (src[0] && ends_with(src, ".json")) {
+        RQ_TRY(copy_tokenizer(m, dir, rep, err));
+    } else {
+        cJSON *tj = NULL;
+        RQ_TRY(rq_tokenizer_to_hf_json(t, &tj, err));
+        RQ_TRY(write_json_file(dir, "tokenizer.json", tj, err));
+        snprintf(rep->tokenizer, sizeof rep->tokenizer, "tokenizer.json written from the %s tokenizer (%s)",
+                 gguf_src ? "GGUF" : src[0] ? "llama2.c" : "model's",
+                 rq_tokenizer_kind(t) == RQ_TOK_SPM ? "SentencePiece BPE, byte fallback" : "byte-level BPE");
+    }
+    cJSON *tc = cJSON_CreateObject();
+    cJSON_AddStringToObject(tc, "tokenizer_class", "PreTrainedTokenizerFast");
+    add_token_name(tc, "bos_token", t, rq_tokenizer_bos(t));
+    add_token_name(tc, "eos_token", t, rq_tokenizer_eos(t));
+    rq_tokenizer_desc d;
+    RQ_TRY(rq_tokenizer_describe(t, &d, err));
+    add_token_name(tc, "unk_token", t, d.spec.unk_id);
+    if (d.spec.pad_id >= 0) add_token_name(tc, "pad_token", t, d.spec.pad_id);
+    rq_tokenizer_describe_free(&d);
+    cJSON_AddBoolToObject(tc, "clean_up_tokenization_spaces", false);
+    cJSON_AddNumberToObject(tc, "model_max_length", m->cfg.max_seq_len);
+    if (gguf_src) { /* the chat template, when the GGUF has one */
+        rq_gguf g;
+        if (rq_gguf_open(src, &g, NULL) == RQ_OK) {
+            char *tmpl = NULL;
+            if (rq_gguf_find(&g, "tokenizer.chat_template") && rq_gguf_get_str(&g, "tokenizer.chat_template", &tmpl, NULL) == RQ_OK)
+                cJSON_AddStringToObject(tc, "chat_template", tmpl);
+            free(tmpl);
+            rq_gguf_close(&g);
+        }
+    }
+    return write_json_file(dir, "tokenizer_config.json", tc, err);
+}
+
+static rq_status hf_write_files(hf_job *j, const char *tmp, rq_err *err) {
+    const rq_model *m = j->m;
+    const rq_config *c = &m->cfg;
+    RQ_TRY(hf_tensors(j, err));
+    char *st = rq_path_join_alloc(tmp, "model.safetensors", err);
+    if (!st) return RQ_ERR_NOMEM;
+    const char *meta[] = {"producer", "rilq (dequantized 2-bit model)"};
+    rq_status s = rq_safetensors_write(st, j->items, j->n, meta, 1, err);
+    free(st);
+    RQ_TRY(s);
+    RQ_TRY(write_json_file(tmp, "config.json", rq_hf_config_json(c, j->dt->torch), err));
+    if (c->bos_id >= 0 || c->n_eos > 0) {
+        cJSON *g = cJSON_CreateObject();
+        if (c->bos_id >= 0) cJSON_AddNumberToObject(g, "bos_token_id", c->bos_id);
+        if (c->n_eos == 1) cJSON_AddNumberToObject(g, "eos_token_id", c->eos_ids[0]);
+        else if (c->n_eos > 1) cJSON_AddItemToObject(g, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
+        RQ_TRY(write_json_file(tmp, "generation_config.json", g, err));
+    }
+    return hf_write_tokenizer(m, tmp, j->rep, err);
+}
+
+static rq_status fill_hf(void *user, const char *tmp, rq_err *err) { return hf_write_files(user, tmp, err); }
+
+rq_status rq_export_hf(const rq_model *m, const char *dir, const rq_export_opts *opts, rq_export_report *rep_out,
+                       rq_err *err) {
+    rq_export_report rep;
+    memset(&rep, 0, sizeof rep);
+    hf_job j = {.m = m, .rep = &rep};
+    RQ_TRY(hf_dtype_find(opts ? opts->dtype : NULL, &j.dt, err));
+    j.cap = 3 + m->cfg.n_layers * (2 + RQ_N_PROJ);
+    j.items = rq_calloc((size_t)j.cap, sizeof *j.items, err);
+    j.names = rq_calloc((size_t)j.cap, sizeof *j.names, err);
+    j.bufs = rq_calloc((size_t)j.cap, sizeof *j.bufs, err);
+    rq_status s = j.items && j.names && j.bufs ? RQ_OK : RQ_ERR_NOMEM;
+    if (s == RQ_OK) s = rq_write_dir_atomic(dir, hf_files, N_HF_FILES, fill_hf, &j, err);
+    for (int i = 0; j.bufs && i < j.cap; i++) free(j.bufs[i]);
+    free(j.items);
+    free(j.names);
+    free(j.bufs);
+    RQ_TRY(s);
+    struct stat st;
+    for (int i = 0; i < N_HF_FILES; i++) {
+        char *p = rq_path_join_alloc(dir, hf_files[i], NULL);
         if (p && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
         free(p);
     }

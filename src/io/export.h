@@ -15,6 +15,8 @@
  *                      rows permuted like the rest), so the file is still the
  *                      model exactly, at 32 bits per weight for that tensor
  *                      (counted in the report's f32_fallback fields).
+ *   HF safetensors     a plain dequantized LlamaForCausalLM checkpoint (F16,
+ *                      BF16 or F32) for any Hugging Face tool.
  *   HQQ safetensors    the layout of mobiusml/hqq (axis 1, "2bit_u8" packing)
  *                      that transformers + hqq load as a pre-quantized model;
  *                      2.5 bits per weight. Not bit-exact: see export.c.
@@ -30,7 +32,8 @@
 #include "../model/model.h"
 
 typedef struct rq_export_opts {
-    const char *name; /* GGUF general.name; NULL: "rilq-q2" */
+    const char *name;  /* GGUF general.name; NULL: "rilq-q2" */
+    const char *dtype; /* HF export: "f16" (NULL), "bf16" or "f32" */
 } rq_export_opts;
 
 typedef struct rq_export_report {
@@ -56,5 +59,15 @@ rq_status rq_export_gguf(const rq_model *m, const char *path, const rq_export_op
  * written as DIR.tmp-PID and renamed. */
 rq_status rq_export_hqq(const rq_model *m, const char *dir, const rq_export_opts *opts, rq_export_report *rep,
                         rq_err *err);
+
+/* Write m as a plain Hugging Face LlamaForCausalLM directory at dir (which must
+ * not exist or be empty; written as DIR.tmp-PID and renamed): model.safetensors
+ * with every weight (q2 projections dequantized) in opts->dtype, config.json,
+ * generation_config.json, and the tokenizer as transformers loads it
+ * (tokenizer.json copied from an HF source, else written from the tokenizer by
+ * rq_tokenizer_to_hf_json; tokenizer_config.json). F32 is exact; F16/BF16
+ * round each weight once. A weight F16 cannot hold is refused, naming it. */
+rq_status rq_export_hf(const rq_model *m, const char *dir, const rq_export_opts *opts, rq_export_report *rep,
+                       rq_err *err);
 
 #endif

@@ -117,11 +117,14 @@ cJSON *rq_stage_merge_report_json(const rq_stage_merge_report *rep) {
 
 #define O rq_stage_export_opts
 static const rq_opt export_opts[] = {
-    RQ_OPT_L(NULL, "export.formats", O, formats, "", "gguf|hqq", NULL, "formats to write (empty: none)"),
-    RQ_OPT_S("--format", NULL, O, format, NULL, "gguf|hqq", NULL, "output format"),
+    RQ_OPT_L(NULL, "export.formats", O, formats, "", "gguf|hqq|hf", NULL, "formats to write (empty: none)"),
+    RQ_OPT_S("--format", NULL, O, format, NULL, "gguf|hqq|hf", NULL, "output format (above)"),
     RQ_OPT_S("--out", NULL, O, out, NULL, NULL, "PATH",
-             "the .gguf file, or the directory for hqq (must not exist or be empty);\n"
+             "the .gguf file, or the directory for hqq and hf (must not exist or be empty);\n"
              "written atomically"),
+    RQ_OPT_S("--dtype", "export.dtype", O, dtype, "f16", "f16|bf16|f32", NULL,
+             "hf: the weights' dtype (f32 holds the 2-bit model exactly; f16/bf16 round\n"
+             "each weight once)"),
     RQ_OPT_S("--name", NULL, O, name, NULL, NULL, "NAME", "GGUF general.name (default: the artifact directory's name)"),
     RQ_OPT_I("--threads", NULL, O, common.threads, NULL, 1, 4096, "N", "accepted for symmetry with other commands (unused)"),
 };
@@ -136,7 +139,7 @@ rq_status rq_stage_export_defaults(rq_stage_export_opts *o, rq_err *err) {
 rq_status rq_stage_export(const rq_stage_export_opts *o, rq_stage_export_report *rep, rq_err *err) {
     memset(rep, 0, sizeof *rep);
     if (!o->artifact) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing ARTIFACT");
-    if (!o->format) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing --format (gguf or hqq)");
+    if (!o->format) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing --format (gguf, hqq or hf)");
     if (!o->out) return RQ_FAIL(err, RQ_ERR_ARG, "export: missing --out PATH");
     RQ_TRY(rq_check_output(o->out, strcmp(o->format, "gguf") ? RQ_OUT_DIR_NEW : RQ_OUT_FILE_NEW, err));
     if (!rq_artifact_is_q2(o->artifact))
@@ -155,13 +158,24 @@ rq_status rq_stage_export(const rq_stage_export_opts *o, rq_stage_export_report 
         snprintf(base, sizeof base, "%.*s", (int)(n - b), o->artifact + b);
         name = base;
     }
-    rq_export_opts eo = {.name = name};
+    rq_export_opts eo = {.name = name, .dtype = o->dtype};
     const rq_export_report *r = &rep->exp;
-    const bool gguf = !strcmp(o->format, "gguf");
-    rq_status s = gguf ? rq_export_gguf(m, o->out, &eo, &rep->exp, err) : rq_export_hqq(m, o->out, &eo, &rep->exp, err);
+    const bool gguf = !strcmp(o->format, "gguf"), hf = !strcmp(o->format, "hf");
+    rq_status s = gguf ? rq_export_gguf(m, o->out, &eo, &rep->exp, err)
+                  : hf ? rq_export_hf(m, o->out, &eo, &rep->exp, err)
+                       : rq_export_hqq(m, o->out, &eo, &rep->exp, err);
     rq_model_free(m);
     if (s != RQ_OK) return s;
     rep->seconds = rq_now_seconds() - t0;
+    if (hf) {
+        rq_info("wrote %s (Hugging Face LlamaForCausalLM, %s): %.2f MiB, %d projections dequantized from 2 bits "
+                "(%.3f M weights), %.3f M parameters in all, %.1fs",
+                o->out, o->dtype ? o->dtype : "f16", r->file_bytes / 1048576.0, r->q_tensors, r->q_weights / 1e6,
+                r->total_weights / 1e6, rep->seconds);
+        if (r->tokenizer[0]) rq_info("tokenizer: %s", r->tokenizer);
+        else rq_warn("warning: the model has no tokenizer; transformers will need one");
+        return RQ_OK;
+    }
     rq_info("wrote %s (%s): %.2f MiB, %d %s tensors (%.3f M weights) at %.3f bits per weight%s, %.3f M "
             "parameters in all, %.1fs",
             o->out, gguf ? "GGUF, Q4_1 + F32" : "HQQ 2-bit safetensors", r->file_bytes / 1048576.0, r->q_tensors,

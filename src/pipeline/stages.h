@@ -185,6 +185,7 @@ cJSON *rq_stage_merge_report_json(const rq_stage_merge_report *r);
 typedef struct rq_stage_export_opts {
     rq_list formats; /* recipe only: every format to write */
     const char *artifact, *format, *out, *name;
+    const char *dtype; /* hf: f16 | bf16 | f32 */
     rq_common_opts common;
 } rq_stage_export_opts;
 

@@ -8,8 +8,8 @@
 
 #include "tok_internal.h"
 
-static const char gpt2_pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-static const char llama3_pattern[] =
+const char rq_gpt2_pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+const char rq_llama3_pattern[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
     "\\s+(?!\\S)|\\s+";
 
@@ -280,8 +280,8 @@ static rq_status load(hf_load *h, const cJSON *root, rq_tokenizer **out) {
         if (pl.byte_level_prefix_space)
             return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: pre_tokenizer ByteLevel with add_prefix_space=true is not supported", path);
         if (pl.split_pattern) {
-            if (strcmp(pl.split_pattern, gpt2_pattern) == 0) spec.pretok = RQ_PRETOK_GPT2;
-            else if (strcmp(pl.split_pattern, llama3_pattern) == 0) spec.pretok = RQ_PRETOK_LLAMA3;
+            if (strcmp(pl.split_pattern, rq_gpt2_pattern) == 0) spec.pretok = RQ_PRETOK_GPT2;
+            else if (strcmp(pl.split_pattern, rq_llama3_pattern) == 0) spec.pretok = RQ_PRETOK_LLAMA3;
             else
                 return RQ_FAIL(err, RQ_ERR_UNSUPPORTED, "%s: pre_tokenizer Split pattern \"%.200s\" is neither the GPT-2 nor the LLaMA-3 pattern",
                                path, pl.split_pattern);

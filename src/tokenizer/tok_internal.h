@@ -83,6 +83,9 @@ rq_status rq_bpe_word(const struct rq_tokenizer *t, rq_bpe_work *work, const cha
                       rq_err *err);
 void rq_bpe_work_free(rq_bpe_work *work);
 
+/* The pre-tokenizer split patterns as tokenizer.json writes them (load_hf_json.c). */
+extern const char rq_gpt2_pattern[], rq_llama3_pattern[];
+
 /* Builds the GPT-2 byte <-> char tables. */
 void rq_byte_level_tables(struct rq_tokenizer *t);
 

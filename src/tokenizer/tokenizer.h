@@ -102,6 +102,19 @@ typedef struct rq_tokenizer_desc {
 rq_status rq_tokenizer_describe(const rq_tokenizer *t, rq_tokenizer_desc *d, rq_err *err);
 void rq_tokenizer_describe_free(rq_tokenizer_desc *d);
 
+/* The tokenizer as Hugging Face tokenizers' tokenizer.json (write_hf_json.c), so
+ * transformers' PreTrainedTokenizerFast encodes what rq_tokenizer_encode does:
+ * byte-level BPE with its pre-tokenizer (GPT-2 regex; SmolLM: Digits(individual)
+ * then the GPT-2 regex; LLaMA-3: its Split pattern), ByteLevel decoder; SPM as a
+ * BPE with byte_fallback, the Prepend/Replace U+2581 normalizer and merges derived
+ * from the scores the way transformers' SentencePiece converter does (every split
+ * of a normal token into two vocab entries, ranked by the token's score). The
+ * tokens matched on raw text (special_ids) become added_tokens; BOS is added by a
+ * TemplateProcessing post-processor when the tokenizer adds it by default.
+ * *json: a new cJSON tree (the caller frees it). */
+struct cJSON;
+rq_status rq_tokenizer_to_hf_json(const rq_tokenizer *t, struct cJSON **json, rq_err *err);
+
 /* The pre-tokenizer split alone (byte-level BPE's "words"), for tests and
  * tools: *word_ends (malloc'ed, caller frees) receives the end offset of each
  * word; words are consecutive and cover the text. RQ_PRETOK_NONE: one word. */
