@@ -45,7 +45,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "eval/generate.h"
+#include "model/generate.h"
 #include "io/export.h"
 
 #define F32_REL 1e-4
