@@ -13,8 +13,8 @@
  * against one-doc and against torch, whether the accuracies agree, and the
  * machine's load average before and after. Asserts nothing.
  *
- *   RILQ_SMOLLM2       the GGUF (default /work/main/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf)
- *   RILQ_DATA          the data root holding datasets/
+ *   RILQ_SMOLLM2       the GGUF (tools/fetch_models.sh prints its path; required)
+ *   RILQ_DATA          the data root holding datasets/ (required)
  *   RILQ_BENCH_DOCS    documents per task (default 40)
  *   RILQ_BENCH_TASKS   default arc_easy,piqa      RILQ_BENCH_MODELS  default fp,q2
  *   RILQ_BENCH_THREADS default 1,2                RILQ_BENCH_BATCH_TOKENS  packed budget (default: eval's)
@@ -289,8 +289,12 @@ static double max_diff(const double *a, const double *b, size_t n) {
 int main(int argc, char **argv) {
     (void)argc;
     rq_reexec_with_passive_openmp(argv);
-    const char *model_path = env_or("RILQ_SMOLLM2", "/work/main/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    const char *data = env_or("RILQ_DATA", "/work/shared");
+    const char *model_path = env_or("RILQ_SMOLLM2", NULL), *data = env_or("RILQ_DATA", NULL);
+    if (!model_path || !data) {
+        fprintf(stderr, "bench_eval: set RILQ_SMOLLM2 (the SmolLM2-135M GGUF: tools/fetch_models.sh prints its path) "
+                        "and RILQ_DATA (the folder holding datasets/)\n");
+        return 2;
+    }
     const size_t want_docs = (size_t)atol(env_or("RILQ_BENCH_DOCS", "40"));
     const char *tasks_list = env_or("RILQ_BENCH_TASKS", "arc_easy,piqa");
     const char *models_list = env_or("RILQ_BENCH_MODELS", "fp,q2");
