@@ -739,6 +739,18 @@ static rq_status fill_hqq(void *user, const char *tmp, rq_err *err) {
     return hqq_write_files(j->m, tmp, j->rep, err);
 }
 
+/* Bytes of the files names[n] that dir holds (what an export wrote). */
+static uint64_t files_bytes(const char *dir, const char *const *names, int n) {
+    uint64_t total = 0;
+    struct stat st;
+    for (int i = 0; i < n; i++) {
+        char *p = rq_path_join_alloc(dir, names[i], NULL);
+        if (p && stat(p, &st) == 0) total += (uint64_t)st.st_size;
+        free(p);
+    }
+    return total;
+}
+
 rq_status rq_export_hqq(const rq_model *m, const char *dir_in, const rq_export_opts *opts, rq_export_report *rep_out,
                         rq_err *err) {
     (void)opts;
@@ -746,12 +758,7 @@ rq_status rq_export_hqq(const rq_model *m, const char *dir_in, const rq_export_o
     memset(&rep, 0, sizeof rep);
     hqq_job j = {m, &rep};
     RQ_TRY(rq_write_dir_atomic(dir_in, hqq_files, N_HQQ_FILES, fill_hqq, &j, err));
-    struct stat st;
-    for (int i = 0; i < N_HQQ_FILES; i++) {
-        char *p = rq_path_join_alloc(dir_in, hqq_files[i], NULL);
-        if (p && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
-        free(p);
-    }
+    rep.file_bytes = files_bytes(dir_in, hqq_files, N_HQQ_FILES);
     if (rep_out) *rep_out = rep;
     return RQ_OK;
 }
@@ -956,12 +963,7 @@ rq_status rq_export_hf(const rq_model *m, const char *dir, const rq_export_opts 
     free(j.names);
     free(j.bufs);
     RQ_TRY(s);
-    struct stat st;
-    for (int i = 0; i < N_HF_FILES; i++) {
-        char *p = rq_path_join_alloc(dir, hf_files[i], NULL);
-        if (p && stat(p, &st) == 0) rep.file_bytes += (uint64_t)st.st_size;
-        free(p);
-    }
+    rep.file_bytes = files_bytes(dir, hf_files, N_HF_FILES);
     if (rep_out) *rep_out = rep;
     return RQ_OK;
 }
